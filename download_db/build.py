@@ -1,0 +1,121 @@
+"""The init_download_db.py stage: build, reset, legacy import or finalize, recorded in runs."""
+
+from __future__ import annotations
+
+import time
+from typing import TextIO
+
+from . import runs
+from ._sqlite import sqlite3
+from .config import MODE_BUILD, MODE_FINALIZE, MODE_LEGACY, MODE_RESET, InitConfig
+from .errors import DatabaseError, DownloadDbError
+from .finalize import FinalizeStats, finalize
+from .ingest import IngestStats, ingest, remove_database
+from .legacy import LegacyStats, import_legacy
+from .progress import say
+from .reader import Source
+from .schema import connect, create_schema, get_meta, migrate
+
+
+def run_init(cfg: InitConfig, out: TextIO | None = None) -> dict:
+    """Run one init_download_db.py invocation; returns the counts it recorded."""
+    cfg.validate()
+    t0 = time.monotonic()
+    if cfg.mode in (MODE_LEGACY, MODE_FINALIZE):
+        if not cfg.db.exists():
+            raise DatabaseError(f"database not found: {cfg.db} (build it first: "
+                                "init_download_db.py --multimedia multimedia.txt)")
+        source = None
+    else:
+        source = Source(cfg.multimedia)  # type: ignore[arg-type]  # validated
+        if cfg.mode == MODE_RESET:
+            remove_database(cfg.db)
+        elif cfg.db.exists() and _ingest_finished(cfg):
+            raise DatabaseError(f"database already exists: {cfg.db}; use --reset to rebuild it, "
+                                "--legacy-only to import legacy files, or --finalize-only")
+    conn = _open(cfg)
+    stage = {MODE_BUILD: "ingest", MODE_RESET: "ingest", MODE_LEGACY: "legacy",
+             MODE_FINALIZE: "finalize"}[cfg.mode]
+    run_id = runs.start_run(conn, stage)
+    counts: dict = {}
+    try:
+        if source is not None:
+            say(f"ingest: {source.path} -> {cfg.db}", out)
+            st = ingest(conn, source, run_id=run_id, chunk_bytes=cfg.chunk_mb << 20,
+                        workers=cfg.workers, every=cfg.progress_every, out=out, bar=cfg.bar)
+            counts["ingest"] = _ingest_summary(st, out)
+        if cfg.processed_file is not None and cfg.mode != MODE_FINALIZE:
+            lst = import_legacy(conn, cfg.install_path, cfg.processed_file, cfg.failed_file,
+                                every=cfg.progress_every, out=out, bar=cfg.bar)
+            counts["legacy"] = _legacy_summary(lst, out)
+        # A fresh build has every gbifID pending by construction: nothing to roll up.
+        if cfg.mode not in (MODE_BUILD, MODE_RESET) or "legacy" in counts:
+            fst = finalize(conn, max_attempts=cfg.max_attempts, every=cfg.progress_every,
+                           out=out, bar=cfg.bar)
+            counts["finalize"] = _finalize_summary(fst, out)
+    except KeyboardInterrupt:
+        runs.finish_run(conn, run_id, runs.INTERRUPTED, counts, "interrupted")
+        raise
+    except (DownloadDbError, sqlite3.Error, OSError) as e:
+        runs.finish_run(conn, run_id, runs.FAILED, counts, f"{type(e).__name__}: {e}")
+        raise
+    counts["seconds"] = round(time.monotonic() - t0, 2)
+    runs.finish_run(conn, run_id, runs.OK, counts)
+    conn.execute("PRAGMA optimize")
+    conn.close()
+    say(f"done in {counts['seconds']:.1f}s", out)
+    return counts
+
+
+def _ingest_finished(cfg: InitConfig) -> bool:
+    try:
+        conn = connect(cfg.db, readonly=True)
+        try:
+            return get_meta(conn, "ingest_phase") == "done"
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return True  # not ours or unreadable: refuse rather than overwrite
+
+
+def _open(cfg: InitConfig) -> sqlite3.Connection:
+    fresh = not cfg.db.exists()
+    try:
+        conn = connect(cfg.db, bulk=cfg.mode in (MODE_BUILD, MODE_RESET))
+        if fresh:
+            create_schema(conn)
+        else:
+            migrate(conn)
+    except sqlite3.DatabaseError as e:
+        raise DatabaseError(f"cannot open {cfg.db} as a download database: {e}") from None
+    return conn
+
+
+def _ingest_summary(st: IngestStats, out: TextIO | None) -> dict:
+    say(f"ingest: {st.lines:,} lines: {st.rows_ok:,} rows ingested into {st.images:,} distinct "
+        f"images, {st.skipped:,} skipped", out)
+    for reason, n in sorted(st.skips.items(), key=lambda kv: -kv[1]):
+        example = st.samples.get(reason, [""])[0] if st.samples.get(reason) else ""
+        say(f"  skipped {reason:<22} {n:>12,}" + (f"   e.g. {example[:80]!r}" if example else ""),
+            out)
+    if st.split_gbif_ids:
+        say(f"  {st.split_gbif_ids:,} gbifIDs had rows in several places of the file (merged)", out)
+    return {"lines": st.lines, "rows_ok": st.rows_ok, "images": st.images,
+            "skipped": st.skipped, "skips": st.skips, "split_gbif_ids": st.split_gbif_ids}
+
+
+def _legacy_summary(st: LegacyStats, out: TextIO | None) -> dict:
+    say(f"legacy: {st.lines:,} IDs read: {st.renamed:,} renamed to -00.jpg, "
+        f"{st.relabeled:,} already renamed, {st.already:,} already imported, "
+        f"{st.missing:,} missing on disk (left pending), {st.unknown:,} not in this database", out)
+    if st.failed_listed:
+        say(f"legacy: {st.failed_listed:,} failed IDs ({st.failed_known:,} in this database) "
+            "stay pending for a fresh, tracked retry", out)
+    return dict(st.__dict__)
+
+
+def _finalize_summary(st: FinalizeStats, out: TextIO | None) -> dict:
+    parts = ", ".join(f"{k} {v:,}" for k, v in st.by_status.items())
+    say(f"finalize: {st.gbif_ids:,} gbifIDs ({parts}); {st.changed:,} changed in "
+        f"{st.seconds:.1f}s", out)
+    return {"gbif_ids": st.gbif_ids, "changed": st.changed, "by_status": st.by_status}

@@ -1,0 +1,25 @@
+"""Domain errors: each becomes a one-line message and a non-zero exit at the CLI edge."""
+
+
+class DownloadDbError(Exception):
+    """Base class: a problem the user can act on (message is shown as is)."""
+
+    exit_code = 1
+
+
+class InputError(DownloadDbError):
+    """The input file is missing, unreadable, or not a multimedia.txt."""
+
+    exit_code = 2
+
+
+class DatabaseError(DownloadDbError):
+    """The database is missing, in the wrong state for this command, or not ours."""
+
+    exit_code = 3
+
+
+class UsageError(DownloadDbError):
+    """Flags that do not go together."""
+
+    exit_code = 64

@@ -1,0 +1,30 @@
+"""Where an image lives on disk: <root>/<first 3 digits>/<digits 4-6>/<gbifID>-NN.<ext>."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def prefix_dirs(gbif_id: int) -> tuple[str, str]:
+    """The two prefix directories of a gbifID (same layout as the legacy downloader:
+    the whole ID if shorter than 3 digits; '000' when it has fewer than 6)."""
+    s = str(int(gbif_id))
+    p1 = s[:3]
+    p2 = s[3:6] if len(s) >= 6 else "000"
+    return p1, p2
+
+
+def image_relpath(gbif_id: int, image_no: int, ext: str) -> str:
+    """Relative path of an image file; names come from the gbifID and image number only."""
+    p1, p2 = prefix_dirs(gbif_id)
+    return f"{p1}/{p2}/{int(gbif_id)}-{int(image_no):02d}.{ext}"
+
+
+def legacy_relpath(gbif_id: int) -> str:
+    """Where the older flat-file downloader saved a gbifID's single image."""
+    p1, p2 = prefix_dirs(gbif_id)
+    return f"{p1}/{p2}/{int(gbif_id)}.jpg"
+
+
+def resolve(root: str | Path, relpath: str) -> Path:
+    return Path(root) / relpath

@@ -1,0 +1,272 @@
+"""The database contract: every pragma, table, index and migration in one place."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from ._sqlite import sqlite3
+from .errors import DatabaseError
+
+SCHEMA_VERSION = 1
+
+# Image statuses (images.status) and gbifID statuses (gbif_ids.status): text so
+# that users' ad hoc SQL reads naturally.
+PENDING = "pending"
+SUCCESS = "success"
+FAILED_TRANSIENT = "failed_transient"
+FAILED_PERMANENT = "failed_permanent"
+IMAGE_STATUSES = (PENDING, SUCCESS, FAILED_TRANSIENT, FAILED_PERMANENT)
+
+GBIF_PENDING = "pending"
+GBIF_PARTIAL = "partial"
+GBIF_DONE = "done"
+GBIF_FAILED = "failed"
+GBIF_STATUSES = (GBIF_PENDING, GBIF_PARTIAL, GBIF_DONE, GBIF_FAILED)
+
+# Flags carried in error_type on success rows.
+FLAG_LEGACY = "legacy_unverified_index"
+FLAG_RAW = "raw_unprocessed"
+
+# Timestamps are epoch seconds (REAL): cheap to compare on hot paths; read them
+# with datetime(col, 'unixepoch').
+_TABLES = [
+    """CREATE TABLE IF NOT EXISTS meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    )""",
+    # One row per distinct image. Small, hot columns first, big text last
+    # (SQLite reads a row's columns in order). image_id is the rowid, assigned
+    # in input order, so inserts are appends. Host and attribution are ids:
+    # measured here, that halves insert time and the work-list index (see
+    # images_v for the readable form).
+    """CREATE TABLE IF NOT EXISTS images (
+        image_id        INTEGER PRIMARY KEY,
+        gbif_id         INTEGER NOT NULL,
+        image_no        INTEGER NOT NULL,
+        status          TEXT    NOT NULL DEFAULT 'pending',
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL    NOT NULL DEFAULT 0,
+        host_id         INTEGER NOT NULL,
+        attribution_id  INTEGER,
+        claimed_by      TEXT,
+        http_status     INTEGER,
+        error_type      TEXT,
+        file_size       INTEGER,
+        width           INTEGER,
+        height          INTEGER,
+        last_attempt_at REAL,
+        file_path       TEXT,
+        sha256          TEXT,
+        image_key       TEXT    NOT NULL,
+        urls            TEXT    NOT NULL,
+        error_detail    TEXT
+    )""",
+    """CREATE TABLE IF NOT EXISTS gbif_ids (
+        gbif_id      INTEGER PRIMARY KEY,
+        n_images     INTEGER NOT NULL,
+        n_success    INTEGER NOT NULL DEFAULT 0,
+        status       TEXT    NOT NULL DEFAULT 'pending',
+        completed_at REAL
+    )""",
+    # Per-host politeness and circuit-breaker state; survives restarts.
+    """CREATE TABLE IF NOT EXISTS hosts (
+        host_id           INTEGER PRIMARY KEY,
+        host              TEXT    NOT NULL UNIQUE,
+        n_images          INTEGER NOT NULL DEFAULT 0,
+        cooldown_until    REAL,
+        cooldown_reason   TEXT,
+        breaker_state     TEXT    NOT NULL DEFAULT 'closed',
+        breaker_opened_at REAL,
+        quarantined       INTEGER NOT NULL DEFAULT 0,
+        quarantined_at    REAL,
+        window_ok         INTEGER NOT NULL DEFAULT 0,
+        window_fail       INTEGER NOT NULL DEFAULT 0,
+        window_started_at REAL,
+        last_error        TEXT,
+        sample_detail     TEXT,
+        updated_at        REAL
+    )""",
+    # license / rightsHolder / creator of an image's best multimedia row,
+    # stored once per distinct combination; the id is a content hash.
+    """CREATE TABLE IF NOT EXISTS attributions (
+        attribution_id INTEGER PRIMARY KEY,
+        license        TEXT NOT NULL,
+        rights_holder  TEXT NOT NULL,
+        creator        TEXT NOT NULL
+    )""",
+    # One row per stage run: what ran where, and how it ended.
+    """CREATE TABLE IF NOT EXISTS runs (
+        run_id       INTEGER PRIMARY KEY,
+        stage        TEXT NOT NULL,
+        started_at   REAL NOT NULL,
+        finished_at  REAL,
+        heartbeat_at REAL,
+        hostname     TEXT,
+        pid          INTEGER,
+        argv         TEXT,
+        outcome      TEXT NOT NULL DEFAULT 'running',
+        counts       TEXT,
+        message      TEXT
+    )""",
+    # The readable form of images for ad hoc SQL: host name and attribution.
+    """CREATE VIEW IF NOT EXISTS images_v AS
+        SELECT i.image_id, i.gbif_id, i.image_no, i.status, i.attempts,
+               i.next_attempt_at, h.host, i.http_status, i.error_type, i.error_detail,
+               i.file_path, i.file_size, i.sha256, i.width, i.height,
+               i.last_attempt_at, i.image_key, i.urls,
+               a.license, a.rights_holder, a.creator
+          FROM images i
+          JOIN hosts h ON h.host_id = i.host_id
+          LEFT JOIN attributions a ON a.attribution_id = i.attribution_id""",
+]
+
+# Built after the bulk load (indexes during a load cost 2-3x insert speed).
+INDEX_GBIF_IMAGE = (
+    "CREATE UNIQUE INDEX IF NOT EXISTS images_gbif_image ON images(gbif_id, image_no)"
+)
+# The work list: per host, oldest due first. Partial, so it holds only rows
+# with work left and shrinks as the download progresses. Queries must repeat
+# the WHERE term verbatim for SQLite to use it.
+TODO_WHERE = "status IN ('pending', 'failed_transient')"
+INDEX_TODO = (
+    "CREATE INDEX IF NOT EXISTS images_todo ON images(host_id, next_attempt_at) "
+    f"WHERE {TODO_WHERE}"
+)
+POST_LOAD_INDEXES = (INDEX_GBIF_IMAGE, INDEX_TODO)
+INDEX_GBIF_STATUS = "CREATE INDEX IF NOT EXISTS gbif_ids_status ON gbif_ids(status)"
+
+# Additive migrations: version -> statements. Never rebuild a large table:
+# ALTER TABLE ... ADD COLUMN and CREATE INDEX only.
+MIGRATIONS: dict[int, list[str]] = {}
+
+
+def connect(
+    path: str | Path,
+    *,
+    readonly: bool = False,
+    bulk: bool = False,
+    busy_timeout_s: float = 60.0,
+) -> sqlite3.Connection:
+    """Open the database with the project's pragmas.
+
+    ``readonly`` opens with a ``mode=ro`` URI (the file must exist; nothing is
+    created or migrated). ``bulk`` is for a single-writer bulk load: large
+    cache, no fsync (a killed process loses nothing committed; an OS crash may
+    need ``--reset``, which rebuilds in minutes).
+    """
+    path = Path(path)
+    if readonly:
+        uri = f"file:{path.resolve().as_posix()}?mode=ro"
+        conn = sqlite3.connect(uri, uri=True, timeout=busy_timeout_s, isolation_level=None,
+                               check_same_thread=False)
+    else:
+        conn = sqlite3.connect(str(path), timeout=busy_timeout_s, isolation_level=None,
+                               check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+    if readonly:
+        conn.execute("PRAGMA query_only = ON")
+        return conn
+    if bulk:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = OFF")
+        # Inserts are appends and need little cache. Index sorts spill to temp
+        # files (temp_store default), so memory stays flat at any row count.
+        conn.execute("PRAGMA cache_size = -65536")
+    else:
+        # WAL: readers never block the writer and vice versa (all on one host).
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA cache_size = -200000")
+    # Keep the -wal file from staying huge after a burst.
+    conn.execute("PRAGMA journal_size_limit = 67108864")
+    conn.execute("PRAGMA foreign_keys = OFF")
+    return conn
+
+
+def create_schema(conn: sqlite3.Connection) -> None:
+    """Create all tables (not the post-load indexes) and stamp the version."""
+    with transaction(conn):
+        for ddl in _TABLES:
+            conn.execute(ddl)
+        conn.execute(INDEX_GBIF_STATUS)
+        conn.execute(
+            "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
+            (str(SCHEMA_VERSION),),
+        )
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    except sqlite3.OperationalError:
+        return 0
+    return int(row[0]) if row else 0
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring an existing database up to SCHEMA_VERSION; returns the version."""
+    version = schema_version(conn)
+    if version == 0:
+        raise DatabaseError("not a download database (no schema version): was it built "
+                            "with init_download_db.py?")
+    if version > SCHEMA_VERSION:
+        raise DatabaseError(f"database schema v{version} is newer than this program "
+                            f"(v{SCHEMA_VERSION}); upgrade the program")
+    for v in range(version + 1, SCHEMA_VERSION + 1):
+        with transaction(conn):
+            for stmt in MIGRATIONS.get(v, []):
+                conn.execute(stmt)
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(v),))
+    return SCHEMA_VERSION
+
+
+class transaction:
+    """``with transaction(conn):`` BEGIN IMMEDIATE ... COMMIT, ROLLBACK on error.
+
+    IMMEDIATE takes the write lock up front, so the busy timeout applies and no
+    statement inside can fail with SQLITE_BUSY on a read-to-write upgrade.
+    """
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.conn.execute("COMMIT")
+        else:
+            self.conn.execute("ROLLBACK")
+
+
+def get_meta(conn: sqlite3.Connection, key: str, default: str | None = None) -> str | None:
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return row[0] if row else default
+
+
+def set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
+    conn.execute(
+        "INSERT INTO meta(key, value) VALUES (?, ?) "
+        "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        (key, value),
+    )
+
+
+def retry_locked(fn: Callable[[], object], attempts: int = 5, first_sleep: float = 0.5):
+    """Run ``fn``; on 'database is locked'/'busy' retry with backoff (last resort
+    behind the busy timeout, for slow shared filesystems)."""
+    delay = first_sleep
+    for i in range(attempts):
+        try:
+            return fn()
+        except sqlite3.OperationalError as e:
+            msg = str(e).lower()
+            if i == attempts - 1 or ("locked" not in msg and "busy" not in msg):
+                raise
+            time.sleep(delay)
+            delay *= 2
+    return None
