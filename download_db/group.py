@@ -268,8 +268,10 @@ def _group(sub: pa.Table, url: pa.Array, key: pa.Array, host: pa.Array,
 def _attributions(sub: pa.Table, best: pa.Array) -> tuple[pa.Array, list[tuple]]:
     """Attribution id per image (NULL when all three fields are empty) and the
     chunk's distinct (id, license, rights_holder, creator) rows."""
-    cols = [pc.utf8_slice_codeunits(pc.utf8_trim_whitespace(sub[c].combine_chunks().take(best)),
-                                    0, MAX_ATTRIBUTION)
+    # U+001F separates the three fields; a stray one inside a field becomes a space.
+    cols = [pc.replace_substring(
+                pc.utf8_slice_codeunits(pc.utf8_trim_whitespace(sub[c].combine_chunks().take(best)),
+                                        0, MAX_ATTRIBUTION), "\x1f", " ")
             for c in ("license", "rightsHolder", "creator")]
     joined = pc.binary_join_element_wise(*cols, "\x1f")
     enc = pc.dictionary_encode(joined)

@@ -35,8 +35,10 @@ class Candidate(NamedTuple):
     size: int  # long edge in px known from the URL, SIZE_FULL, or SIZE_UNKNOWN
 
 
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*):")
 _URL = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)([^#]*)")
 _HOST = re.compile(r"[a-z0-9._~%\-]+|\[[0-9a-f:.]+\]")
+_PORT = re.compile(r"[0-9]{1,5}")
 _DEFAULT_PORT = {"http": "80", "https": "443"}
 _SIMPLE_HOST = re.compile(r"[a-z0-9.\-]+")
 _WS = re.compile(r"\s")
@@ -91,7 +93,9 @@ def parse_identifier(raw: str) -> Candidate | str:
         return SKIP_EMPTY
     m = _URL.match(s)
     if m is None:
-        return SKIP_SCHEME
+        # "https:/x" names a scheme we fetch but is not a URL; "ftp:..", "urn:.." are not ours
+        scheme = _SCHEME.match(s)
+        return SKIP_URL if scheme and scheme.group(1).lower() in _DEFAULT_PORT else SKIP_SCHEME
     scheme = m.group(1).lower()
     if scheme not in _DEFAULT_PORT:
         return SKIP_SCHEME
@@ -105,7 +109,7 @@ def parse_identifier(raw: str) -> Candidate | str:
         port = port[1:] if port.startswith(":") else port
     else:
         host, _, port = hostport.partition(":")
-    if not host or _HOST.fullmatch(host) is None or (port and not port.isdigit()):
+    if not host or _HOST.fullmatch(host) is None or (port and not _PORT.fullmatch(port)):
         return SKIP_URL
     if port == _DEFAULT_PORT[scheme] or port == "":
         netloc = host

@@ -238,15 +238,30 @@ def _parse_options(bad: list[str]) -> pacsv.ParseOptions:
 def parse_chunk(data: bytes, header: Header, *, fast: bool = True) -> ParsedChunk:
     """Parse one chunk into WANTED string columns, counting unparseable lines."""
     lines = data.count(b"\n")
-    if fast and b"\r" in data:
-        data = data.replace(b"\r\n", b"\n")
-        if b"\r" in data:
-            fast = False  # a lone CR: pyarrow would split the line there
     if fast:
-        parsed = _parse_arrow(data, header, lines)
-        if parsed is not None:
-            return parsed
+        arrow_data = data
+        if b"\r" in data:
+            arrow_data = data.replace(b"\r\n", b"\n")
+            fast = b"\r" not in arrow_data  # a lone CR: pyarrow would split the line there
+        # pyarrow strips a leading BOM; and on invalid UTF-8 in a line it must
+        # reject for its field count, it prints a traceback: leave both to the
+        # exact parser.
+        fast = fast and not data.startswith(b"\xef\xbb\xbf") and _is_utf8(data)
+        if fast:
+            parsed = _parse_arrow(arrow_data, header, lines)
+            if parsed is not None:
+                return parsed
     return _parse_python(data, header, lines)
+
+
+def _is_utf8(data: bytes) -> bool:
+    if data.isascii():
+        return True
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _parse_arrow(data: bytes, header: Header, lines: int) -> ParsedChunk | None:

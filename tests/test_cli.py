@@ -1,0 +1,131 @@
+"""CLI behaviour: one clear line and a non-zero exit for every user error, never a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from download_db.cli import init_main
+from tests.conftest import PSILOCYBE, row, write_multimedia
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "init_download_db.py"), *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+    )
+
+
+def one_line_error(p: subprocess.CompletedProcess) -> str:
+    assert p.returncode != 0
+    assert "Traceback" not in p.stderr
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, p.stderr
+    return lines[0]
+
+
+def test_missing_multimedia_file(tmp_path) -> None:
+    p = run_cli("--db", str(tmp_path / "x.db"), "--multimedia", str(tmp_path / "nope.txt"))
+    assert "multimedia file not found" in one_line_error(p)
+    assert p.returncode == 2
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_existing_database_needs_reset(tmp_path) -> None:
+    db = tmp_path / "x.db"
+    assert run_cli("--db", str(db), "--multimedia", str(PSILOCYBE)).returncode == 0
+    p = run_cli("--db", str(db), "--multimedia", str(PSILOCYBE))
+    assert "already exists" in one_line_error(p) and "--reset" in p.stderr
+    assert run_cli("--db", str(db), "--multimedia", str(PSILOCYBE), "--reset").returncode == 0
+
+
+@pytest.mark.parametrize("content", [b"this is not a zip", b"PK\x03\x04garbage" * 10, b""])
+def test_unreadable_zip(tmp_path, content: bytes) -> None:
+    z = tmp_path / "download.zip"
+    z.write_bytes(content)
+    p = run_cli("--db", str(tmp_path / "x.db"), "--multimedia", str(z))
+    msg = one_line_error(p)
+    assert "zip" in msg or "empty" in msg
+
+
+def test_truncated_gzip_is_one_line(tmp_path) -> None:
+    import gzip
+
+    data = gzip.compress(PSILOCYBE.read_bytes())
+    gz = tmp_path / "multimedia.txt.gz"
+    gz.write_bytes(data[: len(data) // 2])
+    p = run_cli("--db", str(tmp_path / "x.db"), "--multimedia", str(gz))
+    assert "cannot read" in one_line_error(p)
+
+
+def test_not_a_multimedia_file(tmp_path) -> None:
+    f = write_multimedia(tmp_path / "occurrence.txt", [], header=["gbifID", "scientificName"])
+    assert "identifier" in one_line_error(
+        run_cli("--db", str(tmp_path / "x.db"), "--multimedia", str(f))
+    )
+
+
+def test_modes_need_their_inputs(tmp_path) -> None:
+    assert "--multimedia" in one_line_error(run_cli("--db", str(tmp_path / "x.db")))
+    p = run_cli("--db", str(tmp_path / "x.db"), "--finalize-only")
+    assert "database not found" in one_line_error(p)
+    p = run_cli("--db", str(tmp_path / "x.db"), "--legacy-only")
+    assert "--processed-file" in one_line_error(p)
+    p = run_cli("--db", str(tmp_path / "nodir" / "x.db"), "--multimedia", str(PSILOCYBE))
+    assert "does not exist" in one_line_error(p)
+
+
+def test_modes_are_mutually_exclusive(tmp_path) -> None:
+    p = run_cli("--reset", "--finalize-only")
+    assert p.returncode == 2 and "not allowed with" in p.stderr
+
+
+def test_database_that_is_not_ours(tmp_path) -> None:
+    db = tmp_path / "x.db"
+    db.write_bytes(b"not sqlite at all" * 100)
+    msg = one_line_error(run_cli("--db", str(db), "--finalize-only"))
+    assert "database" in msg
+
+
+def test_other_ingest_in_progress_is_refused(tmp_path, build) -> None:
+    a = write_multimedia(tmp_path / "a.txt", [row(1, "https://x.example.org/1.jpg")])
+    b = write_multimedia(tmp_path / "b.txt", [row(2, "https://x.example.org/2.jpg")])
+    code, db = build(a)
+    assert code == 0
+    from download_db._sqlite import sqlite3
+
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE meta SET value='loading' WHERE key='ingest_phase'")  # as if killed
+    conn.commit()
+    conn.close()
+    p = run_cli("--db", str(db), "--multimedia", str(b))
+    assert "unfinished ingest" in one_line_error(p)
+
+
+def test_help_lists_every_mode() -> None:
+    p = run_cli("--help")
+    assert p.returncode == 0
+    for flag in (
+        "--db",
+        "--multimedia",
+        "--install-path",
+        "--processed-file",
+        "--failed-file",
+        "--reset",
+        "--legacy-only",
+        "--finalize-only",
+    ):
+        assert flag in p.stdout
+
+
+def test_in_process_entry_point_returns_code(tmp_path, capsys) -> None:
+    code = init_main(["--db", str(tmp_path / "x.db"), "--multimedia", str(tmp_path / "no.txt")])
+    assert code == 2
+    assert "not found" in capsys.readouterr().err
