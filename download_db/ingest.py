@@ -234,9 +234,10 @@ def _merge_one(conn: sqlite3.Connection, gid: int) -> int:
                      "WHERE image_id = ?", (image_no, "\n".join(urls_out), best_attr, image_id))
         dups = [x for x in ids if x != image_id]
         if dups:
+            gone = [(x,) for x in dups]
             conn.executemany("UPDATE hosts SET n_images = n_images - 1 WHERE host_id = "
-                             "(SELECT host_id FROM images WHERE image_id = ?)", [(x,) for x in dups])
-            conn.executemany("DELETE FROM images WHERE image_id = ?", [(x,) for x in dups])
+                             "(SELECT host_id FROM images WHERE image_id = ?)", gone)
+            conn.executemany("DELETE FROM images WHERE image_id = ?", gone)
             removed += len(dups)
     return removed
 
