@@ -2,35 +2,52 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from pathlib import Path
 from typing import TextIO
 
 from . import runs
 from ._sqlite import sqlite3
 from .config import MODE_BUILD, MODE_FINALIZE, MODE_LEGACY, MODE_RESET, InitConfig
-from .errors import DatabaseError, DownloadDbError
+from .errors import DatabaseError, DownloadDbError, Interrupted
 from .finalize import FinalizeStats, finalize
 from .ingest import IngestStats, ingest, remove_database
 from .legacy import LegacyStats, import_legacy
 from .progress import say
 from .reader import Source
-from .schema import connect, create_schema, get_meta, migrate
+from .schema import connect, create_schema, get_meta, migrate, set_meta, transaction
+from .signals import stop_on_signals
+from .stagelock import stage_lock
 
 
 def run_init(cfg: InitConfig, out: TextIO | None = None) -> dict:
     """Run one init_download_db.py invocation; returns the counts it recorded."""
     cfg.validate()
+    with stage_lock(cfg.db, exclusive=True, what="init_download_db.py"), \
+            stop_on_signals() as stop:
+        return _run(cfg, out, stop)
+
+
+def _run(cfg: InitConfig, out: TextIO | None, stop: threading.Event) -> dict:
     t0 = time.monotonic()
+    state = _db_state(cfg.db)
+    source = None
     if cfg.mode in (MODE_LEGACY, MODE_FINALIZE):
-        if not cfg.db.exists():
+        if state == "missing":
             raise DatabaseError(f"database not found: {cfg.db} (build it first: "
                                 "init_download_db.py --multimedia multimedia.txt)")
-        source = None
+        if state != "built" and state != "complete":
+            raise DatabaseError(f"the build of {cfg.db} has not finished; run the build command "
+                                "again to complete it first")
     else:
         source = Source(cfg.multimedia)  # type: ignore[arg-type]  # validated
+        if state == "foreign":
+            raise DatabaseError(f"{cfg.db} exists but is not a download database; refusing to "
+                                "touch it (choose another --db)")
         if cfg.mode == MODE_RESET:
             remove_database(cfg.db)
-        elif cfg.db.exists() and _ingest_finished(cfg):
+        elif state == "complete":
             raise DatabaseError(f"database already exists: {cfg.db}; use --reset to rebuild it, "
                                 "--legacy-only to import legacy files, or --finalize-only")
     conn = _open(cfg)
@@ -42,20 +59,24 @@ def run_init(cfg: InitConfig, out: TextIO | None = None) -> dict:
         if source is not None:
             say(f"ingest: {source.path} -> {cfg.db}", out)
             st = ingest(conn, source, run_id=run_id, chunk_bytes=cfg.chunk_mb << 20,
-                        workers=cfg.workers, every=cfg.progress_every, out=out, bar=cfg.bar)
+                        workers=cfg.workers, every=cfg.progress_every, out=out, bar=cfg.bar,
+                        stop=stop)
             counts["ingest"] = _ingest_summary(st, out)
         if cfg.processed_file is not None and cfg.mode != MODE_FINALIZE:
             lst = import_legacy(conn, cfg.install_path, cfg.processed_file, cfg.failed_file,
-                                every=cfg.progress_every, out=out, bar=cfg.bar)
+                                every=cfg.progress_every, out=out, bar=cfg.bar, stop=stop)
             counts["legacy"] = _legacy_summary(lst, out)
         # A fresh build has every gbifID pending by construction: nothing to roll up.
         if cfg.mode not in (MODE_BUILD, MODE_RESET) or "legacy" in counts:
             fst = finalize(conn, max_attempts=cfg.max_attempts, every=cfg.progress_every,
-                           out=out, bar=cfg.bar)
+                           out=out, bar=cfg.bar, stop=stop)
             counts["finalize"] = _finalize_summary(fst, out)
-    except KeyboardInterrupt:
-        runs.finish_run(conn, run_id, runs.INTERRUPTED, counts, "interrupted")
-        raise
+        if source is not None:
+            with transaction(conn):
+                set_meta(conn, "build_complete", "1")
+    except (KeyboardInterrupt, Interrupted):
+        runs.finish_run(conn, run_id, runs.INTERRUPTED, counts, "stopped by a signal")
+        raise Interrupted("stopped by a signal; run the same command again to continue") from None
     except (DownloadDbError, sqlite3.Error, OSError) as e:
         runs.finish_run(conn, run_id, runs.FAILED, counts, f"{type(e).__name__}: {e}")
         raise
@@ -67,15 +88,23 @@ def run_init(cfg: InitConfig, out: TextIO | None = None) -> dict:
     return counts
 
 
-def _ingest_finished(cfg: InitConfig) -> bool:
+def _db_state(db: Path) -> str:
+    """missing / foreign (not ours) / loading (ingest unfinished) / built (ingest done,
+    build not) / complete."""
+    if not db.exists():
+        return "missing"
     try:
-        conn = connect(cfg.db, readonly=True)
+        conn = connect(db, readonly=True)
         try:
-            return get_meta(conn, "ingest_phase") == "done"
+            if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone():
+                return "foreign"
+            if get_meta(conn, "build_complete") == "1":
+                return "complete"
+            return "built" if get_meta(conn, "ingest_phase") == "done" else "loading"
         finally:
             conn.close()
     except sqlite3.Error:
-        return True  # not ours or unreadable: refuse rather than overwrite
+        return "foreign"
 
 
 def _open(cfg: InitConfig) -> sqlite3.Connection:
@@ -105,9 +134,10 @@ def _ingest_summary(st: IngestStats, out: TextIO | None) -> dict:
 
 
 def _legacy_summary(st: LegacyStats, out: TextIO | None) -> dict:
-    say(f"legacy: {st.lines:,} IDs read: {st.renamed:,} renamed to -00.jpg, "
+    say(f"legacy: {st.lines:,} lines read: {st.renamed:,} renamed to -00.jpg, "
         f"{st.relabeled:,} already renamed, {st.already:,} already imported, "
-        f"{st.missing:,} missing on disk (left pending), {st.unknown:,} not in this database", out)
+        f"{st.missing:,} missing on disk (left pending), {st.unknown:,} not in this database, "
+        f"{st.not_numeric:,} not a gbifID", out)
     if st.failed_listed:
         say(f"legacy: {st.failed_listed:,} failed IDs ({st.failed_known:,} in this database) "
             "stay pending for a fresh, tracked retry", out)

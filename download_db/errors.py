@@ -23,3 +23,9 @@ class UsageError(DownloadDbError):
     """Flags that do not go together."""
 
     exit_code = 64
+
+
+class Interrupted(DownloadDbError):
+    """Stopped by a signal at a safe point; running the same command continues."""
+
+    exit_code = 75

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import TextIO
 
 from ._sqlite import sqlite3
+from .errors import Interrupted
 from .progress import Progress
 from .schema import GBIF_STATUSES, transaction
 
@@ -51,7 +53,7 @@ class FinalizeStats:
 
 def finalize(conn: sqlite3.Connection, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
              chunk_ids: int = CHUNK_IDS, every: float = 10.0, out: TextIO | None = None,
-             bar: bool | None = None) -> FinalizeStats:
+             bar: bool | None = None, stop: threading.Event | None = None) -> FinalizeStats:
     """Recompute n_success/status of every gbifID; safe to kill and re-run."""
     t0 = time.monotonic()
     stats = FinalizeStats()
@@ -74,6 +76,8 @@ def finalize(conn: sqlite3.Connection, *, max_attempts: int = DEFAULT_MAX_ATTEMP
             progress.update(done, n)
             if row is None:
                 break
+            if stop is not None and stop.is_set():
+                raise Interrupted("stopped by a signal")
             lo = hi
     finally:
         progress.close()

@@ -26,8 +26,8 @@ MAX_ATTRIBUTION = 1000  # license / rightsHolder / creator are truncated, not sk
 # here with RE2 too; everything else takes the exact Python path in
 # keys.parse_identifier. A property test keeps the two paths equal.
 _ORIGIN = r"https?://[a-z0-9.\-]+(?::[1-9][0-9]*)?"
-_NORMAL = rf"^{_ORIGIN}/[\x21\x22\x24-\x7e]*$"
-_DEFAULT_PORT = r"^https?://[^/]*:(80|443)/"
+# one pass: is the URL already normal, and what are its host and port
+_NORMAL = r"^https?://(?P<host>[a-z0-9.\-]+)(?P<port>:[1-9][0-9]*)?/[\x21\x22\x24-\x7e]*$"
 _HINT = (r"(?i)(/manifest(\.json)?|/info\.json|/None"
          r"|/(default|color|colour|gray|grey|bitonal|native)\.[a-z0-9]+)(\?|$)")
 _RENDERING = (
@@ -39,8 +39,6 @@ _RENDERING = (
 )
 _RESOLVABLE = (rf"^(?P<origin>{_ORIGIN})(?P<base>/[^?]+)"
                r"/(?P<what>(?i:manifest|manifest\.json|info\.json))$")
-_HOST_OF = r"^https?://(?P<host>[a-z0-9.\-]+)"
-_GBIF_OK = r"^[0-9]{1,18}$"
 _FMT_HTML = r"^(text/html|application/xhtml)"
 _FMT_NOT_IMAGE = r"^(audio/|video/|text/|model/|application/pdf)"
 
@@ -71,12 +69,14 @@ def canonicalise(ident: pa.Array) -> Canonical:
     rows and a keys.SKIP_* string otherwise.
     """
     n = len(ident)
-    normal = pc.and_(pc.match_substring_regex(ident, _NORMAL),
-                     pc.invert(pc.match_substring_regex(ident, _DEFAULT_PORT)))
+    parts = pc.extract_regex(ident, _NORMAL)
+    port = pc.struct_field(parts, "port")
+    normal = pc.and_(pc.is_valid(parts),
+                     pc.invert(pc.is_in(port, pa.array([":80", ":443"])).fill_null(False)))
     hinted = pc.and_(normal, pc.match_substring_regex(ident, _HINT)).to_numpy(zero_copy_only=False)
     normal_np = normal.to_numpy(zero_copy_only=False)
     key = ident
-    host = pc.struct_field(pc.extract_regex(ident, _HOST_OF), "host")
+    host = pc.struct_field(parts, "host")
     kind = np.zeros(n, dtype=np.int8)
     size = np.zeros(n, dtype=np.int64)
     python_rows = ~normal_np
@@ -165,8 +165,12 @@ def _mask(arr: pa.Array) -> np.ndarray:
     return arr.to_numpy(zero_copy_only=False)
 
 
-def _norm(col: pa.ChunkedArray) -> pa.Array:
-    return pc.utf8_lower(pc.utf8_trim_whitespace(col.combine_chunks()))
+def _matches(col: pa.ChunkedArray, test) -> np.ndarray:
+    """test(lower-cased, trimmed values) per row, computed once per distinct value
+    (type and format columns hold a handful of values)."""
+    enc = pc.dictionary_encode(col.combine_chunks())
+    values = pc.utf8_lower(pc.utf8_trim_whitespace(enc.dictionary))
+    return _mask(test(values))[enc.indices.to_numpy(zero_copy_only=False)]
 
 
 def group_chunk(table: pa.Table) -> Grouped:
@@ -191,12 +195,13 @@ def group_chunk(table: pa.Table) -> Grouped:
             ok[hit] = False
 
     gid_text = pc.utf8_trim_whitespace(table["gbifID"].combine_chunks())
-    drop(~_mask(pc.match_substring_regex(gid_text, _GBIF_OK)), SKIP_GBIF)
-    typ, fmt = _norm(table["type"]), _norm(table["format"])
-    drop(_mask(pc.equal(typ, "sound")), SKIP_SOUND)
-    drop(_mask(pc.equal(typ, "movingimage")), SKIP_MOVING)
-    drop(_mask(pc.match_substring_regex(fmt, _FMT_HTML)), SKIP_HTML)
-    drop(_mask(pc.match_substring_regex(fmt, _FMT_NOT_IMAGE)), SKIP_NOT_IMAGE)
+    gid_len = _mask(pc.utf8_length(gid_text))
+    drop(~_mask(pc.ascii_is_decimal(gid_text)) | (gid_len == 0) | (gid_len > 18), SKIP_GBIF)
+    drop(_matches(table["type"], lambda v: pc.equal(v, "sound")), SKIP_SOUND)
+    drop(_matches(table["type"], lambda v: pc.equal(v, "movingimage")), SKIP_MOVING)
+    drop(_matches(table["format"], lambda v: pc.match_substring_regex(v, _FMT_HTML)), SKIP_HTML)
+    drop(_matches(table["format"], lambda v: pc.match_substring_regex(v, _FMT_NOT_IMAGE)),
+         SKIP_NOT_IMAGE)
     ident = table["identifier"].combine_chunks()
     drop(_mask(pc.utf8_length(ident)) > MAX_IDENTIFIER, SKIP_OVERLONG)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -14,12 +15,12 @@ import numpy as np
 
 from . import keys
 from ._sqlite import sqlite3
-from .errors import DatabaseError
+from .errors import DatabaseError, Interrupted
 from .group import Grouped, group_chunk
 from .progress import Progress, say
 from .reader import CHUNK_BYTES, Chunk, ParsedChunk, Source, parse_chunk
 from .runs import heartbeat
-from .schema import INDEX_GBIF_IMAGE, INDEX_TODO, get_meta, set_meta, transaction
+from .schema import INDEX_CLAIMED, INDEX_GBIF_IMAGE, INDEX_TODO, get_meta, set_meta, transaction
 
 PHASE_LOADING = "loading"
 PHASE_INDEXING = "indexing"
@@ -71,7 +72,8 @@ def source_fingerprint(source: Source) -> dict:
 
 def ingest(conn: sqlite3.Connection, source: Source, *, run_id: int,
            chunk_bytes: int = CHUNK_BYTES, workers: int = 2, every: float = 10.0,
-           out: TextIO | None = None, bar: bool | None = None) -> IngestStats:
+           out: TextIO | None = None, bar: bool | None = None,
+           stop: threading.Event | None = None) -> IngestStats:
     """Load (or continue loading) ``source`` into an open database, then index it."""
     phase = get_meta(conn, "ingest_phase")
     fp = source_fingerprint(source)
@@ -96,7 +98,7 @@ def ingest(conn: sqlite3.Connection, source: Source, *, run_id: int,
     stats = IngestStats.from_json(get_meta(conn, "ingest_stats"))
     if phase == PHASE_LOADING:
         _load(conn, source, stats, run_id=run_id, chunk_bytes=chunk_bytes, workers=workers,
-              every=every, out=out, bar=bar)
+              every=every, out=out, bar=bar, stop=stop)
         with transaction(conn):
             set_meta(conn, "ingest_phase", PHASE_INDEXING)
     _post_load(conn, stats, out)
@@ -130,7 +132,7 @@ def _transformed(source: Source, start: int, chunk_bytes: int,
 
 def _load(conn: sqlite3.Connection, source: Source, stats: IngestStats, *, run_id: int,
           chunk_bytes: int, workers: int, every: float, out: TextIO | None,
-          bar: bool | None) -> None:
+          bar: bool | None, stop: threading.Event | None = None) -> None:
     start = int(get_meta(conn, "ingest_offset") or source.header.data_offset)
     host_ids: dict[str, int] = dict(conn.execute("SELECT host, host_id FROM hosts"))
     next_host = max(host_ids.values(), default=0) + 1
@@ -164,6 +166,8 @@ def _load(conn: sqlite3.Connection, source: Source, stats: IngestStats, *, run_i
                 set_meta(conn, "ingest_stats", stats.to_json())
                 heartbeat(conn, run_id)
             progress.update(chunk.end, parsed.lines)
+            if stop is not None and stop.is_set():
+                raise Interrupted("stopped by a signal")
     finally:
         progress.close()
 
@@ -177,6 +181,7 @@ def _post_load(conn: sqlite3.Connection, stats: IngestStats, out: TextIO | None)
         _merge_split_gbif_ids(conn, stats, out)
         conn.execute(INDEX_GBIF_IMAGE)
     conn.execute(INDEX_TODO)
+    conn.execute(INDEX_CLAIMED)
     say("ingest: counting images per gbifID", out)
     with transaction(conn):
         conn.execute("DELETE FROM gbif_ids")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ._sqlite import sqlite3
-from .errors import InputError
+from .errors import InputError, Interrupted
 from .paths import image_relpath, legacy_relpath
 from .progress import Progress
 from .schema import FLAG_LEGACY, SUCCESS, get_meta, set_meta, transaction
@@ -44,7 +45,8 @@ def _ids(path: Path, skip: int) -> Iterator[str]:
 
 def import_legacy(conn: sqlite3.Connection, install_path: str | Path, processed: str | Path,
                   failed: str | Path | None = None, *, every: float = 10.0,
-                  out: TextIO | None = None, bar: bool | None = None) -> LegacyStats:
+                  out: TextIO | None = None, bar: bool | None = None,
+                  stop: threading.Event | None = None) -> LegacyStats:
     """Mark image 0 of each processed gbifID success (flag legacy_unverified_index),
     renaming <id>.jpg to <id>-00.jpg. Chunked commits; resumes where it stopped."""
     root = Path(install_path)
@@ -80,6 +82,8 @@ def import_legacy(conn: sqlite3.Connection, install_path: str | Path, processed:
             batch.append(s)
             if len(batch) >= BATCH:
                 flush()
+                if stop is not None and stop.is_set():
+                    raise Interrupted("stopped by a signal")
         if batch or skip == 0:
             flush()
     finally:

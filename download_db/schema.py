@@ -134,7 +134,13 @@ INDEX_TODO = (
     "CREATE INDEX IF NOT EXISTS images_todo ON images(host_id, next_attempt_at) "
     f"WHERE {TODO_WHERE}"
 )
-POST_LOAD_INDEXES = (INDEX_GBIF_IMAGE, INDEX_TODO)
+# Rows a run holds right now (in-flight claims, successes awaiting their
+# rename): small, and lets a restart find a dead run's leftovers without a scan.
+INDEX_CLAIMED = (
+    "CREATE INDEX IF NOT EXISTS images_claimed ON images(claimed_by) "
+    "WHERE claimed_by IS NOT NULL"
+)
+POST_LOAD_INDEXES = (INDEX_GBIF_IMAGE, INDEX_TODO, INDEX_CLAIMED)
 INDEX_GBIF_STATUS = "CREATE INDEX IF NOT EXISTS gbif_ids_status ON gbif_ids(status)"
 
 # Additive migrations: version -> statements. Never rebuild a large table:
@@ -172,8 +178,11 @@ def connect(
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = OFF")
         # Inserts are appends and need little cache. Index sorts spill to temp
-        # files (temp_store default), so memory stays flat at any row count.
+        # files (SQLITE_TMPDIR, else /var/tmp or /tmp), so memory stays flat at
+        # any row count.
         conn.execute("PRAGMA cache_size = -65536")
+        conn.execute("PRAGMA temp_store = FILE")
+        conn.execute("PRAGMA threads = 2")  # helper threads for index sorts
     else:
         # WAL: readers never block the writer and vice versa (all on one host).
         conn.execute("PRAGMA journal_mode = WAL")

@@ -103,6 +103,7 @@ def test_other_ingest_in_progress_is_refused(tmp_path, build) -> None:
 
     conn = sqlite3.connect(db)
     conn.execute("UPDATE meta SET value='loading' WHERE key='ingest_phase'")  # as if killed
+    conn.execute("DELETE FROM meta WHERE key='build_complete'")
     conn.commit()
     conn.close()
     p = run_cli("--db", str(db), "--multimedia", str(b))
@@ -129,3 +130,73 @@ def test_in_process_entry_point_returns_code(tmp_path, capsys) -> None:
     code = init_main(["--db", str(tmp_path / "x.db"), "--multimedia", str(tmp_path / "no.txt")])
     assert code == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_reset_refuses_a_file_that_is_not_ours(tmp_path) -> None:
+    precious = tmp_path / "thesis.db"
+    import sqlite3 as stdlib_sqlite3
+
+    c = stdlib_sqlite3.connect(precious)
+    c.execute("CREATE TABLE chapters (n)")
+    c.commit()
+    c.close()
+    p = run_cli("--db", str(precious), "--multimedia", str(PSILOCYBE), "--reset")
+    assert "not a download database" in one_line_error(p)
+    assert precious.exists()
+
+
+def test_unfinished_build_refuses_legacy_and_finalize(tmp_path, build) -> None:
+    code, db = build(PSILOCYBE)
+    assert code == 0
+    import sqlite3 as stdlib_sqlite3
+
+    c = stdlib_sqlite3.connect(db)
+    c.execute("UPDATE meta SET value='loading' WHERE key='ingest_phase'")
+    c.execute("DELETE FROM meta WHERE key='build_complete'")
+    c.commit()
+    c.close()
+    assert "has not finished" in one_line_error(run_cli("--db", str(db), "--finalize-only"))
+
+
+def test_second_build_on_the_same_database_is_refused(tmp_path) -> None:
+    from download_db.stagelock import stage_lock
+
+    db = tmp_path / "x.db"
+    with stage_lock(db, exclusive=True, what="init_download_db.py"):
+        p = run_cli("--db", str(db), "--multimedia", str(PSILOCYBE))
+    msg = one_line_error(p)
+    assert "in use by init_download_db.py" in msg and "pid" in msg
+    assert run_cli("--db", str(db), "--multimedia", str(PSILOCYBE)).returncode == 0
+
+
+def test_sigterm_stops_at_a_chunk_boundary_and_the_rerun_finishes(tmp_path) -> None:
+    import signal
+    import time
+
+    from tests.conftest import dump, generate
+
+    mm = generate(tmp_path / "m.txt", 40_000, seed=11)
+    db = tmp_path / "x.db"
+    args = [sys.executable, str(ROOT / "init_download_db.py"), "--db", str(db), "--multimedia",
+            str(mm), "--chunk-mb", "1", "--no-bar"]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 30
+    while not Path(f"{db}-wal").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("the ingest finished before the signal arrived")
+    assert proc.returncode == 75, err
+    assert "run the same command again" in err and "Traceback" not in err
+    import sqlite3 as stdlib_sqlite3
+
+    c = stdlib_sqlite3.connect(db)
+    assert c.execute("SELECT outcome FROM runs").fetchall() == [("interrupted",)]
+    c.close()
+    assert subprocess.run(args, cwd=ROOT, capture_output=True).returncode == 0
+    clean = tmp_path / "clean.db"
+    subprocess.run([*args[:3], str(clean), *args[4:]], cwd=ROOT, check=True, capture_output=True)
+    assert dump(db) == dump(clean)
