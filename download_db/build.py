@@ -16,7 +16,7 @@ from .ingest import IngestStats, ingest, remove_database
 from .legacy import LegacyStats, import_legacy
 from .progress import say
 from .reader import Source
-from .schema import connect, create_schema, get_meta, migrate, set_meta, transaction
+from .schema import connect, create_schema, get_meta, migrate, set_meta, transaction, use_wal
 from .signals import stop_on_signals
 from .stagelock import stage_lock
 
@@ -82,6 +82,7 @@ def _run(cfg: InitConfig, out: TextIO | None, stop: threading.Event) -> dict:
         raise
     counts["seconds"] = round(time.monotonic() - t0, 2)
     runs.finish_run(conn, run_id, runs.OK, counts)
+    use_wal(conn)
     conn.execute("PRAGMA optimize")
     conn.close()
     say(f"done in {counts['seconds']:.1f}s", out)
@@ -91,12 +92,17 @@ def _run(cfg: InitConfig, out: TextIO | None, stop: threading.Event) -> dict:
 def _db_state(db: Path) -> str:
     """missing / foreign (not ours) / loading (ingest unfinished) / built (ingest done,
     build not) / complete."""
-    if not db.exists():
+    if not db.exists() or db.stat().st_size == 0:
         return "missing"
     try:
-        conn = connect(db, readonly=True)
+        # read-write on purpose: we hold the stage lock, and a build killed
+        # mid-transaction leaves a hot journal that must be rolled back first
+        conn = sqlite3.connect(db, timeout=60)
         try:
-            if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone():
+            names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+            if not names:
+                return "missing"  # killed between creating the file and the schema
+            if "meta" not in names:
                 return "foreign"
             if get_meta(conn, "build_complete") == "1":
                 return "complete"

@@ -50,3 +50,53 @@ class InitConfig:
         if not parent.is_dir():
             raise UsageError(f"directory for --db does not exist: {parent}")
         return self
+
+
+@dataclass(frozen=True)
+class DownloadConfig:
+    """image_install_db.py: download every image that still has work."""
+
+    db: Path = Path(DEFAULT_DB)
+    install_path: Path = Path(DEFAULT_INSTALL)
+    threads: int = 32
+    processes: int = 1
+    per_host_concurrency: int = 4
+    per_host_rate: float = 5.0
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    connect_timeout: float = 10.0
+    read_timeout: float = 30.0
+    deadline: float = 120.0
+    max_bytes: int = 256 << 20
+    max_size: int = 1024
+    jpeg_quality: int = 85
+    keep_original: bool = False
+    max_pixels: int = 300_000_000
+    user_agent: str = ""
+    max_images: int | None = None
+    max_runtime: float | None = None
+    lease: float = 900.0
+    lock_dir: Path | None = None
+    progress_every: float = 10.0
+    bar: bool | None = None
+
+    def validate(self) -> DownloadConfig:
+        checks = [
+            (self.threads >= 1, "--threads must be at least 1"),
+            (1 <= self.processes <= 64, "--processes must be between 1 and 64"),
+            (self.per_host_concurrency >= 1, "--per-host-concurrency must be at least 1"),
+            (self.per_host_rate >= 0, "--per-host-rate must be >= 0 (0 = no rate limit)"),
+            (self.max_attempts >= 1, "--max-attempts must be at least 1"),
+            (self.connect_timeout > 0 and self.read_timeout > 0, "--timeout values must be > 0"),
+            (self.deadline > 0, "--deadline must be > 0"),
+            (self.max_bytes > 0, "--max-bytes must be > 0"),
+            (16 <= self.max_size <= 65535, "--max-size must be between 16 and 65535"),
+            (1 <= self.jpeg_quality <= 95, "--jpeg-quality must be between 1 and 95"),
+            (self.max_images is None or self.max_images >= 0, "--max-images must be >= 0"),
+            (self.max_runtime is None or self.max_runtime > 0, "--max-runtime must be > 0"),
+            (self.lease >= 2 * self.deadline,
+             "--lease must be at least twice --deadline (a claim must outlive a download)"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise UsageError(msg)
+        return self

@@ -182,9 +182,9 @@ def test_sigterm_stops_at_a_chunk_boundary_and_the_rerun_finishes(tmp_path) -> N
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     deadline = time.monotonic() + 30
-    while not Path(f"{db}-wal").exists() and time.monotonic() < deadline:
+    while time.monotonic() < deadline and (not db.exists() or db.stat().st_size < 1 << 20):
         time.sleep(0.01)
-    time.sleep(0.3)
+    time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     if proc.returncode == 0:
