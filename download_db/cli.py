@@ -17,6 +17,7 @@ from .config import (
     MODE_FINALIZE,
     MODE_LEGACY,
     MODE_RESET,
+    DownloadConfig,
     InitConfig,
 )
 from .errors import DownloadDbError
@@ -119,3 +120,154 @@ def _guard(prog: str, fn: Callable[[], object], debug: bool) -> int:
             traceback.print_exc()
         return 70
     return 0
+
+
+DOWNLOAD_EXAMPLES = """\
+examples:
+  download everything that still has work, politely, into ./images:
+    image_install_db.py
+  a batch job with limits (stops cleanly, resumable by running it again):
+    image_install_db.py --db /data/download_status.db --install-path /data/images \\
+        --threads 64 --max-runtime 86000
+  keep the original bytes instead of a 1024 px JPEG:
+    image_install_db.py --keep-original
+stop: SIGTERM, SIGINT, SIGUSR1 or SIGUSR2 (SGE -notify, Slurm --signal) finish or release
+the images in flight, commit, and exit 0. kill -9 loses nothing that was committed.
+"""
+
+
+def _pair(text: str) -> tuple[float, float]:
+    parts = [p for p in text.replace(" ", "").split(",") if p]
+    try:
+        vals = [float(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected SECONDS or CONNECT,READ") from None
+    if len(vals) == 1:
+        return vals[0], vals[0]
+    if len(vals) == 2:
+        return vals[0], vals[1]
+    raise argparse.ArgumentTypeError("expected SECONDS or CONNECT,READ")
+
+
+def _size(text: str) -> int:
+    t = text.strip().upper()
+    mult = 1
+    for suffix, m in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if t.endswith(suffix) or t.endswith(suffix + "B"):
+            mult, t = m, t.rstrip("B")[:-1]
+            break
+    try:
+        return int(float(t) * mult)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 200M)") from None
+
+
+def _download_parser() -> argparse.ArgumentParser:
+    d = DownloadConfig()
+    p = argparse.ArgumentParser(
+        prog="image_install_db.py",
+        description="Download every distinct image that still has work, politely, into the "
+                    "image root; record each outcome in the tracking database.",
+        epilog=DOWNLOAD_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("where")
+    g.add_argument("--db", type=Path, default=d.db, metavar="PATH",
+                   help=f"tracking database (default: ./{DEFAULT_DB})")
+    g.add_argument("--install-path", type=Path, default=d.install_path, metavar="PATH",
+                   help=f"image root directory (default: ./{DEFAULT_INSTALL})")
+    g = p.add_argument_group("how much at once")
+    g.add_argument("--threads", type=int, default=d.threads, metavar="N",
+                   help=f"download threads in this process (default: {d.threads})")
+    g.add_argument("--processes", type=int, default=d.processes, metavar="N",
+                   help="processes on this machine sharing the database (decode and resize are "
+                        f"CPU-bound: one per core helps; default: {d.processes})")
+    g.add_argument("--per-host-concurrency", type=int, default=d.per_host_concurrency,
+                   metavar="N", help="simultaneous requests to one host, all threads and "
+                                     f"processes together (default: {d.per_host_concurrency})")
+    g.add_argument("--per-host-rate", type=float, default=d.per_host_rate, metavar="PER_SEC",
+                   help="requests per second to one host, all together; 0 = no rate limit "
+                        f"(default: {d.per_host_rate:g})")
+    g.add_argument("--lock-dir", type=Path, metavar="PATH",
+                   help="node-local directory for the per-host locks (default: /dev/shm, "
+                        "else $TMPDIR)")
+    g = p.add_argument_group("when to stop")
+    g.add_argument("--max-images", type=int, metavar="N",
+                   help="stop after handing out N images")
+    g.add_argument("--max-runtime", type=float, metavar="SECONDS",
+                   help="stop cleanly after this long (set below the job's wall-clock limit)")
+    g.add_argument("--max-attempts", type=int, default=d.max_attempts, metavar="N",
+                   help="tries per image for transient failures; raising it re-opens "
+                        f"exhausted ones (default: {d.max_attempts})")
+    g.add_argument("--wait-for-retries", type=float, default=d.wait_for_retries,
+                   metavar="SECONDS", help="when only retries are left, keep running if one "
+                   f"falls due within this long (default: {d.wait_for_retries:g}; 0 = exit)")
+    g.add_argument("--lease", type=float, default=d.lease, metavar="SECONDS",
+                   help="how long a claim is held before another run may take it over "
+                        f"(default: {d.lease:g})")
+    g = p.add_argument_group("HTTP")
+    g.add_argument("--timeout", type=_pair, default=(d.connect_timeout, d.read_timeout),
+                   metavar="CONNECT,READ", help="connect and read timeouts in seconds "
+                   f"(default: {d.connect_timeout:g},{d.read_timeout:g})")
+    g.add_argument("--deadline", type=float, default=d.deadline, metavar="SECONDS",
+                   help=f"whole-download limit per request (default: {d.deadline:g})")
+    g.add_argument("--max-bytes", type=_size, default=d.max_bytes, metavar="SIZE",
+                   help="largest body accepted, e.g. 256M (default: 256M)")
+    g.add_argument("--user-agent", metavar="TEXT",
+                   help="User-Agent (default: gbif-download-db/VERSION with DOWNLOADER_CONTACT "
+                        "from .env)")
+    g.add_argument("--contact", metavar="EMAIL_OR_URL",
+                   help="contact put in the User-Agent (default: DOWNLOADER_CONTACT from .env)")
+    g = p.add_argument_group("images")
+    g.add_argument("--max-size", type=int, default=d.max_size, metavar="PX",
+                   help=f"long edge of the saved JPEG (default: {d.max_size})")
+    g.add_argument("--jpeg-quality", type=int, default=d.jpeg_quality, metavar="Q",
+                   help=f"JPEG quality of saved images (default: {d.jpeg_quality})")
+    g.add_argument("--keep-original", action="store_true",
+                   help="store the original bytes under their sniffed extension instead of a "
+                        "resized JPEG")
+    g.add_argument("--max-pixels", type=int, default=d.max_pixels, metavar="N",
+                   help="refuse images above this many pixels (decompression-bomb guard; "
+                        f"default: {d.max_pixels:,})")
+    g = p.add_argument_group("output")
+    g.add_argument("--progress-every", type=float, default=d.progress_every, metavar="SECONDS",
+                   help=f"seconds between progress lines in batch logs (default: "
+                        f"{d.progress_every:g})")
+    g.add_argument("--no-bar", action="store_true",
+                   help="log lines instead of a progress bar even on a terminal")
+    g.add_argument("--debug", action="store_true", help="show tracebacks for unexpected errors")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return p
+
+
+def user_agent(contact: str | None) -> str:
+    import requests
+
+    who = f" (+{contact}; bulk image download for research)" if contact else ""
+    return f"gbif-download-db/{__version__}{who} python-requests/{requests.__version__}"
+
+
+def download_main(argv: Sequence[str] | None = None) -> int:
+    """image_install_db.py"""
+    import os
+
+    from dotenv import find_dotenv, load_dotenv
+
+    parser = _download_parser()
+    a = parser.parse_args(argv)
+    load_dotenv(find_dotenv(usecwd=True))
+    contact = a.contact or os.environ.get("DOWNLOADER_CONTACT", "").strip() or None
+    if not a.user_agent and not contact:
+        print(f"{parser.prog}: warning: no contact set (DOWNLOADER_CONTACT in .env or "
+              "--contact); publishers cannot reach you about your traffic", file=sys.stderr)
+    cfg = DownloadConfig(
+        db=a.db, install_path=a.install_path, threads=a.threads, processes=a.processes,
+        per_host_concurrency=a.per_host_concurrency, per_host_rate=a.per_host_rate,
+        max_attempts=a.max_attempts, connect_timeout=a.timeout[0], read_timeout=a.timeout[1],
+        deadline=a.deadline, max_bytes=a.max_bytes, max_size=a.max_size,
+        jpeg_quality=a.jpeg_quality, keep_original=a.keep_original, max_pixels=a.max_pixels,
+        user_agent=a.user_agent or user_agent(contact), max_images=a.max_images,
+        max_runtime=a.max_runtime, lease=a.lease, wait_for_retries=a.wait_for_retries,
+        lock_dir=a.lock_dir,
+        progress_every=a.progress_every, bar=False if a.no_bar else None)
+    from .downloader import run_download
+
+    return _guard(parser.prog, lambda: run_download(cfg), a.debug)

@@ -75,6 +75,7 @@ class DownloadConfig:
     max_images: int | None = None
     max_runtime: float | None = None
     lease: float = 900.0
+    wait_for_retries: float = 300.0
     lock_dir: Path | None = None
     progress_every: float = 10.0
     bar: bool | None = None
@@ -93,6 +94,7 @@ class DownloadConfig:
             (1 <= self.jpeg_quality <= 95, "--jpeg-quality must be between 1 and 95"),
             (self.max_images is None or self.max_images >= 0, "--max-images must be >= 0"),
             (self.max_runtime is None or self.max_runtime > 0, "--max-runtime must be > 0"),
+            (self.wait_for_retries >= 0, "--wait-for-retries must be >= 0"),
             (self.lease >= 2 * self.deadline,
              "--lease must be at least twice --deadline (a claim must outlive a download)"),
         ]

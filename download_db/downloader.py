@@ -1,0 +1,311 @@
+"""The download stage: recover, then fetch on worker threads until done, a limit, or a stop."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import TextIO
+
+from tqdm import tqdm
+
+from . import claims, fetch, runs, store
+from ._sqlite import sqlite3
+from .config import DownloadConfig
+from .errors import DatabaseError
+from .hosts import HostGate, Politeness, default_lock_dir
+from .progress import _fmt_secs, say
+from .scheduler import Scheduler
+from .schema import EXHAUSTED_WHERE, connect, get_meta, migrate, transaction
+from .signals import stop_on_signals
+from .stagelock import stage_lock
+from .worker import Worker, WorkerConfig
+from .writer import Writer
+
+log = logging.getLogger(__name__)
+
+
+def run_download(cfg: DownloadConfig, out: TextIO | None = None) -> dict:
+    """One image_install_db.py process (or a parent of --processes children)."""
+    cfg.validate()
+    children = _spawn_children(cfg) if cfg.processes > 1 else []
+    with stage_lock(cfg.db, exclusive=False, what="image_install_db.py"), \
+            stop_on_signals() as stop:
+        try:
+            return _download(cfg, stop, out)
+        finally:
+            for p in children:
+                if stop.is_set():
+                    p.send_signal(signal.SIGTERM)
+            for p in children:
+                p.wait()
+
+
+def _spawn_children(cfg: DownloadConfig) -> list[subprocess.Popen]:
+    """--processes N: N-1 more copies of this command, each its own claimer
+    and writer on the same database (same machine, so WAL is safe)."""
+    argv = list(sys.argv[1:])
+    for i, a in enumerate(argv):
+        if a == "--processes" and i + 1 < len(argv):
+            argv[i + 1] = "1"
+        elif a.startswith("--processes="):
+            argv[i] = "--processes=1"
+    script = sys.argv[0] if sys.argv[0].endswith(".py") else "-m download_db.download"
+    cmd = [sys.executable, *script.split(), *argv, "--no-bar"]
+    return [subprocess.Popen(cmd) for _ in range(cfg.processes - 1)]
+
+
+def _open(cfg: DownloadConfig) -> sqlite3.Connection:
+    if not cfg.db.exists():
+        raise DatabaseError(f"database not found: {cfg.db} (build it first with "
+                            "init_download_db.py --multimedia multimedia.txt)")
+    try:
+        conn = connect(cfg.db)
+        migrate(conn)
+        if get_meta(conn, "ingest_phase") != "done":
+            raise DatabaseError(f"the build of {cfg.db} has not finished; run "
+                                "init_download_db.py again to complete it")
+    except sqlite3.DatabaseError as e:
+        raise DatabaseError(f"cannot open {cfg.db} as a download database: {e}") from None
+    return conn
+
+
+def _download(cfg: DownloadConfig, stop: threading.Event, out: TextIO | None) -> dict:
+    t0 = time.monotonic()
+    root = cfg.install_path.resolve()
+    conn = _open(cfg)
+    run_id = runs.start_run(conn, "download")
+    token = claims.make_token(run_id)
+    counts: dict = {}
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        rec = recover(conn, root, cfg.lease, cfg.keep_original)
+        with transaction(conn):
+            reopened = claims.reopen_exhausted(conn, cfg.max_attempts)
+            parked = claims.park_exhausted(conn, cfg.max_attempts)
+        if rec["claims"] or reopened or parked:
+            say(f"download: recovered {rec['claims']:,} claims of dead runs "
+                f"({rec['renamed']:,} files finished, {rec['adopted']:,} downloads adopted, "
+                f"{rec['lost']:,} lost, {rec['temps']:,} temp files removed); "
+                f"{reopened:,} retries re-opened, {parked:,} parked", out)
+        todo = conn.execute(f"SELECT count(*) FROM images INDEXED BY images_todo WHERE "
+                            f"{EXHAUSTED_WHERE}").fetchone()[0]
+        hosts = conn.execute("SELECT host_id, host, quarantined FROM hosts "
+                             "WHERE n_images > 0 ORDER BY n_images DESC").fetchall()
+        say(f"download: {todo:,} images with work left on {len(hosts):,} hosts -> {root}", out)
+        counts = _fetch_all(cfg, conn, run_id, token, root, hosts, todo, stop, out, t0)
+    except BaseException as e:
+        runs.finish_run(conn, run_id, runs.FAILED, counts, f"{type(e).__name__}: {e}"[:500])
+        raise
+    outcome = runs.INTERRUPTED if stop.is_set() and not counts.get("limit") else runs.OK
+    counts["seconds"] = round(time.monotonic() - t0, 1)
+    runs.finish_run(conn, run_id, outcome, counts,
+                    "stopped by a signal" if outcome == runs.INTERRUPTED else None)
+    conn.close()
+    return counts
+
+
+def _fetch_all(cfg: DownloadConfig, conn: sqlite3.Connection, run_id: int, token: str,
+               root: Path, hosts: list, todo: int, stop: threading.Event,
+               out: TextIO | None, t0: float) -> dict:
+    gate = HostGate(cfg.lock_dir or default_lock_dir(cfg.db),
+                    Politeness(concurrency=cfg.per_host_concurrency, rate=cfg.per_host_rate))
+    writer = Writer(conn, token=token, run_id=run_id, root=root, max_attempts=cfg.max_attempts,
+                    lease=cfg.lease)
+    writer.start()
+    sched = Scheduler(writer, gate, hosts, per_host=cfg.per_host_concurrency, stop=stop,
+                      max_items=cfg.max_images, wait_for_retries=cfg.wait_for_retries)
+    limits = fetch.Limits(cfg.connect_timeout, cfg.read_timeout, cfg.deadline, cfg.max_bytes,
+                          user_agent=cfg.user_agent)
+    wcfg = WorkerConfig(root, limits, cfg.max_size, cfg.jpeg_quality, cfg.keep_original,
+                        cfg.max_pixels)
+    fatal: list[BaseException] = []
+    workers: list[Worker] = []
+
+    def loop() -> None:
+        w = Worker(wcfg, gate, writer, stop)
+        workers.append(w)
+        while True:
+            got = sched.next()
+            if got is None:
+                return
+            item, slot = got
+            retry_at = None
+            try:
+                result = w.process(item, slot)
+            except store.StoreError as e:
+                fatal.append(e)
+                stop.set()
+                result = claims.Result(item, "pending", attempted=False)
+            except Exception as e:  # noqa: BLE001 - a bug must not kill the run or lose the claim
+                log.exception("unexpected error on image %s", item.image_id)
+                result = claims.Result(item, "failed_transient", error_type="other",
+                                       error_detail=f"{type(e).__name__}: {e}")
+            if result.status in ("pending", "failed_transient"):
+                retry_at = result.retry_at or time.time()
+            writer.put(result)
+            sched.done(item, retry_at)
+
+    threads = [threading.Thread(target=loop, name=f"worker-{i}", daemon=True)
+               for i in range(cfg.threads)]
+    for t in threads:
+        t.start()
+    limit_hit = _watch(cfg, threads, writer, workers, stop, todo, out, t0)
+    if stop.is_set():
+        fetch.abort_all()  # in-flight downloads end now, not at their deadline
+    for t in threads:
+        t.join(timeout=cfg.deadline + 5)
+    writer.release(sched.remaining())
+    writer.stop()
+    gate.close()
+    if writer.error is not None:
+        raise writer.error
+    if fatal:
+        raise fatal[0]
+    counts = dict(writer.counts)
+    counts["bytes_fetched"] = sum(w.bytes for w in workers)
+    if limit_hit:
+        counts["limit"] = limit_hit
+    _summary(counts, out, time.monotonic() - t0)
+    return counts
+
+
+def _watch(cfg: DownloadConfig, threads: list[threading.Thread], writer: Writer,
+           workers: list[Worker], stop: threading.Event, todo: int, out: TextIO | None,
+           t0: float) -> str | None:
+    """Main thread: progress, limits, writer health; returns which limit ended the run."""
+    stream = out or sys.stdout
+    bar = tqdm(total=todo, unit="img", desc="download", file=stream, dynamic_ncols=True) \
+        if (cfg.bar if cfg.bar is not None else stream.isatty()) else None
+    last_log = time.monotonic()
+    shown = 0
+    limit = None
+    try:
+        while any(t.is_alive() for t in threads):
+            time.sleep(0.25)
+            done = sum(writer.counts.get(k, 0) for k in
+                       ("success", "failed_transient", "failed_permanent"))
+            if bar is not None:
+                bar.update(done - shown)
+                shown = done
+                bar.set_postfix_str(_rates(writer.counts, workers, t0), refresh=False)
+            elif time.monotonic() - last_log >= cfg.progress_every:
+                last_log = time.monotonic()
+                eta = ""
+                rate = done / max(time.monotonic() - t0, 1e-9)
+                if rate > 0 and todo > done:
+                    eta = f", ETA {_fmt_secs((todo - done) / rate)}"
+                say(f"download: {done:,}/{todo:,} done; {_rates(writer.counts, workers, t0)}{eta}",
+                    stream)
+            if writer.error is not None:
+                stop.set()
+            if cfg.max_runtime is not None and time.monotonic() - t0 >= cfg.max_runtime:
+                limit = "max_runtime"
+                stop.set()
+            if stop.is_set():
+                return limit
+        return "max_images" if cfg.max_images is not None and done >= cfg.max_images else None
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _rates(counts: dict, workers: list[Worker], t0: float) -> str:
+    dt = max(time.monotonic() - t0, 1e-9)
+    ok = counts.get("success", 0)
+    bad = counts.get("failed_transient", 0) + counts.get("failed_permanent", 0)
+    mb = sum(w.bytes for w in workers) / 1e6
+    return (f"{ok:,} ok, {bad:,} failed, {counts.get('deferred', 0):,} deferred, "
+            f"{ok / dt:,.1f} img/s, {mb / dt:,.1f} MB/s")
+
+
+def _summary(counts: dict, out: TextIO | None, seconds: float) -> None:
+    say(f"download: finished in {_fmt_secs(seconds)}: {counts.get('success', 0):,} saved, "
+        f"{counts.get('failed_transient', 0):,} failed (will retry), "
+        f"{counts.get('failed_permanent', 0):,} failed permanently, "
+        f"{counts.get('deferred', 0):,} deferred (host cooling down / busy), "
+        f"{counts.get('bytes_fetched', 0) / 1e6:,.1f} MB fetched", out)
+
+
+def recover(conn: sqlite3.Connection, root: Path, lease: float,
+            keep_original: bool = False) -> dict:
+    """Finish what dead runs left: rename committed files, drop temp files,
+    release claims. Only images those runs had claimed are looked at."""
+    live = claims.live_tokens(conn, stale_after=lease)
+    dead = claims.dead_claims(conn, live)
+    stats = {"claims": len(dead), "renamed": 0, "lost": 0, "temps": 0, "adopted": 0}
+    if not dead:
+        return stats
+    now = time.time()
+    with transaction(conn):
+        for image_id, gid, no, status, file_path, sha, _tok in dead:
+            if status == "success":
+                final = root / file_path
+                if final.exists():
+                    stats["temps"] += store.clean_temps(root, gid, no)
+                elif _rename_matching_temp(root, gid, no, final, sha):
+                    stats["renamed"] += 1
+                    stats["temps"] += store.clean_temps(root, gid, no)
+                else:  # committed, but the file never reached its name: fetch again
+                    stats["lost"] += 1
+                    conn.execute("UPDATE images SET status = 'pending', file_path = NULL, "
+                                 "file_size = NULL, sha256 = NULL, width = NULL, height = NULL, "
+                                 "next_attempt_at = ? WHERE image_id = ?", (now, image_id))
+            elif _adopt_temp(conn, root, image_id, gid, no, now, keep_original):
+                stats["adopted"] += 1
+                stats["temps"] += store.clean_temps(root, gid, no)
+            else:
+                stats["temps"] += store.clean_temps(root, gid, no)
+                conn.execute("UPDATE images SET next_attempt_at = min(next_attempt_at, ?) "
+                             "WHERE image_id = ?", (now, image_id))
+            conn.execute("UPDATE images SET claimed_by = NULL WHERE image_id = ?", (image_id,))
+        conn.execute("UPDATE runs SET outcome = 'crashed' WHERE stage = 'download' "
+                     "AND outcome = 'running' AND run_id NOT IN (SELECT value FROM json_each(?))",
+                     (f"[{','.join(t.rsplit(':', 1)[1] for t in live)}]",))
+    return stats
+
+
+def _rename_matching_temp(root: Path, gid: int, no: int, final: Path, sha: str | None) -> bool:
+    for tmp in store.temp_candidates(root, gid, no):
+        try:
+            data = Path(tmp).read_bytes()
+        except OSError:
+            continue
+        if sha and hashlib.sha256(data).hexdigest() == sha:
+            os.replace(tmp, final)
+            return True
+    return False
+
+
+def _adopt_temp(conn: sqlite3.Connection, root: Path, image_id: int, gid: int, no: int,
+                now: float, keep_original: bool) -> bool:
+    """A dead run fetched this image and wrote its temp file, but died before the
+    commit: adopt the file if it is complete instead of fetching it again."""
+    from . import images
+    from .paths import image_relpath
+
+    for tmp in store.temp_candidates(root, gid, no):
+        try:
+            data = Path(tmp).read_bytes()
+            out = images.verify_saved(data)
+        except (OSError, images.ImageError):
+            continue
+        if not keep_original and out.ext != "jpg" and not out.raw_unprocessed:
+            continue
+        rel = image_relpath(gid, no, out.ext)
+        os.replace(tmp, root / rel)
+        conn.execute(
+            "UPDATE images SET status = 'success', error_type = ?, error_detail = ?, "
+            "http_status = 200, file_path = ?, file_size = ?, sha256 = ?, width = ?, height = ?, "
+            "attempts = attempts + 1, last_attempt_at = ?, next_attempt_at = 0 WHERE image_id = ?",
+            ("raw_unprocessed" if out.raw_unprocessed else None,
+             "adopted after a crash", rel, len(data), hashlib.sha256(data).hexdigest(),
+             out.width or None, out.height or None, now, image_id))
+        return True
+    return False

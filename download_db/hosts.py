@@ -1,0 +1,244 @@
+"""Per-host politeness for all threads and processes on this machine: slots, rate, breaker."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import struct
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+# Shared state per host, in a small file guarded by flock:
+# next request time, cooldown end, breaker-open end, half-open probe start, opens in a row.
+_STATE = struct.Struct("<ddddd")
+MAX_RETRY_AFTER = 3600.0  # a silly Retry-After (or date) must not park a host for days
+DEFAULT_COOLDOWN = 60.0  # 429/503 without a usable Retry-After
+
+
+def default_lock_dir(db_path: str | os.PathLike) -> Path:
+    """Node-local directory for the locks of one database (tmpfs when available).
+
+    Locks coordinate processes on one machine; array tasks on other nodes own
+    disjoint hosts (see the cluster docs), so nothing needs to cross nodes.
+    """
+    key = hashlib.sha1(str(Path(db_path).resolve()).encode()).hexdigest()[:16]
+    base = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else Path(os.environ.get(
+        "TMPDIR", "/tmp"))
+    return base / f"gbif-download-db-{key}"
+
+
+@dataclass(frozen=True)
+class Politeness:
+    concurrency: int = 4  # simultaneous requests per host, all processes together
+    rate: float = 0.0  # requests per second per host (0 = only the concurrency limit)
+    window: float = 300.0  # breaker: look at the last N seconds of outcomes
+    min_requests: int = 20  # breaker: no verdict on fewer host-level outcomes
+    failure_rate: float = 0.5  # breaker opens at or above this failure fraction
+    open_seconds: float = 60.0  # first open period; doubles per failed probe
+    max_open_seconds: float = 1800.0
+    quarantine_after: int = 5  # consecutive opens without a success -> quarantined
+
+
+class Slot:
+    """A held concurrency slot; release() exactly once."""
+
+    def __init__(self, gate: HostGate, host: str, fd: int, probe: bool) -> None:
+        self._gate, self.host, self._fd, self.probe = gate, host, fd, probe
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = -1
+
+
+class HostGate:
+    """acquire(host) -> Slot or a time to come back; record() outcomes for the breaker."""
+
+    def __init__(self, lock_dir: str | os.PathLike, policy: Politeness) -> None:
+        self.dir = Path(lock_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.policy = policy
+        self._local = threading.Lock()  # flock does not exclude threads sharing one fd
+        self._state_fds: dict[str, int] = {}
+        self._outcomes: dict[str, deque[tuple[float, bool]]] = {}
+
+    # -- shared state file ---------------------------------------------------
+    def _name(self, host: str) -> str:
+        # file names never come from remote text: a hash of the host name
+        return "h" + hashlib.sha1(host.encode("utf-8", "replace")).hexdigest()[:20]
+
+    def _state_fd(self, host: str) -> int:
+        fd = self._state_fds.get(host)
+        if fd is None:
+            fd = os.open(self.dir / f"{self._name(host)}.state", os.O_RDWR | os.O_CREAT, 0o644)
+            self._state_fds[host] = fd
+        return fd
+
+    def _update(self, host: str, fn) -> object:
+        """Run fn(list_of_5_floats) -> result under the host's lock; write back."""
+        with self._local:
+            fd = self._state_fd(host)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                raw = os.pread(fd, _STATE.size, 0)
+                st = list(_STATE.unpack(raw)) if len(raw) == _STATE.size else [0.0] * 5
+                before = list(st)
+                result = fn(st)
+                if st != before:
+                    os.pwrite(fd, _STATE.pack(*st), 0)
+                return result
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def state(self, host: str) -> dict[str, float]:
+        st = self._update(host, lambda s: list(s))
+        names = ("next_at", "cooldown_until", "open_until", "probe_at", "opens")
+        return dict(zip(names, st, strict=True))
+
+    # -- acquiring ---------------------------------------------------------------
+    def acquire(self, host: str, now: float | None = None) -> Slot | float:
+        """A slot if the host may be asked now, else the epoch time to retry at."""
+        now = time.time() if now is None else now
+        p = self.policy
+        probe = False
+
+        def admit(st: list[float]) -> float | None:
+            nonlocal probe
+            next_at, cooldown, open_until, probe_at, _ = st
+            if cooldown > now:
+                return cooldown
+            if open_until > now:
+                return open_until
+            if open_until > 0:  # half-open: one probe at a time
+                if probe_at > 0 and now - probe_at < 120:
+                    return now + 5.0
+                st[3] = now
+                probe = True
+            if p.rate > 0:
+                if next_at > now:
+                    return next_at
+                st[0] = max(next_at, now) + 1.0 / p.rate
+            return None
+
+        fd = self._try_slot(host)
+        if fd < 0:
+            return now + 0.02  # all slots busy: come back soon
+        wait = self._update(host, admit)
+        if wait is not None:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+            return float(wait)  # type: ignore[arg-type]
+        return Slot(self, host, fd, probe)
+
+    def pace(self, host: str, now: float | None = None) -> float | None:
+        """A rate token for another request on a slot already held: None if it
+        may go now, else the time it may go (cooldowns still apply)."""
+        now = time.time() if now is None else now
+        p = self.policy
+
+        def take(st: list[float]) -> float | None:
+            if st[1] > now:
+                return st[1]
+            if p.rate > 0:
+                if st[0] > now:
+                    return st[0]
+                st[0] = max(st[0], now) + 1.0 / p.rate
+            return None
+
+        wait = self._update(host, take)
+        return None if wait is None else float(wait)  # type: ignore[arg-type]
+
+    def _try_slot(self, host: str) -> int:
+        for k in range(self.policy.concurrency):
+            fd = os.open(self.dir / f"{self._name(host)}.s{k}", os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                os.close(fd)
+        return -1
+
+    # -- outcomes --------------------------------------------------------------------
+    def cool_down(self, host: str, seconds: float, now: float | None = None) -> float:
+        """Stop asking the host for ``seconds`` (capped); returns the end time."""
+        now = time.time() if now is None else now
+        until = now + min(max(seconds, 1.0), MAX_RETRY_AFTER)
+
+        def f(st: list[float]) -> float:
+            st[1] = max(st[1], until)
+            return st[1]
+
+        return float(self._update(host, f))  # type: ignore[arg-type]
+
+    def record(self, slot: Slot, host_failure: bool | None,
+               now: float | None = None) -> str | None:
+        """Feed one outcome to the breaker. host_failure: True for timeouts,
+        connection errors, 5xx; False for a good answer (including 404: the
+        image's fault, not the host's); None for outcomes that say nothing.
+        Returns 'opened', 'closed' or 'quarantine' on a state change."""
+        now = time.time() if now is None else now
+        if host_failure is None:
+            if slot.probe:
+                self._update(slot.host, lambda st: st.__setitem__(3, 0.0))
+            return None
+        p = self.policy
+        q = self._outcomes.setdefault(slot.host, deque())
+        with self._local:
+            q.append((now, host_failure))
+            while q and q[0][0] < now - p.window:
+                q.popleft()
+            fails = sum(1 for _, f in q if f)
+            total = len(q)
+
+        def f(st: list[float]) -> str | None:
+            if slot.probe or st[2] > 0:
+                if not host_failure and slot.probe:
+                    st[2] = st[3] = st[4] = 0.0
+                    return "closed"
+                if host_failure and slot.probe:
+                    st[4] += 1
+                    st[2] = now + min(p.open_seconds * 2 ** st[4], p.max_open_seconds)
+                    st[3] = 0.0
+                    return "quarantine" if st[4] >= p.quarantine_after else "opened"
+                return None
+            if total >= p.min_requests and fails / total >= p.failure_rate:
+                st[4] += 1
+                st[2] = now + p.open_seconds
+                return "opened"
+            if not host_failure:
+                st[4] = 0.0
+            return None
+
+        change = self._update(slot.host, f)
+        if change == "opened" or change == "quarantine":
+            with self._local:
+                q.clear()
+        return change  # type: ignore[return-value]
+
+    def close(self) -> None:
+        with self._local:
+            for fd in self._state_fds.values():
+                os.close(fd)
+            self._state_fds.clear()
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date), capped."""
+    if not value:
+        return None
+    now = time.time() if now is None else now
+    v = value.strip()
+    if v.isdigit():
+        return min(float(v), MAX_RETRY_AFTER)
+    from email.utils import parsedate_to_datetime
+
+    try:
+        when = parsedate_to_datetime(v).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return min(max(when - now, 0.0), MAX_RETRY_AFTER)

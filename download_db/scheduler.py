@@ -1,0 +1,149 @@
+"""Which image next: per-host queues filled by claims, handed out when the host's gate admits."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from .claims import Item
+from .hosts import HostGate, Slot
+
+NO_WORK_RECHECK = 300.0  # a host without due work is asked again after this long
+
+
+@dataclass
+class HostQueue:
+    host_id: int
+    host: str
+    quarantined: bool = False
+    items: deque = field(default_factory=deque)
+    not_before: float = 0.0  # no claim / no request before this time
+    refilling: bool = False
+    exhausted: bool = False  # no work at all in the database right now
+    in_flight: int = 0
+
+
+class Scheduler:
+    """Hands (item, slot) pairs to worker threads.
+
+    Claims are small (a few items per host) so a stopped or killed run holds
+    little, and a host's items are claimed only when the host can take them.
+    """
+
+    def __init__(self, writer, gate: HostGate, hosts: list[tuple[int, str, bool]], *,
+                 per_host: int, stop: threading.Event, max_items: int | None = None,
+                 wait_for_retries: float = 300.0) -> None:
+        self.writer, self.gate, self.stop = writer, gate, stop
+        self.batch = max(2, per_host * 2)
+        self.queues = [HostQueue(hid, name, bool(q)) for hid, name, q in hosts]
+        self._by_id = {q.host_id: q for q in self.queues}
+        self._cursor = 0
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self.handed_out = 0
+        self.max_items = max_items
+        self.wait_for_retries = wait_for_retries  # linger while retries fall due this soon
+        self.in_flight = 0
+
+    # -- for workers -----------------------------------------------------------------
+    def next(self) -> tuple[Item, Slot] | None:
+        """Block until an item may be fetched; None when the run should end."""
+        while not self.stop.is_set():
+            with self._lock:
+                if self.max_items is not None and self.handed_out >= self.max_items:
+                    return None
+                got, wake, refill = self._pick(time.time())
+                if got is not None:
+                    self.handed_out += 1
+                    self.in_flight += 1
+                    return got
+                if refill is None and self._finished(wake):
+                    return None
+                if refill is not None:
+                    refill.refilling = True  # this thread claims for it, outside the lock
+            if refill is not None:
+                self._refill(refill)
+                continue
+            with self._lock:
+                self._changed.wait(timeout=min(max(wake - time.time(), 0.005), 0.2))
+        return None
+
+    def done(self, item: Item, retry_at: float | None = None) -> None:
+        """A worker finished an item (its slot is released); retry_at: when the
+        image is due again (transient failure or deferral), if it is."""
+        with self._lock:
+            self.in_flight -= 1
+            q = self._by_id.get(item.host_id)
+            if q is not None:
+                q.in_flight -= 1
+                if retry_at is not None:
+                    q.exhausted = False
+                    if not q.items:
+                        q.not_before = min(q.not_before, retry_at) if q.not_before > time.time() \
+                            else q.not_before
+            self._changed.notify_all()
+
+    def remaining(self) -> list[Item]:
+        """Claimed items never handed out (to release on stop)."""
+        with self._lock:
+            out = [it for q in self.queues for it in q.items]
+            for q in self.queues:
+                q.items.clear()
+            return out
+
+    # -- internals -----------------------------------------------------------------------
+    def _pick(self, now: float) -> tuple[tuple[Item, Slot] | None, float, HostQueue | None]:
+        wake = now + NO_WORK_RECHECK
+        n = len(self.queues)
+        refill = None
+        for second_pass in (False, True):  # quarantined hosts only when nothing else is ready
+            for k in range(n):
+                q = self.queues[(self._cursor + k) % n]
+                if q.quarantined != second_pass or q.refilling:
+                    continue
+                if q.not_before > now:
+                    wake = min(wake, q.not_before)
+                    continue
+                if not q.items:
+                    if refill is None and not q.exhausted:
+                        refill = q  # proposed only: next() decides
+                    continue
+                slot = self.gate.acquire(q.host, now)
+                if isinstance(slot, float):
+                    q.not_before = slot
+                    wake = min(wake, slot)
+                    continue
+                self._cursor = (self._cursor + k + 1) % n
+                q.in_flight += 1
+                return (q.items.popleft(), slot), now, None
+            if refill is not None:
+                return None, now, refill
+        return None, wake, refill
+
+    def _refill(self, q: HostQueue) -> None:
+        items = []
+        due = None
+        try:
+            items = self.writer.claim(q.host_id, self.batch)
+            if not items:
+                due = self.writer.next_due(q.host_id)
+        finally:
+            with self._lock:
+                q.items.extend(items)
+                q.refilling = False
+                now = time.time()
+                if not items:
+                    q.exhausted = due is None and q.in_flight == 0
+                    q.not_before = max(due or 0.0, now + 1.0) if due is not None \
+                        else now + NO_WORK_RECHECK
+                self._changed.notify_all()
+
+    def _finished(self, wake: float) -> bool:
+        """Nothing queued or in flight, and nothing due soon."""
+        if self.in_flight or any(q.items or q.refilling for q in self.queues):
+            return False
+        if all(q.exhausted for q in self.queues):
+            return True
+        return wake - time.time() > self.wait_for_retries
