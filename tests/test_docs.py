@@ -8,14 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from download_db.cli import _init_parser
+from download_db.cli import _download_parser, _init_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 DEPLOYMENT = (ROOT / "DEPLOYMENT.md").read_text(encoding="utf-8")
 SETUP_RUN = (
     "python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/python init_download_db.py "
-    "--reset --multimedia examples/multimedia_sample.txt"
+    "--reset --multimedia examples/multimedia_sample.txt && .venv/bin/python image_install_db.py "
+    "--max-images 50"
 )
 SETUP_TEST = (
     "python3 -m venv .venv && .venv/bin/pip install -e '.[test]' && .venv/bin/python -m pytest"
@@ -31,9 +32,17 @@ def test_every_init_flag_is_documented(flag: str) -> None:
     assert re.search(rf"`{re.escape(flag)}\b", README), f"{flag} is not documented in README.md"
 
 
+@pytest.mark.parametrize("flag", sorted(_flags(_download_parser()) - {"--help"}))
+def test_every_download_flag_is_documented(flag: str) -> None:
+    section = README.split("## `image_install_db.py`", 1)[-1]
+    assert re.search(rf"`{re.escape(flag)}\b", section), \
+        f"{flag} is not documented in the image_install_db.py section of README.md"
+
+
 def test_every_flag_has_help_text() -> None:
-    for a in _init_parser()._actions:
-        assert a.help, a.option_strings
+    for parser in (_init_parser(), _download_parser()):
+        for a in parser._actions:
+            assert a.help, a.option_strings
 
 
 def test_readme_opens_with_the_two_newcomer_commands() -> None:
