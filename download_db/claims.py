@@ -100,10 +100,10 @@ def result_params(r: Result, token: str, max_attempts: int, now: float) -> dict:
     else:  # deferred because of our own host state: stays as it was, due later
         next_at = r.retry_at or now
     detail = r.error_detail[:2000] if r.error_detail else None
-    keep = r.status != PENDING or r.item.status != PENDING  # deferred keeps its old status
     return {
         "id": r.item.image_id, "token": token,
-        "status": r.status if keep else r.item.status,
+        # a deferral (status PENDING, nothing asked) keeps the row's status as it was
+        "status": r.item.status if r.status == PENDING else r.status,
         "attempts": attempts, "http_status": r.http_status,
         "error_type": r.error_type if r.status != PENDING else r.item.error_type,
         "error_detail": detail, "file_path": r.file_path, "file_size": r.file_size,

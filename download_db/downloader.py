@@ -125,11 +125,12 @@ def _fetch_all(cfg: DownloadConfig, conn: sqlite3.Connection, run_id: int, token
                           user_agent=cfg.user_agent)
     wcfg = WorkerConfig(root, limits, cfg.max_size, cfg.jpeg_quality, cfg.keep_original,
                         cfg.max_pixels)
+    session = fetch.new_session(limits, pool_size=cfg.per_host_concurrency)
     fatal: list[BaseException] = []
     workers: list[Worker] = []
 
     def loop() -> None:
-        w = Worker(wcfg, gate, writer, stop)
+        w = Worker(wcfg, gate, writer, stop, session, on_release=sched.slot_released)
         workers.append(w)
         while True:
             got = sched.next()

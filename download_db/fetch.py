@@ -145,12 +145,15 @@ class _Adapter(HTTPAdapter):
         self.poolmanager.pool_classes_by_scheme = {"http": _Pool, "https": _TLSPool}
 
 
-def new_session(limits: Limits, pool_size: int = 8) -> requests.Session:
-    """A session with pooled keep-alive connections, no automatic retries (we
-    classify and retry ourselves), TLS verification on."""
+def new_session(limits: Limits, pool_size: int = 4) -> requests.Session:
+    """One session for all worker threads: keep-alive connections pooled per host,
+    at most ``pool_size`` per host (a thread waits for a free one), so idle
+    connections stay within the politeness limit too. No automatic retries (we
+    classify and retry ourselves); TLS verification on."""
     _ensure_watchdog()
     s = requests.Session()
-    adapter = _Adapter(pool_connections=64, pool_maxsize=pool_size, max_retries=0)
+    adapter = _Adapter(pool_connections=256, pool_maxsize=pool_size, pool_block=True,
+                       max_retries=0)
     s.mount("http://", adapter)
     s.mount("https://", adapter)
     s.max_redirects = limits.max_redirects
@@ -200,7 +203,7 @@ def _read(r: requests.Response, url: str, start: float, limits: Limits,
     cap = limits.max_bytes
     chunks: list[bytes] = []
     got = 0
-    for chunk in r.iter_content(chunk_size=64 * 1024):
+    for chunk in r.iter_content(chunk_size=256 * 1024):
         if not chunks and text_type and not want_text:
             # magic bytes beat a wrong Content-Type: a JPEG sent as text/html is a JPEG
             text_type = sniff.image_format(chunk[:64]) is None

@@ -43,6 +43,25 @@ class Politeness:
     quarantine_after: int = 5  # consecutive opens without a success -> quarantined
 
 
+class _Window:
+    """Outcomes of the last `window` seconds with running counts (O(1) per outcome)."""
+
+    def __init__(self) -> None:
+        self.q: deque[tuple[float, bool]] = deque()
+        self.fails = 0
+
+    def add(self, now: float, failure: bool, window: float) -> tuple[int, int]:
+        self.q.append((now, failure))
+        self.fails += failure
+        while self.q and self.q[0][0] < now - window:
+            self.fails -= self.q.popleft()[1]
+        return self.fails, len(self.q)
+
+    def clear(self) -> None:
+        self.q.clear()
+        self.fails = 0
+
+
 class Slot:
     """A held concurrency slot; release() exactly once."""
 
@@ -65,7 +84,7 @@ class HostGate:
         self.policy = policy
         self._local = threading.Lock()  # flock does not exclude threads sharing one fd
         self._state_fds: dict[str, int] = {}
-        self._outcomes: dict[str, deque[tuple[float, bool]]] = {}
+        self._outcomes: dict[str, _Window] = {}
 
     # -- shared state file ---------------------------------------------------
     def _name(self, host: str) -> str:
@@ -127,7 +146,7 @@ class HostGate:
 
         fd = self._try_slot(host)
         if fd < 0:
-            return now + 0.02  # all slots busy: come back soon
+            return now + 0.02  # all slots busy (here or in another process): come back soon
         wait = self._update(host, admit)
         if wait is not None:
             fcntl.flock(fd, fcntl.LOCK_UN)
@@ -187,13 +206,11 @@ class HostGate:
                 self._update(slot.host, lambda st: st.__setitem__(3, 0.0))
             return None
         p = self.policy
-        q = self._outcomes.setdefault(slot.host, deque())
         with self._local:
-            q.append((now, host_failure))
-            while q and q[0][0] < now - p.window:
-                q.popleft()
-            fails = sum(1 for _, f in q if f)
-            total = len(q)
+            w = self._outcomes.get(slot.host)
+            if w is None:
+                w = self._outcomes[slot.host] = _Window()
+            fails, total = w.add(now, host_failure, p.window)
 
         def f(st: list[float]) -> str | None:
             if slot.probe or st[2] > 0:
@@ -201,8 +218,8 @@ class HostGate:
                     st[2] = st[3] = st[4] = 0.0
                     return "closed"
                 if host_failure and slot.probe:
-                    st[4] += 1
-                    st[2] = now + min(p.open_seconds * 2 ** st[4], p.max_open_seconds)
+                    st[4] += 1  # opens in a row; the period doubles with each
+                    st[2] = now + min(p.open_seconds * 2 ** (st[4] - 1), p.max_open_seconds)
                     st[3] = 0.0
                     return "quarantine" if st[4] >= p.quarantine_after else "opened"
                 return None
@@ -217,7 +234,7 @@ class HostGate:
         change = self._update(slot.host, f)
         if change == "opened" or change == "quarantine":
             with self._local:
-                q.clear()
+                w.clear()
         return change  # type: ignore[return-value]
 
     def close(self) -> None:
@@ -233,7 +250,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
         return None
     now = time.time() if now is None else now
     v = value.strip()
-    if v.isdigit():
+    if v.isascii() and v.isdigit():
         return min(float(v), MAX_RETRY_AFTER)
     from email.utils import parsedate_to_datetime
 

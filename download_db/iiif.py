@@ -157,7 +157,9 @@ def _v3_canvas(canvas: dict) -> ImageRef | None:
         for anno in _as_list(page.get("items")):
             if not isinstance(anno, dict):
                 continue
-            if str(anno.get("motivation", "painting")).lower() != "painting":
+            motivation = anno.get("motivation", "painting")
+            names = motivation if isinstance(motivation, list) else [motivation]
+            if "painting" not in {str(m).lower() for m in names}:
                 continue
             for body in _as_list(anno.get("body")):
                 for r in _choices(body):
@@ -202,8 +204,12 @@ def request_plan(ref: ImageRef, target: int, info: ServiceInfo | None = None) ->
     urls: list[str] = []
     if ref.service:
         steps = [target] + [s for s in (target * 3 // 4, target // 2) if s >= 256]
-        if info and info.max_width:
-            steps = [min(s, info.max_width) for s in steps]
+        if info:
+            # a "!s,s" box must fit every limit the server states
+            caps = [c for c in (info.max_width, info.max_height,
+                                int(info.max_area ** 0.5) if info.max_area else None) if c]
+            if caps:
+                steps = [min(s, min(caps)) for s in steps]
         for s in dict.fromkeys(steps):
             urls.append(image_url(ref.service, size_param(s, ref.version), ref.version))
         urls.append(image_url(ref.service, "max" if ref.version >= 3 else "full", ref.version))

@@ -99,12 +99,12 @@ def _encode(im: Image.Image, quality: int) -> bytes:
 
 
 def convert(data: bytes, *, max_size: int = 1024, quality: int = 85,
-            max_pixels: int = DEFAULT_MAX_PIXELS) -> Output:
+            max_pixels: int = DEFAULT_MAX_PIXELS, _as_tiff: bool = False) -> Output:
     """Decode, apply EXIF orientation, flatten alpha, shrink to ``max_size`` long
     edge, encode JPEG. Camera raws go through rawpy; one that cannot be decoded
     is returned as is, flagged raw_unprocessed."""
     fmt = sniff.image_format(data[:4096])
-    if fmt in sniff.RAW_FORMATS:
+    if fmt in sniff.RAW_FORMATS and not _as_tiff:
         return _convert_raw(data, fmt, max_size, quality, max_pixels)
     im = _open(data)
     try:
@@ -147,11 +147,25 @@ def _convert_raw(data: bytes, fmt: str, max_size: int, quality: int, max_pixels:
     except ImageError:
         raise
     except Exception:  # noqa: BLE001 - rawpy raises many LibRaw types; any means "cannot decode"
-        return keep_raw(data, fmt)
+        return _tiff_or_raw(data, fmt, max_size, quality, max_pixels)
     if not rgb.size or int(rgb.max()) == 0:
-        return keep_raw(data, fmt)  # a container without image data decodes to black
+        return _tiff_or_raw(data, fmt, max_size, quality, max_pixels)
     out = _fit(Image.fromarray(rgb), max_size)
     return Output(_encode(out, quality), "jpg", out.width, out.height, fmt)
+
+
+def _tiff_or_raw(data: bytes, fmt: str, max_size: int, quality: int, max_pixels: int) -> Output:
+    """A Nikon/Sony/Pentax-made TIFF that LibRaw cannot read may be an ordinary
+    TIFF (the Make tag was all we had): let Pillow try before keeping it raw."""
+    if fmt in ("nef", "arw", "pef"):
+        try:
+            out = convert(data, max_size=max_size, quality=quality, max_pixels=max_pixels,
+                          _as_tiff=True)
+            if out.width and out.height:
+                return out
+        except ImageError:
+            pass
+    return keep_raw(data, fmt)
 
 
 def keep_raw(data: bytes, fmt: str) -> Output:

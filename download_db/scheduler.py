@@ -11,6 +11,7 @@ from .claims import Item
 from .hosts import HostGate, Slot
 
 NO_WORK_RECHECK = 300.0  # a host without due work is asked again after this long
+BUSY_RETRY = 0.02  # all of a host's slots taken (maybe by another process): look again
 
 
 @dataclass
@@ -22,7 +23,8 @@ class HostQueue:
     not_before: float = 0.0  # no claim / no request before this time
     refilling: bool = False
     exhausted: bool = False  # no work at all in the database right now
-    in_flight: int = 0
+    in_flight: int = 0  # items of this host being processed here
+    requests: int = 0  # of those, holding the host's slot (request in progress)
 
 
 class Scheduler:
@@ -36,9 +38,13 @@ class Scheduler:
                  per_host: int, stop: threading.Event, max_items: int | None = None,
                  wait_for_retries: float = 300.0) -> None:
         self.writer, self.gate, self.stop = writer, gate, stop
-        self.batch = max(2, per_host * 2)
+        # a few seconds of work per host per claim: fewer claim round trips through
+        # the writer; a stop releases what was not handed out
+        self.batch = max(8, per_host * 8)
+        self.per_host = per_host
         self.queues = [HostQueue(hid, name, bool(q)) for hid, name, q in hosts]
         self._by_id = {q.host_id: q for q in self.queues}
+        self._by_host = {q.host: q for q in self.queues}
         self._cursor = 0
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -54,21 +60,55 @@ class Scheduler:
             with self._lock:
                 if self.max_items is not None and self.handed_out >= self.max_items:
                     return None
-                got, wake, refill = self._pick(time.time())
-                if got is not None:
-                    self.handed_out += 1
-                    self.in_flight += 1
-                    return got
-                if refill is None and self._finished(wake):
-                    return None
-                if refill is not None:
+                q, wake, refill = self._choose(time.time())
+                if q is not None:
+                    q.requests += 1  # reserve local capacity while we ask the gate
+                elif refill is not None:
                     refill.refilling = True  # this thread claims for it, outside the lock
+                elif self._finished(wake):
+                    return None
+            if q is not None:
+                # the gate does file locking: never while holding the scheduler lock
+                got = self._take(q)
+                if got is not None:
+                    return got
+                continue
             if refill is not None:
                 self._refill(refill)
                 continue
             with self._lock:
                 self._changed.wait(timeout=min(max(wake - time.time(), 0.005), 0.2))
         return None
+
+    def _take(self, q: HostQueue) -> tuple[Item, Slot] | None:
+        now = time.time()
+        slot = self.gate.acquire(q.host, now)
+        with self._lock:
+            if isinstance(slot, float):
+                q.requests -= 1
+                q.not_before = max(q.not_before, slot)
+                return None
+            if not q.items or (self.max_items is not None
+                               and self.handed_out >= self.max_items):
+                q.requests -= 1
+                slot.release()
+                return None
+            self.handed_out += 1
+            self.in_flight += 1
+            q.in_flight += 1
+            return q.items.popleft(), slot
+
+    def slot_released(self, host: str, primary: bool = True) -> None:
+        """A worker gave a host slot back: waiting workers may take it now.
+        primary: the slot handed out with the item (counted in q.requests)."""
+        with self._lock:
+            q = self._by_host.get(host)
+            if q is not None:
+                if primary:
+                    q.requests = max(q.requests - 1, 0)
+                if q.not_before - time.time() < BUSY_RETRY * 2:
+                    q.not_before = 0.0  # it was only waiting for a slot
+            self._changed.notify(2)  # not all: one slot serves one waiter
 
     def done(self, item: Item, retry_at: float | None = None) -> None:
         """A worker finished an item (its slot is released); retry_at: when the
@@ -94,7 +134,9 @@ class Scheduler:
             return out
 
     # -- internals -----------------------------------------------------------------------
-    def _pick(self, now: float) -> tuple[tuple[Item, Slot] | None, float, HostQueue | None]:
+    def _choose(self, now: float) -> tuple[HostQueue | None, float, HostQueue | None]:
+        """In memory only: a host with items and free local capacity (round robin,
+        quarantined hosts last), else one to refill, else when to look again."""
         wake = now + NO_WORK_RECHECK
         n = len(self.queues)
         refill = None
@@ -110,14 +152,10 @@ class Scheduler:
                     if refill is None and not q.exhausted:
                         refill = q  # proposed only: next() decides
                     continue
-                slot = self.gate.acquire(q.host, now)
-                if isinstance(slot, float):
-                    q.not_before = slot
-                    wake = min(wake, slot)
-                    continue
+                if q.requests >= self.per_host:
+                    continue  # this process holds all its slots for the host
                 self._cursor = (self._cursor + k + 1) % n
-                q.in_flight += 1
-                return (q.items.popleft(), slot), now, None
+                return q, now, None
             if refill is not None:
                 return None, now, refill
         return None, wake, refill

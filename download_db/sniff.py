@@ -106,8 +106,11 @@ def looks_like_text(head: bytes) -> bool:
         return False
     try:
         text = sample.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
+    except UnicodeDecodeError as e:
+        # callers pass a 4 KiB head: it may end inside a character
+        if len(sample) < 4096 or e.start < len(sample) - 3:
+            return False
+        text = sample[: e.start].decode("utf-8")  # the sample cut a character in two
     printable = sum(ch.isprintable() or ch in "\r\n\t" for ch in text)
     return printable / len(text) > 0.95
 

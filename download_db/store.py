@@ -78,12 +78,17 @@ def temp_candidates(root: Path, gbif_id: int, image_no: int) -> list[str]:
     return glob.glob(prefix + f".*{PART}")
 
 
-def existing_final(root: Path, gbif_id: int, image_no: int, ext: str | None) -> Path | None:
-    """The image's final file if present; ext None: any extension (one directory glob)."""
-    if ext is not None:
-        p = root / image_relpath(gbif_id, image_no, ext)
-        return p if p.is_file() else None
-    stem = root / image_relpath(gbif_id, image_no, "x")
-    for found in glob.glob(glob.escape(str(stem)[:-2]) + ".*"):
-        return Path(found)
+def existing_final(root: Path, gbif_id: int, image_no: int,
+                   ext: str | None) -> Path | None:
+    """The image's final file if present; ext None: any extension we store under
+    (a stat per extension, most likely first: listing a directory of thousands of
+    files per image would cost far more)."""
+    for e in (ext,) if ext is not None else _STORED_EXTS:
+        p = root / image_relpath(gbif_id, image_no, e)
+        if p.is_file():
+            return p
     return None
+
+
+_STORED_EXTS = ("jpg", "png", "tif", "jp2", "gif", "webp", "bmp", "heic", "dng", "cr2", "cr3",
+                "nef", "arw", "orf", "rw2", "raf", "pef", "raw", "img")

@@ -51,20 +51,30 @@ class _Failure(Exception):
 
 
 class Worker:
-    """Processes claimed images; one per thread (a requests Session is not shared)."""
+    """Processes claimed images; one per worker thread."""
 
-    def __init__(self, cfg: WorkerConfig, gate: HostGate, writer, stop: threading.Event) -> None:
+    def __init__(self, cfg: WorkerConfig, gate: HostGate, writer, stop: threading.Event,
+                 session, on_release=None) -> None:
         self.cfg, self.gate, self.writer, self.stop = cfg, gate, writer, stop
-        self.session = fetch.new_session(cfg.limits)
+        self.session = session  # shared: its per-host pools bound the open connections
+        self.on_release = on_release  # wakes workers waiting for a host slot
         self.bytes = 0
 
     def process(self, item: Item, slot: Slot) -> Result:
         held: dict[str, Slot] = {slot.host: slot}
+        self._primary = slot
         try:
             return self._process(item, held)
         finally:
-            for s in held.values():
-                s.release()
+            self._release(held)
+
+    def _release(self, held: dict[str, Slot]) -> None:
+        for host, s in list(held.items()):
+            s.release()
+            if self.on_release is not None:
+                # the scheduler counts only the slot it handed out with the item
+                self.on_release(host, s is self._primary)
+        held.clear()
 
     def _process(self, item: Item, held: dict[str, Slot]) -> Result:
         adopted = self._adopt(item)
@@ -77,6 +87,8 @@ class Worker:
                 return Result(item, PENDING, attempted=False)
             try:
                 data = self._candidate(url, held)
+                # the host's slot covers the request only, not our decoding and disk
+                self._release(held)
                 return self._save(item, data)
             except _Deferred as d:
                 deferred = d.until if deferred is None else min(deferred, d.until)
@@ -230,7 +242,6 @@ class Worker:
                                      max_pixels=self.cfg.max_pixels)
         except images.ImageError as e:
             raise _Failure(e.error_type, e.detail) from None
-        store.clean_temps(self.cfg.root, item.gbif_id, item.image_no)
         w = store.write_temp(self.cfg.root, item.gbif_id, item.image_no, out.ext, out.data)
         raw = out.raw_unprocessed
         return Result(item, SUCCESS, http_status=200, error_type=FLAG_RAW if raw else None,
