@@ -126,11 +126,13 @@ def _fetch_all(cfg: DownloadConfig, conn: sqlite3.Connection, run_id: int, token
     wcfg = WorkerConfig(root, limits, cfg.max_size, cfg.jpeg_quality, cfg.keep_original,
                         cfg.max_pixels)
     session = fetch.new_session(limits, pool_size=cfg.per_host_concurrency)
+    new_dirs: set[int] = set()
     fatal: list[BaseException] = []
     workers: list[Worker] = []
 
     def loop() -> None:
-        w = Worker(wcfg, gate, writer, stop, session, on_release=sched.slot_released)
+        w = Worker(wcfg, gate, writer, stop, session, on_release=sched.slot_released,
+                   new_dirs=new_dirs)
         workers.append(w)
         while True:
             got = sched.next()

@@ -17,6 +17,7 @@ from pathlib import Path
 _STATE = struct.Struct("<ddddd")
 MAX_RETRY_AFTER = 3600.0  # a silly Retry-After (or date) must not park a host for days
 DEFAULT_COOLDOWN = 60.0  # 429/503 without a usable Retry-After
+STATE_TTL = 0.5  # how stale a calm host's shared state may be before we read it again
 
 
 def default_lock_dir(db_path: str | os.PathLike) -> Path:
@@ -85,6 +86,7 @@ class HostGate:
         self._local = threading.Lock()  # flock does not exclude threads sharing one fd
         self._state_fds: dict[str, int] = {}
         self._outcomes: dict[str, _Window] = {}
+        self._seen: dict[str, tuple[float, list[float]]] = {}  # last state read, per host
 
     # -- shared state file ---------------------------------------------------
     def _name(self, host: str) -> str:
@@ -98,7 +100,7 @@ class HostGate:
             self._state_fds[host] = fd
         return fd
 
-    def _update(self, host: str, fn) -> object:
+    def _update(self, host: str, fn, now: float | None = None) -> object:
         """Run fn(list_of_5_floats) -> result under the host's lock; write back."""
         with self._local:
             fd = self._state_fd(host)
@@ -110,9 +112,20 @@ class HostGate:
                 result = fn(st)
                 if st != before:
                     os.pwrite(fd, _STATE.pack(*st), 0)
+                self._seen[host] = (time.time() if now is None else now, st)
                 return result
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _calm(self, host: str, now: float) -> list[float] | None:
+        """The host's state as read less than STATE_TTL ago, if it has no cooldown,
+        breaker or probe in force: then, without a rate limit, a request needs no
+        read of the shared file (another process's 429 is seen within STATE_TTL)."""
+        seen = self._seen.get(host)
+        if seen is None or self.policy.rate > 0 or not 0 <= now - seen[0] < STATE_TTL:
+            return None
+        st = seen[1]
+        return st if st[1] <= now and st[2] == 0 and st[3] == 0 else None
 
     def state(self, host: str) -> dict[str, float]:
         st = self._update(host, lambda s: list(s))
@@ -147,7 +160,9 @@ class HostGate:
         fd = self._try_slot(host)
         if fd < 0:
             return now + 0.02  # all slots busy (here or in another process): come back soon
-        wait = self._update(host, admit)
+        if self._calm(host, now) is not None:
+            return Slot(self, host, fd, False)
+        wait = self._update(host, admit, now)
         if wait is not None:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
@@ -169,7 +184,9 @@ class HostGate:
                 st[0] = max(st[0], now) + 1.0 / p.rate
             return None
 
-        wait = self._update(host, take)
+        if self._calm(host, now) is not None:
+            return None
+        wait = self._update(host, take, now)
         return None if wait is None else float(wait)  # type: ignore[arg-type]
 
     def _try_slot(self, host: str) -> int:
@@ -211,6 +228,13 @@ class HostGate:
             if w is None:
                 w = self._outcomes[slot.host] = _Window()
             fails, total = w.add(now, host_failure, p.window)
+            seen = self._seen.get(slot.host)
+        # Most outcomes change nothing shared: skip the file unless this one may
+        # (a probe, the threshold reached, a success that ends a run of opens).
+        tripping = total >= p.min_requests and fails / total >= p.failure_rate
+        if not slot.probe and not tripping and seen is not None and seen[1][2] == 0 \
+                and (host_failure or seen[1][4] == 0):
+            return None
 
         def f(st: list[float]) -> str | None:
             if slot.probe or st[2] > 0:
@@ -231,7 +255,7 @@ class HostGate:
                 st[4] = 0.0
             return None
 
-        change = self._update(slot.host, f)
+        change = self._update(slot.host, f, now)
         if change == "opened" or change == "quarantine":
             with self._local:
                 w.clear()

@@ -14,6 +14,7 @@ from . import fetch, iiif, images, keys, store
 from .claims import Item, Result
 from .fetch import FetchError
 from .hosts import HostGate, Slot
+from .paths import prefix_dirs
 from .schema import FAILED_PERMANENT, FAILED_TRANSIENT, FLAG_RAW, PENDING, SUCCESS
 
 # IIIF servers refuse oversized renderings with these; the plan steps down.
@@ -54,8 +55,11 @@ class Worker:
     """Processes claimed images; one per worker thread."""
 
     def __init__(self, cfg: WorkerConfig, gate: HostGate, writer, stop: threading.Event,
-                 session, on_release=None) -> None:
+                 session, on_release=None, new_dirs: set[int] | None = None) -> None:
         self.cfg, self.gate, self.writer, self.stop = cfg, gate, writer, stop
+        # directories that did not exist when this run first looked (shared by all
+        # workers): they cannot hold files from before, so no adoption check there
+        self.new_dirs = new_dirs if new_dirs is not None else set()
         self.session = session  # shared: its per-host pools bound the open connections
         self.on_release = on_release  # wakes workers waiting for a host slot
         self.bytes = 0
@@ -216,6 +220,13 @@ class Worker:
     def _adopt(self, item: Item) -> Result | None:
         """An existing valid final file (an earlier run's, a copied tree) is
         recorded instead of fetched again; an invalid one is fetched over."""
+        p1, p2 = prefix_dirs(item.gbif_id)
+        key = int(p1) * 1000 + int(p2)
+        if key in self.new_dirs:
+            return None
+        if not (self.cfg.root / p1 / p2).is_dir():
+            self.new_dirs.add(key)
+            return None
         path = store.existing_final(self.cfg.root, item.gbif_id, item.image_no,
                                     None if self.cfg.keep_original else "jpg")
         if path is None:
