@@ -147,13 +147,14 @@ def settle(conn: sqlite3.Connection, image_ids: list[int], token: str) -> None:
                      [(i, token) for i in image_ids])
 
 
-def release(conn: sqlite3.Connection, items: list[Item], token: str,
+def release(conn: sqlite3.Connection, items: list[tuple[Item, float]], token: str,
             now: float | None = None) -> None:
-    """Give back claimed, untouched images (stop signal): due again at once."""
+    """Give back claimed, untouched images, due again at the time given with each
+    (now, or when their host's cooldown ends)."""
     now = time.time() if now is None else now
     conn.executemany("UPDATE images SET claimed_by = NULL, next_attempt_at = ? "
                      "WHERE image_id = ? AND claimed_by = ? AND status <> 'success'",
-                     [(now, it.image_id, token) for it in items])
+                     [(max(due, now), it.image_id, token) for it, due in items])
 
 
 def reopen_exhausted(conn: sqlite3.Connection, max_attempts: int) -> int:

@@ -114,8 +114,15 @@ def _download(cfg: DownloadConfig, stop: threading.Event, out: TextIO | None) ->
 def _fetch_all(cfg: DownloadConfig, conn: sqlite3.Connection, run_id: int, token: str,
                root: Path, hosts: list, todo: int, stop: threading.Event,
                out: TextIO | None, t0: float) -> dict:
-    gate = HostGate(cfg.lock_dir or default_lock_dir(cfg.db),
-                    Politeness(concurrency=cfg.per_host_concurrency, rate=cfg.per_host_rate))
+    policy = Politeness(concurrency=cfg.per_host_concurrency, rate=cfg.per_host_rate)
+    gate = HostGate(cfg.lock_dir or default_lock_dir(cfg.db), policy)
+    now = time.time()
+    for host, cooldown, opened in conn.execute(
+            "SELECT host, cooldown_until, CASE WHEN breaker_state = 'open' "
+            "THEN breaker_opened_at END FROM hosts WHERE cooldown_until > ? OR "
+            "breaker_state = 'open'", (now,)):
+        gate.restore(host, cooldown if cooldown and cooldown > now else None,
+                     opened + policy.open_seconds if opened else None)
     writer = Writer(conn, token=token, run_id=run_id, root=root, max_attempts=cfg.max_attempts,
                     lease=cfg.lease)
     writer.start()

@@ -211,6 +211,19 @@ class HostGate:
 
         return float(self._update(host, f))  # type: ignore[arg-type]
 
+    def restore(self, host: str, cooldown_until: float | None, open_until: float | None) -> None:
+        """Seed the shared state from the hosts table (the lock directory is
+        node-local and may be gone after a restart or on another node)."""
+        def f(st: list[float]) -> None:
+            if cooldown_until:
+                st[1] = max(st[1], min(cooldown_until, time.time() + MAX_RETRY_AFTER))
+            if open_until and st[2] == 0:
+                st[2] = open_until
+                st[4] = max(st[4], 1.0)
+
+        if cooldown_until or open_until:
+            self._update(host, f)
+
     def record(self, slot: Slot, host_failure: bool | None,
                now: float | None = None) -> str | None:
         """Feed one outcome to the breaker. host_failure: True for timeouts,

@@ -125,10 +125,11 @@ class Scheduler:
                             else q.not_before
             self._changed.notify_all()
 
-    def remaining(self) -> list[Item]:
-        """Claimed items never handed out (to release on stop)."""
+    def remaining(self) -> list[tuple[Item, float]]:
+        """Claimed items never handed out, with when their host may be asked again
+        (to release them at the end of the run)."""
         with self._lock:
-            out = [it for q in self.queues for it in q.items]
+            out = [(it, q.not_before) for q in self.queues for it in q.items]
             for q in self.queues:
                 q.items.clear()
             return out
@@ -179,9 +180,11 @@ class Scheduler:
                 self._changed.notify_all()
 
     def _finished(self, wake: float) -> bool:
-        """Nothing queued or in flight, and nothing due soon."""
-        if self.in_flight or any(q.items or q.refilling for q in self.queues):
+        """Nothing in flight, and nothing (queued or in the database) due soon."""
+        horizon = time.time() + self.wait_for_retries
+        if self.in_flight or any(q.refilling or (q.items and q.not_before <= horizon)
+                                 for q in self.queues):
             return False
-        if all(q.exhausted for q in self.queues):
-            return True
-        return wake - time.time() > self.wait_for_retries
+        if all(q.exhausted or q.items for q in self.queues):
+            return True  # what is left waits for hosts that are cooling down
+        return wake > horizon

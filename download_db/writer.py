@@ -74,7 +74,7 @@ class Writer(threading.Thread):
     def put(self, result: Result) -> None:
         self.q.put(("result", result, None))
 
-    def release(self, items: list[Item]) -> None:
+    def release(self, items: list[tuple[Item, float]]) -> None:
         fut: Future = Future()
         self.q.put(("release", items, fut))
         fut.result()

@@ -288,10 +288,10 @@ def test_release_makes_items_due_again(conn):
     a = host_id(conn, "a.example.org")
     items = claim(conn, "tok", a, 5)
     with transaction(conn):
-        claims.release(conn, items[:2], "wrong-token", now=NOW + 1)
+        claims.release(conn, [(it, NOW) for it in items[:2]], "wrong-token", now=NOW + 1)
     assert all(get(conn, it.image_id)["claimed_by"] == "tok" for it in items)
     with transaction(conn):
-        claims.release(conn, items[:2], "tok", now=NOW + 1)
+        claims.release(conn, [(it, NOW) for it in items[:2]], "tok", now=NOW + 1)
     for it in items[:2]:
         r = get(conn, it.image_id)
         assert (r["claimed_by"], r["next_attempt_at"]) == (None, NOW + 1)
@@ -303,7 +303,7 @@ def test_release_does_not_touch_successes(conn):
     item = claim(conn, "tok", host_id(conn, "a.example.org"), 1)[0]
     record(conn, [Result(item, SUCCESS, file_path="f.jpg")], "tok")
     with transaction(conn):
-        claims.release(conn, [item], "tok", now=NOW + 9)
+        claims.release(conn, [(item, NOW)], "tok", now=NOW + 9)
     r = get(conn, item.image_id)
     assert (r["status"], r["claimed_by"], r["next_attempt_at"]) == (SUCCESS, "tok", 0.0)
 

@@ -216,7 +216,8 @@ def test_429_cools_the_whole_host_down(tmp_path) -> None:
         urls = [s.url("/429?retry_after=2")] + [s.url(f"/img/after{i}.jpg?w=64&h=64")
                                                for i in range(3)]
         db = make_db(tmp_path, urls)
-        run_download(config(tmp_path, db, threads=1, per_host_concurrency=1))
+        run_download(config(tmp_path, db, threads=1, per_host_concurrency=1,
+                            wait_for_retries=10))  # linger for the 2 s cooldown
         log = s.stats()["log"]
     t429 = next(t for t, _m, p in log if p.startswith("/429"))
     later = [t for t, _m, p in log if p.startswith("/img/after")]
@@ -286,4 +287,24 @@ def test_gbif_ids_follow_image_results(tmp_path, server) -> None:
         [(1, "done", 2), (2, "failed", 1), (3, "partial", 0)]
     assert c.execute("SELECT stage, outcome FROM runs ORDER BY run_id").fetchall() == \
         [("ingest", "ok"), ("download", "ok")]
+    c.close()
+
+
+def test_host_cooldown_survives_a_restart(tmp_path, server2) -> None:
+    db = make_db(tmp_path, [server2.url("/img/cool.jpg?w=64&h=64")])
+    c = stdlib_sqlite3.connect(db)
+    c.execute("UPDATE hosts SET cooldown_until = ?, cooldown_reason = 'HTTP 429 Retry-After' "
+              "WHERE host = '127.0.0.3'", (time.time() + 3600,))
+    c.commit()
+    c.close()
+    server2.reset_stats()
+    t0 = time.monotonic()
+    run_download(config(tmp_path, db))  # fresh lock dir: the state comes from the table
+    assert time.monotonic() - t0 < 10  # nothing due soon: the run ends
+    assert server2.stats()["by_path"].get("/img/cool.jpg") is None
+    (r,) = rows(db)
+    assert (r[1], r[9]) == ("pending", 0)  # held back by our own state: not failed, no attempt
+    c = stdlib_sqlite3.connect(db)
+    due, claimed = c.execute("SELECT next_attempt_at, claimed_by FROM images").fetchone()
+    assert claimed is None and due > time.time() + 3000  # due when the cooldown ends
     c.close()
