@@ -19,7 +19,7 @@ CHUNK_IDS = 200_000
 # left to try but not all succeeded; pending when no image was attempted yet;
 # partial otherwise (work left, something attempted). Transient failures with
 # attempts left count as work left.
-_ROLLUP = """
+_ROLLUP_TEMPLATE = """
 UPDATE gbif_ids
    SET n_success = s.n_success,
        status = s.status,
@@ -35,12 +35,15 @@ UPDATE gbif_ids
                     WHEN sum(status <> 'pending' OR attempts > 0) = 0 THEN 'pending'
                     ELSE 'partial' END AS status
           FROM images
-         WHERE gbif_id >= :lo AND gbif_id <= :hi
+         WHERE {which}
          GROUP BY gbif_id) AS s
  WHERE gbif_ids.gbif_id = s.gbif_id
    AND (gbif_ids.n_success IS NOT s.n_success OR gbif_ids.status IS NOT s.status
         OR (s.status IN ('done', 'failed') AND gbif_ids.completed_at IS NULL))
 """
+# every gbifID in a range (finalize, in chunks) / a list of them (after each result batch)
+_ROLLUP = _ROLLUP_TEMPLATE.format(which="gbif_id >= :lo AND gbif_id <= :hi")
+ROLLUP_IDS = _ROLLUP_TEMPLATE.format(which="gbif_id IN (SELECT value FROM json_each(:ids))")
 
 
 @dataclass

@@ -13,30 +13,14 @@ from pathlib import Path
 from . import claims, runs, store
 from ._sqlite import sqlite3
 from .claims import Item, Result
+from .finalize import ROLLUP_IDS
 from .schema import SUCCESS, retry_locked, transaction
 
 BATCH = 200  # results per transaction
 MAX_AGE = 0.5  # seconds a result may wait for its commit
 
-# Recompute the touched gbifIDs after each batch so the report's gbifID
-# progress is live; uses the (gbif_id, image_no) index, a few rows per ID.
-_REFRESH_GBIF = """
-UPDATE gbif_ids
-   SET n_success = s.n_success, status = s.status,
-       completed_at = CASE WHEN s.status IN ('done', 'failed')
-                           THEN COALESCE(gbif_ids.completed_at, :now)
-                           ELSE gbif_ids.completed_at END
-  FROM (SELECT gbif_id, sum(status = 'success') AS n_success,
-               CASE WHEN sum(status = 'success') = count(*) THEN 'done'
-                    WHEN sum(status = 'pending'
-                             OR (status = 'failed_transient' AND attempts < :max_attempts)) = 0
-                         THEN 'failed'
-                    WHEN sum(status <> 'pending' OR attempts > 0) = 0 THEN 'pending'
-                    ELSE 'partial' END AS status
-          FROM images WHERE gbif_id IN (SELECT value FROM json_each(:ids))
-         GROUP BY gbif_id) AS s
- WHERE gbif_ids.gbif_id = s.gbif_id
-"""
+# The touched gbifIDs are recomputed after each batch, so the report's gbifID
+# progress is live; it uses the (gbif_id, image_no) index, a few rows per ID.
 
 
 class Writer(threading.Thread):
@@ -154,7 +138,7 @@ class Writer(threading.Thread):
                     _save_host(self.conn, host, fields)
                 if kept:
                     ids = sorted({r.item.gbif_id for r in kept})
-                    self.conn.execute(_REFRESH_GBIF, {"now": time.time(), "ids": json.dumps(ids),
+                    self.conn.execute(ROLLUP_IDS, {"now": time.time(), "ids": json.dumps(ids),
                                                       "max_attempts": self.max_attempts})
                 runs.heartbeat(self.conn, self.run_id, self.counts)
                 out["value"] = fn()

@@ -6,6 +6,7 @@ import random
 import sqlite3 as stdlib_sqlite3
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 HEADER = [
@@ -106,6 +107,51 @@ def generate(path: Path, n_records: int, seed: int = 1, hosts: int = 12) -> Path
         rows.append(row(rows[src][0], f"https://late.example.org/extra/{rnd.randrange(10**9)}.jpg"))
         rows.append(list(rows[src]))
     return write_multimedia(path, rows)
+
+
+def make_dng(tmp_path: Path, w: int = 256, h: int = 192, value: int | None = None) -> bytes:
+    """A real, rawpy-decodable DNG (12-bit BGGR CFA, uncompressed) written by pidng."""
+    from pidng.core import RAW2DNG, DNGTags, Tag
+    from pidng.defs import (
+        CalibrationIlluminant,
+        CFAPattern,
+        DNGVersion,
+        Orientation,
+        PhotometricInterpretation,
+        PreviewColorSpace,
+    )
+
+    t = DNGTags()
+    t.set(Tag.ImageWidth, w)
+    t.set(Tag.ImageLength, h)
+    t.set(Tag.TileWidth, w)
+    t.set(Tag.TileLength, h)
+    t.set(Tag.Orientation, Orientation.Horizontal)
+    t.set(Tag.PhotometricInterpretation, PhotometricInterpretation.Color_Filter_Array)
+    t.set(Tag.SamplesPerPixel, 1)
+    t.set(Tag.BitsPerSample, 12)
+    t.set(Tag.CFARepeatPatternDim, [2, 2])
+    t.set(Tag.CFAPattern, CFAPattern.BGGR)
+    t.set(Tag.WhiteLevel, 4095)
+    t.set(Tag.BlackLevel, 0)
+    t.set(Tag.ColorMatrix1, [[1, 1], [0, 1], [0, 1], [0, 1], [1, 1], [0, 1], [0, 1], [0, 1],
+                             [1, 1]])
+    t.set(Tag.CalibrationIlluminant1, CalibrationIlluminant.D65)
+    t.set(Tag.AsShotNeutral, [[1, 1], [1, 1], [1, 1]])
+    t.set(Tag.BaselineExposure, [[0, 100]])
+    t.set(Tag.Make, "Test")
+    t.set(Tag.Model, "Herbarium Cam")
+    t.set(Tag.DNGVersion, DNGVersion.V1_4)
+    t.set(Tag.DNGBackwardVersion, DNGVersion.V1_2)
+    t.set(Tag.PreviewColorSpace, PreviewColorSpace.sRGB)
+    if value is None:
+        arr = np.random.default_rng(0).integers(500, 3500, (h, w)).astype(np.uint16)
+    else:
+        arr = np.full((h, w), value, dtype=np.uint16)
+    r = RAW2DNG()
+    r.options(t, path=str(tmp_path), compress=False)
+    r.convert(arr, filename="t")
+    return (tmp_path / "t.dng").read_bytes()
 
 
 def dump(db: Path) -> dict[str, list[tuple]]:

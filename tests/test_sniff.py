@@ -6,11 +6,11 @@ import io
 import random
 import struct
 
-import numpy as np
 import pytest
 from PIL import Image, TiffImagePlugin
 
 from download_db import sniff
+from tests.conftest import make_dng
 
 
 def _encode(fmt: str, mode: str = "RGB", size: tuple[int, int] = (64, 48), **kw) -> bytes:
@@ -53,45 +53,6 @@ def _raw_tiff(make: bytes, *, big_endian: bool = False, dng: bool = False) -> by
     return head + ifd + blob + b"\x00" * 64
 
 
-def _pidng(tmp_path) -> bytes:
-    from pidng.core import RAW2DNG, DNGTags, Tag
-    from pidng.defs import (
-        CalibrationIlluminant,
-        CFAPattern,
-        DNGVersion,
-        Orientation,
-        PhotometricInterpretation,
-        PreviewColorSpace,
-    )
-
-    w, h = 64, 48
-    t = DNGTags()
-    t.set(Tag.ImageWidth, w)
-    t.set(Tag.ImageLength, h)
-    t.set(Tag.TileWidth, w)
-    t.set(Tag.TileLength, h)
-    t.set(Tag.Orientation, Orientation.Horizontal)
-    t.set(Tag.PhotometricInterpretation, PhotometricInterpretation.Color_Filter_Array)
-    t.set(Tag.SamplesPerPixel, 1)
-    t.set(Tag.BitsPerSample, 12)
-    t.set(Tag.CFARepeatPatternDim, [2, 2])
-    t.set(Tag.CFAPattern, CFAPattern.BGGR)
-    t.set(Tag.WhiteLevel, 4095)
-    t.set(Tag.BlackLevel, 0)
-    t.set(Tag.ColorMatrix1, [[1, 1], [0, 1], [0, 1], [0, 1], [1, 1], [0, 1], [0, 1], [0, 1],
-                             [1, 1]])
-    t.set(Tag.CalibrationIlluminant1, CalibrationIlluminant.D65)
-    t.set(Tag.AsShotNeutral, [[1, 1], [1, 1], [1, 1]])
-    t.set(Tag.BaselineExposure, [[0, 100]])
-    t.set(Tag.Make, "Test")
-    t.set(Tag.Model, "Sniff")
-    t.set(Tag.DNGVersion, DNGVersion.V1_4)
-    t.set(Tag.DNGBackwardVersion, DNGVersion.V1_2)
-    t.set(Tag.PreviewColorSpace, PreviewColorSpace.sRGB)
-    r = RAW2DNG()
-    r.options(t, path=str(tmp_path), compress=False)
-    r.convert(np.full((h, w), 2000, dtype=np.uint16), filename="t")
-    return (tmp_path / "t.dng").read_bytes()
 
 
 # -- image_format --------------------------------------------------------------------
@@ -118,7 +79,7 @@ def test_image_format_of_pillow_images(fmt, kw, expected):
 
 
 def test_image_format_dng_from_pidng(tmp_path):
-    data = _pidng(tmp_path)
+    data = make_dng(tmp_path, 64, 48, value=2000)
     assert sniff.image_format(data[:4096]) == "dng"
     assert "dng" in sniff.RAW_FORMATS
     assert sniff.EXT["dng"] == "dng"
@@ -126,7 +87,7 @@ def test_image_format_dng_from_pidng(tmp_path):
 
 def test_image_format_dng_header_cut_short_falls_back_to_tiff(tmp_path):
     """With fewer bytes than IFD0 needs, the safe guess is plain TIFF (documented)."""
-    data = _pidng(tmp_path)
+    data = make_dng(tmp_path, 64, 48, value=2000)
     assert sniff.image_format(data[:16]) == "tiff"
 
 
