@@ -25,9 +25,11 @@ UPDATE images SET claimed_by = :token, next_attempt_at = :lease_until
                      ORDER BY next_attempt_at LIMIT :n)
 RETURNING image_id, gbif_id, image_no, status, attempts, error_type, urls
 """
+# Claimed rows carry their lease end in next_attempt_at: they are someone's work
+# in progress, not work that falls due.
 _NEXT_DUE = f"""
 SELECT min(next_attempt_at) FROM images INDEXED BY images_todo
- WHERE {TODO_WHERE} AND host_id = ? AND next_attempt_at < {EXHAUSTED}
+ WHERE {TODO_WHERE} AND host_id = ? AND next_attempt_at < {EXHAUSTED} AND claimed_by IS NULL
 """
 
 

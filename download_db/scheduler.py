@@ -123,6 +123,8 @@ class Scheduler:
                     if not q.items:
                         q.not_before = min(q.not_before, retry_at) if q.not_before > time.time() \
                             else q.not_before
+                elif q.in_flight == 0 and not q.items and not q.exhausted:
+                    q.not_before = 0.0  # its last item is done: is there more? ask now
             self._changed.notify_all()
 
     def remaining(self) -> list[tuple[Item, float]]:

@@ -156,7 +156,8 @@ def test_next_due(conn):
     a, b = host_id(conn, "a.example.org"), host_id(conn, "b.example.org")
     assert claims.next_due(conn, a) == 0.0
     claim(conn, "t", a, 10)
-    assert claims.next_due(conn, a) == NOW + LEASE
+    # claimed rows are work in progress (their next_attempt_at is the lease end): not due
+    assert claims.next_due(conn, a) is None
     with transaction(conn):
         conn.execute(f"UPDATE images SET status = 'failed_transient', next_attempt_at = {EXHAUSTED}"
                      " WHERE host_id = ?", (b,))
@@ -198,7 +199,7 @@ def test_record_last_allowed_attempt_is_exhausted(conn):
     record(conn, [Result(item, FAILED_TRANSIENT, error_type="timeout")], "t", max_attempts=3)
     r = get(conn, 1)
     assert (r["status"], r["attempts"], r["next_attempt_at"]) == (FAILED_TRANSIENT, 3, EXHAUSTED)
-    assert claims.next_due(conn, a) is not None  # others still due
+    assert claims.next_due(conn, a) is None  # the others are claimed; this one is parked
     assert 1 not in [it.image_id for it in claim(conn, "t2", a, now=NOW + 10**6)]
 
 

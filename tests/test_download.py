@@ -308,3 +308,13 @@ def test_host_cooldown_survives_a_restart(tmp_path, server2) -> None:
     due, claimed = c.execute("SELECT next_attempt_at, claimed_by FROM images").fetchone()
     assert claimed is None and due > time.time() + 3000  # due when the cooldown ends
     c.close()
+
+
+def test_run_ends_when_all_work_is_done_with_the_default_linger(tmp_path, server) -> None:
+    # regression: claimed rows (lease end in next_attempt_at) made the host look
+    # "due in 15 minutes", so a finished run idled until the lease ran out
+    db = make_db(tmp_path, [server.url(f"/img/end{i}.jpg?w=64&h=64") for i in range(12)])
+    t0 = time.monotonic()
+    run_download(config(tmp_path, db, wait_for_retries=300))
+    assert time.monotonic() - t0 < 15
+    assert {r[1] for r in rows(db)} == {"success"}
