@@ -25,6 +25,14 @@ UPDATE images SET claimed_by = :token, next_attempt_at = :lease_until
                      ORDER BY next_attempt_at LIMIT :n)
 RETURNING image_id, gbif_id, image_no, status, attempts, error_type, urls
 """
+# Rows among the due ones whose previous claim ran out (its holder died, maybe on
+# another node): their temp files are cleaned up by whoever takes them over.
+_EXPIRED = f"""
+SELECT image_id FROM images INDEXED BY images_todo
+ WHERE {TODO_WHERE} AND host_id = :host_id AND next_attempt_at <= :now
+   AND claimed_by IS NOT NULL
+ ORDER BY next_attempt_at LIMIT :n
+"""
 # Claimed rows carry their lease end in next_attempt_at: they are someone's work
 # in progress, not work that falls due.
 _NEXT_DUE = f"""
@@ -45,6 +53,7 @@ class Item:
     error_type: str | None
     urls: list[str]
     host_id: int
+    taken_over: bool = False  # its previous claim expired: a dead run may have left temps
 
 
 @dataclass
@@ -75,9 +84,11 @@ def claim(conn: sqlite3.Connection, token: str, host_id: int, n: int, *, lease: 
           now: float | None = None) -> list[Item]:
     """Claim up to n due images of one host (call inside a write transaction)."""
     now = time.time() if now is None else now
-    rows = conn.execute(_CLAIM, {"token": token, "lease_until": now + lease, "host_id": host_id,
-                                 "now": now, "n": n}).fetchall()
-    return [Item(r[0], r[1], r[2], r[3], r[4], r[5], r[6].split("\n"), host_id) for r in rows]
+    args = {"token": token, "lease_until": now + lease, "host_id": host_id, "now": now, "n": n}
+    expired = {r[0] for r in conn.execute(_EXPIRED, args)}
+    rows = conn.execute(_CLAIM, args).fetchall()
+    return [Item(r[0], r[1], r[2], r[3], r[4], r[5], r[6].split("\n"), host_id,
+                 taken_over=r[0] in expired) for r in rows]
 
 
 def next_due(conn: sqlite3.Connection, host_id: int) -> float | None:

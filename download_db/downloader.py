@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
@@ -34,31 +35,57 @@ log = logging.getLogger(__name__)
 def run_download(cfg: DownloadConfig, out: TextIO | None = None) -> dict:
     """One image_install_db.py process (or a parent of --processes children)."""
     cfg.validate()
-    children = _spawn_children(cfg) if cfg.processes > 1 else []
+    shares = _split(cfg.max_images, cfg.processes)
+    children = _spawn_children(cfg, shares[1:]) if cfg.processes > 1 else []
     with stage_lock(cfg.db, exclusive=False, what="image_install_db.py"), \
             stop_on_signals() as stop:
         try:
-            return _download(cfg, stop, out)
+            return _download(replace(cfg, max_images=shares[0]), stop, out)
         finally:
+            _wait_children(children, stop)
+
+
+def _split(total: int | None, parts: int) -> list[int | None]:
+    """--max-images shared out over the processes (None: no limit)."""
+    if total is None:
+        return [None] * parts
+    return [total // parts + (1 if k < total % parts else 0) for k in range(parts)]
+
+
+def _wait_children(children: list[subprocess.Popen], stop: threading.Event) -> None:
+    """Wait for the other processes, passing a stop signal on whenever it comes."""
+    told = False
+    while any(p.poll() is None for p in children):
+        if stop.is_set() and not told:
             for p in children:
-                if stop.is_set():
+                if p.poll() is None:
                     p.send_signal(signal.SIGTERM)
-            for p in children:
-                p.wait()
+            told = True
+        time.sleep(0.2)
 
 
-def _spawn_children(cfg: DownloadConfig) -> list[subprocess.Popen]:
+def _spawn_children(cfg: DownloadConfig, shares: list[int | None]) -> list[subprocess.Popen]:
     """--processes N: N-1 more copies of this command, each its own claimer
     and writer on the same database (same machine, so WAL is safe)."""
-    argv = list(sys.argv[1:])
-    for i, a in enumerate(argv):
-        if a == "--processes" and i + 1 < len(argv):
-            argv[i + 1] = "1"
-        elif a.startswith("--processes="):
-            argv[i] = "--processes=1"
+    argv = _without(sys.argv[1:], ("--processes", "--max-images"))
     script = sys.argv[0] if sys.argv[0].endswith(".py") else "-m download_db.download"
-    cmd = [sys.executable, *script.split(), *argv, "--no-bar"]
-    return [subprocess.Popen(cmd) for _ in range(cfg.processes - 1)]
+    cmd = [sys.executable, *script.split(), *argv, "--no-bar", "--processes", "1"]
+    return [subprocess.Popen(cmd + ([] if share is None else ["--max-images", str(share)]))
+            for share in shares]
+
+
+def _without(argv: list[str], flags: tuple[str, ...]) -> list[str]:
+    """argv minus the given valued flags (both "--flag V" and "--flag=V")."""
+    out: list[str] = []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in flags:
+            skip = True
+        elif not a.startswith(tuple(f + "=" for f in flags)):
+            out.append(a)
+    return out
 
 
 def _open(cfg: DownloadConfig) -> sqlite3.Connection:
@@ -194,7 +221,7 @@ def _watch(cfg: DownloadConfig, threads: list[threading.Thread], writer: Writer,
     bar = tqdm(total=todo, unit="img", desc="download", file=stream, dynamic_ncols=True) \
         if (cfg.bar if cfg.bar is not None else stream.isatty()) else None
     last_log = time.monotonic()
-    shown = 0
+    shown = done = 0
     limit = None
     try:
         while any(t.is_alive() for t in threads):
@@ -220,6 +247,8 @@ def _watch(cfg: DownloadConfig, threads: list[threading.Thread], writer: Writer,
                 stop.set()
             if stop.is_set():
                 return limit
+        done = sum(writer.counts.get(k, 0) for k in
+                   ("success", "failed_transient", "failed_permanent"))
         return "max_images" if cfg.max_images is not None and done >= cfg.max_images else None
     finally:
         if bar is not None:

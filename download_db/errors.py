@@ -25,6 +25,12 @@ class UsageError(DownloadDbError):
     exit_code = 64
 
 
+class StorageError(DownloadDbError):
+    """The image root cannot be written (disk full, read-only, quota)."""
+
+    exit_code = 73
+
+
 class Interrupted(DownloadDbError):
     """Stopped by a signal at a safe point; running the same command continues."""
 

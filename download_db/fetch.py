@@ -51,8 +51,10 @@ class FetchError(Exception):
     """
 
     def __init__(self, error_type: str, detail: str, *, http_status: int | None = None,
-                 host_failure: bool | None = None, cooldown: float | None = None) -> None:
+                 host_failure: bool | None = None, cooldown: float | None = None,
+                 retry_after_given: bool = False) -> None:
         super().__init__(f"{error_type}: {detail}")
+        self.retry_after_given = retry_after_given
         self.error_type = error_type
         self.detail = detail
         self.http_status = http_status
@@ -247,13 +249,14 @@ def _status_error(r: requests.Response, status: int) -> FetchError:
     if status == 429:
         return FetchError("rate_limited", f"HTTP 429, Retry-After {r.headers.get('Retry-After')}",
                           http_status=status, host_failure=None,
-                          cooldown=retry if retry is not None else DEFAULT_COOLDOWN)
+                          cooldown=retry if retry is not None else DEFAULT_COOLDOWN,
+                          retry_after_given=retry is not None)
     if status == 408:
         return FetchError("timeout", "HTTP 408", http_status=status, host_failure=True)
     if status >= 500:
         cooldown = retry if (status == 503 and retry is not None) else None
         return FetchError("server_error", f"HTTP {status}", http_status=status, host_failure=True,
-                          cooldown=cooldown)
+                          cooldown=cooldown, retry_after_given=cooldown is not None)
     detail = f"HTTP {status}"
     try:
         snippet = sniff.visible_text(r.raw.read(16 * 1024, decode_content=True) or b"", 300)

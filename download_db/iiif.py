@@ -197,12 +197,13 @@ def image_url(service: str, size: str, version: int) -> str:
     return f"{service.rstrip('/')}/full/{size}/0/default.jpg"
 
 
-def request_plan(ref: ImageRef, target: int, info: ServiceInfo | None = None) -> list[str]:
+def request_plan(ref: ImageRef, target: int | None, info: ServiceInfo | None = None) -> list[str]:
     """URLs to try for one image, best first: the service at the target size,
     then stepped-down sizes (for servers refusing large renderings with
-    400/403/413), then the service's full/max, then the body URL."""
+    400/403/413), then the service's full/max, then the body URL. target None:
+    the largest rendering (for keeping originals)."""
     urls: list[str] = []
-    if ref.service:
+    if ref.service and target is not None:
         steps = [target] + [s for s in (target * 3 // 4, target // 2) if s >= 256]
         if info:
             # a "!s,s" box must fit every limit the server states
@@ -212,6 +213,7 @@ def request_plan(ref: ImageRef, target: int, info: ServiceInfo | None = None) ->
                 steps = [min(s, min(caps)) for s in steps]
         for s in dict.fromkeys(steps):
             urls.append(image_url(ref.service, size_param(s, ref.version), ref.version))
+    if ref.service:
         urls.append(image_url(ref.service, "max" if ref.version >= 3 else "full", ref.version))
     if ref.body and ref.body not in urls:
         urls.append(ref.body)

@@ -166,8 +166,13 @@ class Scheduler:
     def _refill(self, q: HostQueue) -> None:
         items = []
         due = None
+        n = self.batch
+        if self.max_items is not None:  # never hold more than this run may still hand out
+            with self._lock:
+                queued = sum(len(x.items) for x in self.queues)
+                n = max(min(n, self.max_items - self.handed_out - queued), 0)
         try:
-            items = self.writer.claim(q.host_id, self.batch)
+            items = self.writer.claim(q.host_id, n) if n else []
             if not items:
                 due = self.writer.next_due(q.host_id)
         finally:

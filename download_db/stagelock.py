@@ -12,6 +12,17 @@ from pathlib import Path
 from .errors import DatabaseError
 
 
+def _holder(fd: int) -> str:
+    """Who holds the lock: downloaders hold it shared (a shared request succeeds
+    then), an init stage exclusively (and wrote its name into the file)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return "running downloads (image_install_db.py)"
+
+
 def lock_path(db: str | os.PathLike) -> Path:
     return Path(f"{os.fspath(db)}.lock")
 
@@ -29,9 +40,8 @@ def stage_lock(db: str | os.PathLike, *, exclusive: bool, what: str) -> Iterator
         try:
             fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
-            raise DatabaseError(f"{db} is in use by {holder}; {what} cannot run at the same time "
-                                "(wait for it to finish, or stop it)") from None
+            raise DatabaseError(f"{db} is in use by {_holder(fd)}; {what} cannot run at the "
+                                "same time (wait for it to finish, or stop it)") from None
         if exclusive:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{what} (host {socket.gethostname()}, pid {os.getpid()})".encode(), 0)

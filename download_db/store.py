@@ -9,12 +9,13 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import StorageError
 from .paths import image_relpath, prefix_dirs
 
 PART = ".part"
 
 
-class StoreError(Exception):
+class StoreError(StorageError):
     """The image root cannot be written (full, read-only, quota): stop the run."""
 
 

@@ -142,8 +142,8 @@ class Worker:
         ref = iiif.ImageRef(info.service, info.version, None, info.width, info.height)
         return self._plan(iiif.request_plan(ref, self._target(), info), held)
 
-    def _target(self) -> int:
-        return 1 << 30 if self.cfg.keep_original else self.cfg.max_size
+    def _target(self) -> int | None:
+        return None if self.cfg.keep_original else self.cfg.max_size
 
     def _plan(self, urls: list[str], held: dict[str, Slot]) -> bytes:
         """Try IIIF renderings in order; step down only on 'too big' refusals."""
@@ -204,7 +204,8 @@ class Worker:
         if e is not None and e.cooldown:
             until = self.gate.cool_down(slot.host, e.cooldown, now)
             self.writer.host_state(slot.host, cooldown_until=until,
-                                   cooldown_reason=f"HTTP {e.http_status} Retry-After")
+                                   cooldown_reason=f"HTTP {e.http_status}"
+                                   + (" Retry-After" if e.retry_after_given else ""))
         if e is not None and e.error_type == "invalid_content_type":
             self.writer.host_state(slot.host, sample_detail=e.detail[:300])
         if change == "opened":
@@ -253,6 +254,8 @@ class Worker:
                                      max_pixels=self.cfg.max_pixels)
         except images.ImageError as e:
             raise _Failure(e.error_type, e.detail) from None
+        if item.taken_over:
+            store.clean_temps(self.cfg.root, item.gbif_id, item.image_no)
         w = store.write_temp(self.cfg.root, item.gbif_id, item.image_no, out.ext, out.data)
         raw = out.raw_unprocessed
         return Result(item, SUCCESS, http_status=200, error_type=FLAG_RAW if raw else None,

@@ -159,3 +159,35 @@ def test_cli_errors_are_one_line(tmp_path) -> None:
     r = subprocess.run([sys.executable, str(ROOT / "image_install_db.py"), "--threads", "0"],
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 64 and "--threads" in r.stderr
+
+
+def test_max_images_is_shared_out_over_processes(tmp_path, server) -> None:
+    urls = [server.url(f"/img/share{i}.jpg?w=64&h=64") for i in range(30)]
+    db = build(tmp_path, urls)
+    r = subprocess.run(cmd(tmp_path, db, "--processes", "3", "--max-images", "10"), cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert q(db, "SELECT count(*) FROM images WHERE status = 'success'") == [(10,)]
+
+
+def test_init_refuses_while_downloads_run_and_says_so(tmp_path, server) -> None:
+    from download_db.stagelock import stage_lock
+
+    db = build(tmp_path, [server.url("/img/lock.jpg")])
+    with stage_lock(db, exclusive=False, what="image_install_db.py"):
+        r = subprocess.run([sys.executable, str(ROOT / "init_download_db.py"), "--db", str(db),
+                            "--finalize-only"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 3
+    assert "running downloads (image_install_db.py)" in r.stderr
+
+
+def test_unwritable_image_root_stops_with_one_line_and_loses_nothing(tmp_path, server) -> None:
+    urls = [server.url(f"/img/full{i}.jpg?w=64&h=64") for i in range(5)]
+    db = build(tmp_path, urls)
+    (tmp_path / "images").write_text("a file where the image root should be")
+    r = subprocess.run(cmd(tmp_path, db), cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    lines = [ln for ln in r.stderr.splitlines() if "error" in ln]
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert q(db, "SELECT status, count(*) FROM images GROUP BY status") == [("pending", 5)]
+    assert q(db, "SELECT count(*) FROM images WHERE claimed_by IS NOT NULL") == [(0,)]
