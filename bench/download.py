@@ -11,6 +11,7 @@ Scenarios (targets from issue 3):
             (processes_count=2 thread_count=32 resize_mode=keep_ratio image_size=1024
             output_format=files): target >= 2.5x img2dataset
   original  --keep-original (fetch, validate, store): target >= 700 img/s on 2 cores
+            (BENCH_ORIGINAL=PROCESSES,THREADS sets the downloader's shape; default 2,16)
   polite    8 hosts (127.0.0.1-8) each answering after 100 ms, per-host concurrency 4:
             bound 8 x 4 / 0.1 s = 320 img/s; target >= 90% of it, with the server's
             max concurrent connections per host <= 4
@@ -161,8 +162,10 @@ def main(argv: list[str] | None = None) -> int:
             results["resize"] = line
             print(line, flush=True)
         if "original" in scen:
-            rate, rss = ours(work, plain, "--keep-original", "--threads", "16", "--processes", "2",
-                             "--per-host-concurrency", "16", "--per-host-rate", "0")
+            procs, threads = os.environ.get("BENCH_ORIGINAL", "2,16").split(",")
+            rate, rss = ours(work, plain, "--keep-original", "--threads", threads,
+                             "--processes", procs, "--per-host-concurrency", "16",
+                             "--per-host-rate", "0")
             results["original"] = (f"keep original: {rate:,.1f} img/s, peak RSS {rss:,.0f} MiB "
                                    f"(target >= 700 img/s)")
             print(results["original"], flush=True)
