@@ -16,12 +16,13 @@ from typing import TextIO
 
 from tqdm import tqdm
 
-from . import claims, fetch, runs, store
+from . import claims, fetch, images, runs, store
 from ._sqlite import sqlite3
 from .config import DownloadConfig
 from .errors import DatabaseError
 from .hosts import HostGate, Politeness, default_lock_dir
-from .progress import _fmt_secs, say
+from .paths import image_relpath
+from .progress import fmt_secs, say
 from .scheduler import Scheduler
 from .schema import EXHAUSTED_WHERE, connect, get_meta, migrate, transaction
 from .signals import stop_on_signals
@@ -237,7 +238,7 @@ def _watch(cfg: DownloadConfig, threads: list[threading.Thread], writer: Writer,
                 eta = ""
                 rate = done / max(time.monotonic() - t0, 1e-9)
                 if rate > 0 and todo > done:
-                    eta = f", ETA {_fmt_secs((todo - done) / rate)}"
+                    eta = f", ETA {fmt_secs((todo - done) / rate)}"
                 say(f"download: {done:,}/{todo:,} done; {_rates(writer.counts, workers, t0)}{eta}",
                     stream)
             if writer.error is not None:
@@ -265,7 +266,7 @@ def _rates(counts: dict, workers: list[Worker], t0: float) -> str:
 
 
 def _summary(counts: dict, out: TextIO | None, seconds: float) -> None:
-    say(f"download: finished in {_fmt_secs(seconds)}: {counts.get('success', 0):,} saved, "
+    say(f"download: finished in {fmt_secs(seconds)}: {counts.get('success', 0):,} saved, "
         f"{counts.get('failed_transient', 0):,} failed (will retry), "
         f"{counts.get('failed_permanent', 0):,} failed permanently, "
         f"{counts.get('deferred', 0):,} deferred (host cooling down / busy), "
@@ -326,9 +327,6 @@ def _adopt_temp(conn: sqlite3.Connection, root: Path, image_id: int, gid: int, n
                 now: float, keep_original: bool) -> bool:
     """A dead run fetched this image and wrote its temp file, but died before the
     commit: adopt the file if it is complete instead of fetching it again."""
-    from . import images
-    from .paths import image_relpath
-
     for tmp in store.temp_candidates(root, gid, no):
         try:
             data = Path(tmp).read_bytes()

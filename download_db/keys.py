@@ -147,12 +147,6 @@ def parse_identifier(raw: str) -> Candidate | str:
     return Candidate(url, url, host_name, KIND_DIRECT, SIZE_UNKNOWN)
 
 
-def canonical_key(raw: str) -> str | None:
-    """The canonical image key of an identifier, or None if it is not usable."""
-    c = parse_identifier(raw)
-    return c.key if isinstance(c, Candidate) else None
-
-
 def rank_key(c: Candidate, order: int) -> tuple[int, int, int]:
     """Sort key for candidates of one image: largest first, direct before
     manifest at equal size, file order otherwise."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 
 def prefix_dirs(gbif_id: int) -> tuple[str, str]:
     """The two prefix directories of a gbifID (same layout as the legacy downloader:
@@ -24,7 +22,3 @@ def legacy_relpath(gbif_id: int) -> str:
     """Where the older flat-file downloader saved a gbifID's single image."""
     p1, p2 = prefix_dirs(gbif_id)
     return f"{p1}/{p2}/{int(gbif_id)}.jpg"
-
-
-def resolve(root: str | Path, relpath: str) -> Path:
-    return Path(root) / relpath

@@ -9,7 +9,7 @@ from typing import TextIO
 from tqdm import tqdm
 
 
-def _fmt_secs(s: float) -> str:
+def fmt_secs(s: float) -> str:
     s = int(max(s, 0))
     if s >= 3600:
         return f"{s // 3600}h{s % 3600 // 60:02d}m"
@@ -77,7 +77,7 @@ class Progress:
         pct = f" ({100 * self.done_bytes / self.total:.1f}%)" if self.total else ""
         total = f" / {_fmt_bytes(self.total)}" if self.total else ""
         eta = self.eta()
-        eta_s = f", ETA {_fmt_secs(eta)}" if eta is not None else ""
+        eta_s = f", ETA {fmt_secs(eta)}" if eta is not None else ""
         print(f"{self.label}: {_fmt_bytes(self.done_bytes)}{total}{pct} read, "
               f"{self.items:,} {self.item}, {self.rate():,.0f} {self.item}/s{eta_s}",
               file=self.stream, flush=True)

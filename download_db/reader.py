@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import os
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -331,13 +330,3 @@ def _complete(table: pa.Table, header: Header) -> pa.Table:
         if name not in header.index:
             table = table.append_column(name, pa.array([""] * table.num_rows, pa.string()))
     return table.select(list(WANTED))
-
-
-def describe(path: str | Path) -> str:
-    """Short human description of an input (for logs)."""
-    p = Path(path)
-    try:
-        size = os.path.getsize(p)
-    except OSError:
-        return str(p)
-    return f"{p} ({size / 1e6:,.1f} MB)"

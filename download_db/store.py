@@ -54,7 +54,12 @@ def write_temp(root: Path, gbif_id: int, image_no: int, ext: str, data: bytes) -
 
 def commit_file(root: Path, w: Written) -> None:
     """Move a written temp file to its final name (atomic within a directory)."""
-    os.replace(w.temp, root / w.relpath)
+    place(root, w.temp, w.relpath)
+
+
+def place(root: Path, temp: str, relpath: str) -> None:
+    """Rename ``temp`` to ``root/relpath`` (same directory, so atomic)."""
+    os.replace(temp, root / relpath)
 
 
 def discard(path: str) -> None:

@@ -150,9 +150,8 @@ class Writer(threading.Thread):
         for r in batch:
             if r.status == SUCCESS:
                 if id(r) in kept_ids:
-                    if r.temp:
-                        store.commit_file(self.root,
-                                          store.Written(r.file_path or "", r.temp, 0, ""))
+                    if r.temp and r.file_path:
+                        store.place(self.root, r.temp, r.file_path)
                     self._settle.append(r.item.image_id)
                 elif r.temp:
                     store.discard(r.temp)  # our lease was taken over: the row is not ours
