@@ -12,6 +12,7 @@ from .hosts import HostGate, Slot
 
 NO_WORK_RECHECK = 300.0  # a host without due work is asked again after this long
 BUSY_RETRY = 0.02  # all of a host's slots taken (maybe by another process): look again
+HOLD_LIMIT = 5.0  # a host closed longer than this (cooldown, breaker) gives its claims back
 
 
 @dataclass
@@ -83,11 +84,21 @@ class Scheduler:
     def _take(self, q: HostQueue) -> tuple[Item, Slot] | None:
         now = time.time()
         slot = self.gate.acquire(q.host, now)
+        give_back: list[tuple[Item, float]] = []
         with self._lock:
             if isinstance(slot, float):
                 q.requests -= 1
                 q.not_before = max(q.not_before, slot)
-                return None
+                if slot - now > HOLD_LIMIT:
+                    # don't sit on claims a closed host cannot use: they would hold
+                    # --max-images allowance and leases other processes could use
+                    give_back = [(it, slot) for it in q.items]
+                    q.items.clear()
+        if give_back:
+            self.writer.release(give_back)
+        if isinstance(slot, float):
+            return None
+        with self._lock:
             if not q.items or (self.max_items is not None
                                and self.handed_out >= self.max_items):
                 q.requests -= 1

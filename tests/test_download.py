@@ -318,3 +318,25 @@ def test_run_ends_when_all_work_is_done_with_the_default_linger(tmp_path, server
     run_download(config(tmp_path, db, wait_for_retries=300))
     assert time.monotonic() - t0 < 15
     assert {r[1] for r in rows(db)} == {"success"}
+
+
+def test_a_closed_host_gives_its_claims_back(tmp_path, server, server2) -> None:
+    # regression: items claimed for a host in cooldown held the --max-images
+    # allowance, so an open host got nothing and the run waited for the cooldown
+    urls = [server2.url(f"/img/closed{i}.jpg?w=64&h=64") for i in range(4)] + \
+        [server.url(f"/img/open{i}.jpg?w=64&h=64") for i in range(4)]
+    db = make_db(tmp_path, urls)
+    c = stdlib_sqlite3.connect(db)
+    c.execute("UPDATE hosts SET cooldown_until = ? WHERE host = '127.0.0.3'",
+              (time.time() + 3600,))
+    c.commit()
+    c.close()
+    t0 = time.monotonic()
+    run_download(config(tmp_path, db, max_images=3, wait_for_retries=300))
+    assert time.monotonic() - t0 < 15
+    got = rows(db)
+    assert [r[1] for r in got[:4]] == ["pending"] * 4  # the closed host: untouched
+    assert sum(r[1] == "success" for r in got[4:]) == 3
+    c = stdlib_sqlite3.connect(db)
+    assert c.execute("SELECT count(*) FROM images WHERE claimed_by IS NOT NULL").fetchone() == (0,)
+    c.close()
