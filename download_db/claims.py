@@ -8,6 +8,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 
+from . import runs
 from ._sqlite import sqlite3
 from .schema import EXHAUSTED, FAILED_PERMANENT, FAILED_TRANSIENT, PENDING, SUCCESS, TODO_WHERE
 
@@ -207,19 +208,7 @@ def live_tokens(conn: sqlite3.Connection, stale_after: float, now: float | None 
             "WHERE stage = 'download' AND outcome = 'running'"):
         if hb is None or hb < now - stale_after:
             continue
-        if host == me and not _pid_alive(pid):
+        if host == me and not runs.pid_alive(pid):
             continue
         live.add(f"{host}:{pid}:{run_id}")
     return live
-
-
-def _pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -35,3 +35,9 @@ class Interrupted(DownloadDbError):
     """Stopped by a signal at a safe point; running the same command continues."""
 
     exit_code = 75
+
+
+class CheckFailed(DownloadDbError):
+    """The integrity check found a disagreement (details were printed above)."""
+
+    exit_code = 1

@@ -20,7 +20,15 @@ from .group import Grouped, group_chunk
 from .progress import Progress, say
 from .reader import CHUNK_BYTES, Chunk, ParsedChunk, Source, parse_chunk
 from .runs import heartbeat
-from .schema import INDEX_CLAIMED, INDEX_GBIF_IMAGE, INDEX_TODO, get_meta, set_meta, transaction
+from .schema import (
+    INDEX_CLAIMED,
+    INDEX_GBIF_IMAGE,
+    INDEX_TODO,
+    get_meta,
+    install_tallies,
+    set_meta,
+    transaction,
+)
 
 PHASE_LOADING = "loading"
 PHASE_INDEXING = "indexing"
@@ -187,6 +195,7 @@ def _post_load(conn: sqlite3.Connection, stats: IngestStats, out: TextIO | None)
         conn.execute("DELETE FROM gbif_ids")
         conn.execute("INSERT INTO gbif_ids(gbif_id, n_images) "
                      "SELECT gbif_id, count(*) FROM images GROUP BY gbif_id")
+        install_tallies(conn, fresh_load=True)
         set_meta(conn, "ingest_stats", stats.to_json())
         set_meta(conn, "ingest_phase", PHASE_DONE)
 

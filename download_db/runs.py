@@ -46,3 +46,16 @@ def finish_run(conn: sqlite3.Connection, run_id: int, outcome: str,
             "counts = COALESCE(?, counts), message = ? WHERE run_id = ?",
             (now, now, outcome, json.dumps(counts, sort_keys=True) if counts is not None else None,
              message, run_id))
+
+
+def pid_alive(pid: int | None) -> bool:
+    """Is this process id alive on this machine (a run's pid from the runs table)?"""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -9,7 +9,7 @@ from pathlib import Path
 from ._sqlite import sqlite3
 from .errors import DatabaseError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Image statuses (images.status) and gbifID statuses (gbif_ids.status): text so
 # that users' ad hoc SQL reads naturally.
@@ -147,9 +147,137 @@ INDEX_CLAIMED = (
 POST_LOAD_INDEXES = (INDEX_GBIF_IMAGE, INDEX_TODO, INDEX_CLAIMED)
 INDEX_GBIF_STATUS = "CREATE INDEX IF NOT EXISTS gbif_ids_status ON gbif_ids(status)"
 
-# Additive migrations: version -> statements. Never rebuild a large table:
-# ALTER TABLE ... ADD COLUMN and CREATE INDEX only.
-MIGRATIONS: dict[int, list[str]] = {}
+# Counters the report reads instead of scanning images (a GROUP BY status over
+# 52M rows takes 16-48 s; these tables hold a few thousand rows). Triggers keep
+# them exact in the same transaction as every change, whoever writes: the
+# downloader, the legacy import, a merge or a user's ad hoc UPDATE. They are
+# installed after the bulk load, so the load itself pays nothing.
+_TALLY_TABLES = [
+    # images per (host, status, error_type, attempts, parked): the source of
+    # every status, error, retry-histogram and per-host figure. parked = 1 for a
+    # transient failure whose attempts budget is spent (next_attempt_at parked).
+    """CREATE TABLE IF NOT EXISTS image_tally (
+        host_id    INTEGER NOT NULL,
+        status     TEXT    NOT NULL,
+        error_type TEXT    NOT NULL,
+        attempts   INTEGER NOT NULL,
+        parked     INTEGER NOT NULL,
+        n          INTEGER NOT NULL,
+        bytes      INTEGER NOT NULL,
+        PRIMARY KEY (host_id, status, error_type, attempts, parked)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS gbif_tally (
+        status TEXT PRIMARY KEY,
+        n      INTEGER NOT NULL
+    ) WITHOUT ROWID""",
+    # Finished attempts per minute (by last_attempt_at): throughput, ETA and
+    # the progress-over-time chart. Legacy adoptions are not downloads.
+    """CREATE TABLE IF NOT EXISTS activity (
+        minute    INTEGER PRIMARY KEY,
+        attempts  INTEGER NOT NULL,
+        successes INTEGER NOT NULL,
+        failures  INTEGER NOT NULL,
+        bytes     INTEGER NOT NULL
+    )""",
+]
+_PARKED = f"next_attempt_at >= {EXHAUSTED}"
+
+
+def _tally_add(row: str, sign: str) -> str:
+    return (
+        "INSERT INTO image_tally(host_id, status, error_type, attempts, parked, n, bytes) "
+        f"VALUES ({row}.host_id, {row}.status, coalesce({row}.error_type, ''), {row}.attempts, "
+        f"{row}.{_PARKED}, {sign}1, {sign}coalesce({row}.file_size, 0)) "
+        "ON CONFLICT DO UPDATE SET n = n + excluded.n, bytes = bytes + excluded.bytes;")
+
+
+_ACTIVITY = (
+    "INSERT INTO activity(minute, attempts, successes, failures, bytes) "
+    "VALUES (CAST(new.last_attempt_at / 60 AS INTEGER), 1, new.status = 'success', "
+    "new.status LIKE 'failed%', CASE WHEN new.status = 'success' "
+    "THEN coalesce(new.file_size, 0) ELSE 0 END) "
+    "ON CONFLICT DO UPDATE SET attempts = attempts + 1, "
+    "successes = successes + excluded.successes, failures = failures + excluded.failures, "
+    "bytes = bytes + excluded.bytes;")
+_TALLY_KEY_CHANGED = " OR ".join(
+    f"old.{c} IS NOT new.{c}" for c in ("host_id", "status", "error_type", "attempts",
+                                        "file_size")) + f" OR (old.{_PARKED}) <> (new.{_PARKED})"
+TRIGGERS = [
+    f"""CREATE TRIGGER IF NOT EXISTS images_tally_ins AFTER INSERT ON images BEGIN
+        {_tally_add("new", "+")} END""",
+    f"""CREATE TRIGGER IF NOT EXISTS images_tally_del AFTER DELETE ON images BEGIN
+        {_tally_add("old", "-")} END""",
+    # WHEN keeps the many updates that touch only claims and leases cheap.
+    f"""CREATE TRIGGER IF NOT EXISTS images_tally_upd
+        AFTER UPDATE OF host_id, status, error_type, attempts, file_size, next_attempt_at ON images
+        WHEN {_TALLY_KEY_CHANGED} BEGIN
+        {_tally_add("old", "-")}
+        {_tally_add("new", "+")} END""",
+    f"""CREATE TRIGGER IF NOT EXISTS images_activity AFTER UPDATE OF last_attempt_at ON images
+        WHEN new.last_attempt_at IS NOT old.last_attempt_at AND new.last_attempt_at IS NOT NULL
+         AND new.error_type IS NOT '{FLAG_LEGACY}' BEGIN
+        {_ACTIVITY} END""",
+    """CREATE TRIGGER IF NOT EXISTS gbif_tally_ins AFTER INSERT ON gbif_ids BEGIN
+        INSERT INTO gbif_tally VALUES (new.status, 1)
+        ON CONFLICT DO UPDATE SET n = n + 1; END""",
+    """CREATE TRIGGER IF NOT EXISTS gbif_tally_del AFTER DELETE ON gbif_ids BEGIN
+        UPDATE gbif_tally SET n = n - 1 WHERE status = old.status; END""",
+    """CREATE TRIGGER IF NOT EXISTS gbif_tally_upd AFTER UPDATE OF status ON gbif_ids
+        WHEN old.status IS NOT new.status BEGIN
+        UPDATE gbif_tally SET n = n - 1 WHERE status = old.status;
+        INSERT INTO gbif_tally VALUES (new.status, 1)
+        ON CONFLICT DO UPDATE SET n = n + 1; END""",
+]
+
+
+def tallies_installed(conn: sqlite3.Connection) -> bool:
+    return conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'trigger' "
+                        "AND name = 'images_tally_upd'").fetchone()[0] == 1
+
+
+def install_tallies(conn: sqlite3.Connection, *, fresh_load: bool) -> None:
+    """Fill the counters and install their triggers (inside the caller's transaction).
+
+    ``fresh_load``: every image is still as the load left it (pending, never
+    tried), so hosts.n_images and a gbif_ids count are exact and nothing needs a
+    scan. Otherwise (an upgraded database) one full scan recounts from the rows.
+    """
+    for ddl in _TALLY_TABLES:
+        conn.execute(ddl)
+    for table in ("image_tally", "gbif_tally", "activity"):
+        conn.execute(f"DELETE FROM {table}")
+    if fresh_load:
+        conn.execute("INSERT INTO image_tally SELECT host_id, 'pending', '', 0, 0, n_images, 0 "
+                     "FROM hosts WHERE n_images > 0")
+    else:
+        conn.execute(
+            "INSERT INTO image_tally SELECT host_id, status, coalesce(error_type, ''), attempts, "
+            f"{_PARKED}, count(*), sum(coalesce(file_size, 0)) FROM images "
+            "GROUP BY 1, 2, 3, 4, 5")
+        conn.execute(
+            "INSERT INTO activity SELECT CAST(last_attempt_at / 60 AS INTEGER), count(*), "
+            "sum(status = 'success'), sum(status LIKE 'failed%'), "
+            "sum(CASE WHEN status = 'success' THEN coalesce(file_size, 0) ELSE 0 END) "
+            f"FROM images WHERE last_attempt_at IS NOT NULL AND error_type IS NOT '{FLAG_LEGACY}' "
+            "GROUP BY 1")
+    conn.execute("INSERT INTO gbif_tally SELECT status, count(*) FROM gbif_ids GROUP BY status")
+    for ddl in TRIGGERS:
+        conn.execute(ddl)
+
+
+def _migrate_v2(conn: sqlite3.Connection) -> None:
+    """v2: counters for the report. A database still loading gets them at the end
+    of its load; a built one is recounted once (one scan of images)."""
+    for ddl in _TALLY_TABLES:
+        conn.execute(ddl)
+    if get_meta(conn, "ingest_phase") == "done":
+        install_tallies(conn, fresh_load=False)
+
+
+# Additive migrations: version -> steps (SQL or a function of the connection),
+# run in one transaction per version. Never rebuild a large table: ALTER TABLE
+# ... ADD COLUMN, CREATE INDEX/TABLE/TRIGGER and counting scans only.
+MIGRATIONS: dict[int, list[str | Callable[[sqlite3.Connection], None]]] = {2: [_migrate_v2]}
 
 
 def connect(
@@ -210,7 +338,7 @@ def create_schema(conn: sqlite3.Connection) -> None:
     if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
         conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")  # only before the first table
     with transaction(conn):
-        for ddl in _TABLES:
+        for ddl in _TABLES + _TALLY_TABLES:
             conn.execute(ddl)
         conn.execute(INDEX_GBIF_STATUS)
         conn.execute(
@@ -238,8 +366,11 @@ def migrate(conn: sqlite3.Connection) -> int:
                             f"(v{SCHEMA_VERSION}); upgrade the program")
     for v in range(version + 1, SCHEMA_VERSION + 1):
         with transaction(conn):
-            for stmt in MIGRATIONS.get(v, []):
-                conn.execute(stmt)
+            for step in MIGRATIONS.get(v, []):
+                if callable(step):
+                    step(conn)
+                else:
+                    conn.execute(step)
             conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(v),))
     return SCHEMA_VERSION
 

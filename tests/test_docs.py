@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from download_db.cli import _download_parser, _init_parser
+from download_db.report_cli import _parser as _status_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -39,8 +40,15 @@ def test_every_download_flag_is_documented(flag: str) -> None:
         f"{flag} is not documented in the image_install_db.py section of README.md"
 
 
+@pytest.mark.parametrize("flag", sorted(_flags(_status_parser()) - {"--help"}))
+def test_every_status_report_flag_is_documented(flag: str) -> None:
+    section = README.split("## `status_report.py`", 1)[-1].split("\n## ", 1)[0]
+    assert re.search(rf"`{re.escape(flag)}\b", section), \
+        f"{flag} is not documented in the status_report.py section of README.md"
+
+
 def test_every_flag_has_help_text() -> None:
-    for parser in (_init_parser(), _download_parser()):
+    for parser in (_init_parser(), _download_parser(), _status_parser()):
         for a in parser._actions:
             assert a.help, a.option_strings
 
