@@ -234,6 +234,12 @@ def _download_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-bar", action="store_true",
                    help="log lines instead of a progress bar even on a terminal")
     g.add_argument("--debug", action="store_true", help="show tracebacks for unexpected errors")
+    g = p.add_argument_group("Slack notifications (SLACK_WEBHOOK_URL in .env)")
+    g.add_argument("--notify-every", type=int, default=d.notify_every, metavar="N",
+                   help=f"a message per N saved images (default: {d.notify_every}; 0 = none)")
+    g.add_argument("--stall-minutes", type=float, default=d.stall_minutes, metavar="MINUTES",
+                   help="a message when no image has finished for this long (default: "
+                        f"{d.stall_minutes:g}; 0 = none)")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
 
@@ -258,6 +264,12 @@ def download_main(argv: Sequence[str] | None = None) -> int:
     if not a.user_agent and not contact:
         print(f"{parser.prog}: warning: no contact set (DOWNLOADER_CONTACT in .env or "
               "--contact); publishers cannot reach you about your traffic", file=sys.stderr)
+    from .notify import ENV_URL, is_child
+
+    slack = os.environ.get(ENV_URL, "").strip()
+    if not slack and not is_child():  # the copies --processes starts stay quiet
+        print(f"{parser.prog}: warning: no {ENV_URL} in .env; no Slack notifications",
+              file=sys.stderr)
     cfg = DownloadConfig(
         db=a.db, install_path=a.install_path, threads=a.threads, processes=a.processes,
         per_host_concurrency=a.per_host_concurrency, per_host_rate=a.per_host_rate,
@@ -267,7 +279,8 @@ def download_main(argv: Sequence[str] | None = None) -> int:
         user_agent=a.user_agent or user_agent(contact), max_images=a.max_images,
         max_runtime=a.max_runtime, lease=a.lease, wait_for_retries=a.wait_for_retries,
         lock_dir=a.lock_dir,
-        progress_every=a.progress_every, bar=False if a.no_bar else None)
+        progress_every=a.progress_every, bar=False if a.no_bar else None,
+        slack_webhook_url=slack, notify_every=a.notify_every, stall_minutes=a.stall_minutes)
     from .downloader import run_download
 
     return _guard(parser.prog, lambda: run_download(cfg), a.debug)

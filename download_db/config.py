@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UsageError
 from .finalize import DEFAULT_MAX_ATTEMPTS
+from .notify import check_url
 
 DEFAULT_DB = "download_status.db"
 DEFAULT_INSTALL = "images"
@@ -15,11 +16,12 @@ MODE_BUILD = "build"
 MODE_RESET = "reset"
 MODE_LEGACY = "legacy-only"
 MODE_FINALIZE = "finalize-only"
+MODE_MERGE = "merge-only"
 
 
 @dataclass(frozen=True)
 class InitConfig:
-    """init_download_db.py: build / reset / legacy-only / finalize-only."""
+    """init_download_db.py: build / reset / legacy-only / finalize-only / merge-only."""
 
     db: Path = Path(DEFAULT_DB)
     multimedia: Path | None = None
@@ -32,6 +34,7 @@ class InitConfig:
     workers: int = 2
     progress_every: float = 10.0
     bar: bool | None = None  # None: a bar only when stdout is a terminal
+    force: bool = False  # write the main DB even if array tasks may still be writing
 
     def validate(self) -> InitConfig:
         if self.mode in (MODE_BUILD, MODE_RESET) and self.multimedia is None:
@@ -79,6 +82,10 @@ class DownloadConfig:
     lock_dir: Path | None = None
     progress_every: float = 10.0
     bar: bool | None = None
+    # Slack incoming webhook (SLACK_WEBHOOK_URL); a secret, so kept out of repr()
+    slack_webhook_url: str = field(default="", repr=False, compare=False)
+    notify_every: int = 10_000  # a Slack message per this many saved images (0 = none)
+    stall_minutes: float = 30.0  # a Slack message after this long without progress (0 = none)
 
     def validate(self) -> DownloadConfig:
         checks = [
@@ -95,10 +102,13 @@ class DownloadConfig:
             (self.max_images is None or self.max_images >= 0, "--max-images must be >= 0"),
             (self.max_runtime is None or self.max_runtime > 0, "--max-runtime must be > 0"),
             (self.wait_for_retries >= 0, "--wait-for-retries must be >= 0"),
+            (self.notify_every >= 0, "--notify-every must be >= 0 (0 = no milestones)"),
+            (self.stall_minutes >= 0, "--stall-minutes must be >= 0 (0 = no stall messages)"),
             (self.lease >= 2 * self.deadline,
              "--lease must be at least twice --deadline (a claim must outlive a download)"),
         ]
         for ok, msg in checks:
             if not ok:
                 raise UsageError(msg)
+        check_url(self.slack_webhook_url)
         return self

@@ -10,13 +10,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
 from tqdm import tqdm
 
-from . import claims, fetch, images, runs, store
+from . import claims, fetch, images, notify, runs, store
 from ._sqlite import sqlite3
 from .config import DownloadConfig
 from .errors import DatabaseError
@@ -36,14 +37,31 @@ log = logging.getLogger(__name__)
 def run_download(cfg: DownloadConfig, out: TextIO | None = None) -> dict:
     """One image_install_db.py process (or a parent of --processes children)."""
     cfg.validate()
-    shares = _split(cfg.max_images, cfg.processes)
-    children = _spawn_children(cfg, shares[1:]) if cfg.processes > 1 else []
-    with stage_lock(cfg.db, exclusive=False, what="image_install_db.py"), \
-            stop_on_signals() as stop:
-        try:
-            return _download(replace(cfg, max_images=shares[0]), stop, out)
-        finally:
-            _wait_children(children, stop)
+    notes = notify.RunNotes(notify.Notifier(cfg.slack_webhook_url, notify.label_for(cfg.db)),
+                            every=cfg.notify_every, stall_minutes=cfg.stall_minutes,
+                            child=notify.is_child())
+    own: dict = {}
+    try:
+        shares = _split(cfg.max_images, cfg.processes)
+        since = time.time()
+        children = _spawn_children(cfg, shares[1:]) if cfg.processes > 1 else []
+        if children and notes.leader:
+            notes.others = notify.others_counts(cfg.db, [p.pid for p in children], since)
+        with stage_lock(cfg.db, exclusive=False, what="image_install_db.py"), \
+                stop_on_signals() as stop:
+            try:
+                own = _download(replace(cfg, max_images=shares[0]), stop, out, notes)
+            finally:
+                _wait_children(children, stop, lambda: notes.tick(own))
+        limit = own.get("limit")
+        notes.finish(own, f"stopped at --{limit.replace('_', '-')}" if limit else
+                     "stopped by a signal" if stop.is_set() else "finished")
+        return own
+    except BaseException as e:
+        notes.crash(e)
+        raise
+    finally:
+        notes.close()
 
 
 def _split(total: int | None, parts: int) -> list[int | None]:
@@ -53,10 +71,12 @@ def _split(total: int | None, parts: int) -> list[int | None]:
     return [total // parts + (1 if k < total % parts else 0) for k in range(parts)]
 
 
-def _wait_children(children: list[subprocess.Popen], stop: threading.Event) -> None:
+def _wait_children(children: list[subprocess.Popen], stop: threading.Event,
+                   tick: Callable[[], None] = lambda: None) -> None:
     """Wait for the other processes, passing a stop signal on whenever it comes."""
     told = False
     while any(p.poll() is None for p in children):
+        tick()
         if stop.is_set() and not told:
             for p in children:
                 if p.poll() is None:
@@ -71,8 +91,9 @@ def _spawn_children(cfg: DownloadConfig, shares: list[int | None]) -> list[subpr
     argv = _without(sys.argv[1:], ("--processes", "--max-images"))
     script = sys.argv[0] if sys.argv[0].endswith(".py") else "-m download_db.download"
     cmd = [sys.executable, *script.split(), *argv, "--no-bar", "--processes", "1"]
-    return [subprocess.Popen(cmd + ([] if share is None else ["--max-images", str(share)]))
-            for share in shares]
+    env = {**os.environ, notify.ENV_CHILD: "1"}  # the first process speaks for all on Slack
+    return [subprocess.Popen(cmd + ([] if share is None else ["--max-images", str(share)]),
+                             env=env) for share in shares]
 
 
 def _without(argv: list[str], flags: tuple[str, ...]) -> list[str]:
@@ -104,7 +125,8 @@ def _open(cfg: DownloadConfig) -> sqlite3.Connection:
     return conn
 
 
-def _download(cfg: DownloadConfig, stop: threading.Event, out: TextIO | None) -> dict:
+def _download(cfg: DownloadConfig, stop: threading.Event, out: TextIO | None,
+              notes: notify.RunNotes) -> dict:
     t0 = time.monotonic()
     root = cfg.install_path.resolve()
     conn = _open(cfg)
@@ -127,7 +149,9 @@ def _download(cfg: DownloadConfig, stop: threading.Event, out: TextIO | None) ->
         hosts = conn.execute("SELECT host_id, host, quarantined FROM hosts "
                              "WHERE n_images > 0 ORDER BY n_images DESC").fetchall()
         say(f"download: {todo:,} images with work left on {len(hosts):,} hosts -> {root}", out)
-        counts = _fetch_all(cfg, conn, run_id, token, root, hosts, todo, stop, out, t0)
+        notes.set_hosts(hosts)
+        notes.start(todo, len(hosts), cfg.processes)
+        counts = _fetch_all(cfg, conn, run_id, token, root, hosts, todo, stop, out, t0, notes)
     except BaseException as e:
         runs.finish_run(conn, run_id, runs.FAILED, counts, f"{type(e).__name__}: {e}"[:500])
         raise
@@ -141,7 +165,7 @@ def _download(cfg: DownloadConfig, stop: threading.Event, out: TextIO | None) ->
 
 def _fetch_all(cfg: DownloadConfig, conn: sqlite3.Connection, run_id: int, token: str,
                root: Path, hosts: list, todo: int, stop: threading.Event,
-               out: TextIO | None, t0: float) -> dict:
+               out: TextIO | None, t0: float, notes: notify.RunNotes) -> dict:
     policy = Politeness(concurrency=cfg.per_host_concurrency, rate=cfg.per_host_rate)
     gate = HostGate(cfg.lock_dir or default_lock_dir(cfg.db), policy)
     now = time.time()
@@ -152,7 +176,8 @@ def _fetch_all(cfg: DownloadConfig, conn: sqlite3.Connection, run_id: int, token
         gate.restore(host, cooldown if cooldown and cooldown > now else None,
                      opened + policy.open_seconds if opened else None)
     writer = Writer(conn, token=token, run_id=run_id, root=root, max_attempts=cfg.max_attempts,
-                    lease=cfg.lease)
+                    lease=cfg.lease, on_commit=notes.committed if notes.enabled else None,
+                    on_host_state=_quarantine_reporter(gate, notes) if notes.enabled else None)
     writer.start()
     sched = Scheduler(writer, gate, hosts, per_host=cfg.per_host_concurrency, stop=stop,
                       max_items=cfg.max_images, wait_for_retries=cfg.wait_for_retries)
@@ -194,7 +219,7 @@ def _fetch_all(cfg: DownloadConfig, conn: sqlite3.Connection, run_id: int, token
                for i in range(cfg.threads)]
     for t in threads:
         t.start()
-    limit_hit = _watch(cfg, threads, writer, workers, stop, todo, out, t0)
+    limit_hit = _watch(cfg, threads, writer, workers, stop, todo, out, t0, notes)
     if stop.is_set():
         fetch.abort_all()  # in-flight downloads end now, not at their deadline
     for t in threads:
@@ -214,9 +239,22 @@ def _fetch_all(cfg: DownloadConfig, conn: sqlite3.Connection, run_id: int, token
     return counts
 
 
+def _quarantine_reporter(gate: HostGate, notes: notify.RunNotes) -> Callable[[str, dict], None]:
+    """Writer.host_state hook: tell Slack when a host gets quarantined."""
+    def on_host_state(host: str, fields: dict) -> None:
+        # Every failed probe after the quarantine says "quarantine" again, in any
+        # process: report only the one that reaches the threshold.
+        if fields.get("quarantined") == 1:
+            opens = int(gate.state(host)["opens"])
+            if opens == gate.policy.quarantine_after:
+                notes.quarantined(host, opens)
+
+    return on_host_state
+
+
 def _watch(cfg: DownloadConfig, threads: list[threading.Thread], writer: Writer,
            workers: list[Worker], stop: threading.Event, todo: int, out: TextIO | None,
-           t0: float) -> str | None:
+           t0: float, notes: notify.RunNotes) -> str | None:
     """Main thread: progress, limits, writer health; returns which limit ended the run."""
     stream = out or sys.stdout
     bar = tqdm(total=todo, unit="img", desc="download", file=stream, dynamic_ncols=True) \
@@ -229,6 +267,8 @@ def _watch(cfg: DownloadConfig, threads: list[threading.Thread], writer: Writer,
             time.sleep(0.25)
             done = sum(writer.counts.get(k, 0) for k in
                        ("success", "failed_transient", "failed_permanent"))
+            if notes.leader:
+                notes.tick(dict(writer.counts))  # a copy: the writer thread adds keys
             if bar is not None:
                 bar.update(done - shown)
                 shown = done

@@ -31,11 +31,13 @@ class Writer(threading.Thread):
     """
 
     def __init__(self, conn: sqlite3.Connection, *, token: str, run_id: int, root: Path,
-                 max_attempts: int, lease: float, on_commit=None) -> None:
+                 max_attempts: int, lease: float, on_commit=None,
+                 on_host_state=None) -> None:
         super().__init__(name="db-writer", daemon=True)
         self.conn, self.token, self.run_id, self.root = conn, token, run_id, root
         self.max_attempts, self.lease = max_attempts, lease
         self.on_commit = on_commit  # callback(list[Result]) after each commit
+        self.on_host_state = on_host_state  # callback(host, fields) in the caller's thread
         self.q: queue.Queue = queue.Queue()
         self.error: BaseException | None = None
         self.counts: dict[str, int] = {}
@@ -66,6 +68,8 @@ class Writer(threading.Thread):
     def host_state(self, host: str, **fields) -> None:
         """Persist politeness state (cooldown_until, breaker_state, ...) for a host."""
         self.q.put(("host", (host, fields), None))
+        if self.on_host_state is not None:
+            self.on_host_state(host, fields)
 
     def stop(self) -> None:
         fut: Future = Future()
