@@ -9,14 +9,16 @@ from typing import TextIO
 
 from . import runs
 from ._sqlite import sqlite3
-from .config import MODE_BUILD, MODE_FINALIZE, MODE_LEGACY, MODE_RESET, InitConfig
+from .array import freeze, task_dbs, tasks_dir_for
+from .config import MODE_BUILD, MODE_FINALIZE, MODE_LEGACY, MODE_MERGE, MODE_RESET, InitConfig
 from .errors import DatabaseError, DownloadDbError, Interrupted
 from .finalize import FinalizeStats, finalize
 from .ingest import IngestStats, ingest, remove_database
 from .legacy import LegacyStats, import_legacy
+from .merge import MergeStats, merge_tasks, refuse_if_tasks_running
 from .progress import say
 from .reader import Source
-from .schema import connect, create_schema, get_meta, migrate, set_meta, transaction, use_wal
+from .schema import connect, create_schema, get_meta, migrate, set_meta, transaction
 from .signals import stop_on_signals
 from .stagelock import stage_lock
 
@@ -33,7 +35,7 @@ def _run(cfg: InitConfig, out: TextIO | None, stop: threading.Event) -> dict:
     t0 = time.monotonic()
     state = _db_state(cfg.db)
     source = None
-    if cfg.mode in (MODE_LEGACY, MODE_FINALIZE):
+    if cfg.mode in (MODE_LEGACY, MODE_FINALIZE, MODE_MERGE):
         if state == "missing":
             raise DatabaseError(f"database not found: {cfg.db} (build it first: "
                                 "init_download_db.py --multimedia multimedia.txt)")
@@ -46,29 +48,41 @@ def _run(cfg: InitConfig, out: TextIO | None, stop: threading.Event) -> dict:
             raise DatabaseError(f"{cfg.db} exists but is not a download database; refusing to "
                                 "touch it (choose another --db)")
         if cfg.mode == MODE_RESET:
+            if not cfg.force:
+                refuse_if_tasks_running(cfg.db, "rebuilding the database")
             remove_database(cfg.db)
+            # results of arrays over the old build: their image ids mean nothing
+            # now (their files are adopted by the next download)
+            for path in task_dbs(tasks_dir_for(cfg.db)):
+                for suffix in ("", "-journal", ".lock"):
+                    Path(f"{path}{suffix}").unlink(missing_ok=True)
         elif state == "complete":
             raise DatabaseError(f"database already exists: {cfg.db}; use --reset to rebuild it, "
                                 "--legacy-only to import legacy files, or --finalize-only")
     conn = _open(cfg)
     stage = {MODE_BUILD: "ingest", MODE_RESET: "ingest", MODE_LEGACY: "legacy",
-             MODE_FINALIZE: "finalize"}[cfg.mode]
+             MODE_FINALIZE: "finalize", MODE_MERGE: "merge"}[cfg.mode]
     run_id = runs.start_run(conn, stage)
     counts: dict = {}
     try:
+        if source is None:  # every stage that writes a built DB folds array results in first
+            mst = merge_tasks(conn, cfg.db, force=cfg.force, max_attempts=cfg.max_attempts,
+                              out=out)
+            if mst.tasks or cfg.mode == MODE_MERGE:
+                counts["merge"] = _merge_summary(mst, out)
         if source is not None:
             say(f"ingest: {source.path} -> {cfg.db}", out)
             st = ingest(conn, source, run_id=run_id, chunk_bytes=cfg.chunk_mb << 20,
                         workers=cfg.workers, every=cfg.progress_every, out=out, bar=cfg.bar,
                         stop=stop)
             counts["ingest"] = _ingest_summary(st, out)
-        if cfg.processed_file is not None and cfg.mode != MODE_FINALIZE:
+        if cfg.processed_file is not None and cfg.mode not in (MODE_FINALIZE, MODE_MERGE):
             lst = import_legacy(conn, cfg.install_path, cfg.processed_file, cfg.failed_file,
                                 every=cfg.progress_every, out=out, bar=cfg.bar, stop=stop)
             counts["legacy"] = _legacy_summary(lst, out)
         # A fresh build has every gbifID pending by construction: nothing to roll up.
-        if cfg.mode not in (MODE_BUILD, MODE_RESET) or "legacy" in counts:
-            fst = finalize(conn, max_attempts=cfg.max_attempts, every=cfg.progress_every,
+        if cfg.mode not in (MODE_BUILD, MODE_RESET, MODE_MERGE) or "legacy" in counts:
+            fst = finalize(conn, max_attempts=cfg.max_attempts,
                            out=out, bar=cfg.bar, stop=stop)
             counts["finalize"] = _finalize_summary(fst, out)
         if source is not None:
@@ -82,8 +96,11 @@ def _run(cfg: InitConfig, out: TextIO | None, stop: threading.Event) -> dict:
         raise
     counts["seconds"] = round(time.monotonic() - t0, 2)
     runs.finish_run(conn, run_id, runs.OK, counts)
-    use_wal(conn)
     conn.execute("PRAGMA optimize")
+    # Self-contained for readers on other hosts (array tasks, reports): see array.py.
+    if not freeze(conn):
+        say("warning: another process has the database open, so it stays in WAL mode; "
+            "array tasks refuse it until init_download_db.py --merge-only is run again", out)
     conn.close()
     say(f"done in {counts['seconds']:.1f}s", out)
     return counts
@@ -148,6 +165,13 @@ def _legacy_summary(st: LegacyStats, out: TextIO | None) -> dict:
         say(f"legacy: {st.failed_listed:,} failed IDs ({st.failed_known:,} in this database) "
             "stay pending for a fresh, tracked retry", out)
     return dict(st.__dict__)
+
+
+def _merge_summary(st: MergeStats, out: TextIO | None) -> dict:
+    say(f"merge: {st.tasks:,} task databases, {st.images:,} image results, "
+        f"{st.gbif_ids:,} gbifIDs updated in {st.seconds:.1f}s", out)
+    return {"tasks": st.tasks, "images": st.images, "gbif_ids": st.gbif_ids,
+            "seconds": round(st.seconds, 2)}
 
 
 def _finalize_summary(st: FinalizeStats, out: TextIO | None) -> dict:

@@ -16,6 +16,7 @@ from .config import (
     MODE_BUILD,
     MODE_FINALIZE,
     MODE_LEGACY,
+    MODE_MERGE,
     MODE_RESET,
     DownloadConfig,
     InitConfig,
@@ -61,7 +62,14 @@ def _init_parser() -> argparse.ArgumentParser:
     mode.add_argument("--legacy-only", action="store_true",
                       help="only import --processed-file into an existing database, then finalize")
     mode.add_argument("--finalize-only", action="store_true",
-                      help="only recompute gbif_ids statuses from image statuses")
+                      help="only recompute gbif_ids statuses from image statuses (after merging "
+                           "finished array tasks)")
+    mode.add_argument("--merge-only", action="store_true",
+                      help="only fold finished array tasks' result databases into the database "
+                           "and leave it ready for the next array")
+    p.add_argument("--force", action="store_true",
+                   help="write the database even though array tasks may still be writing their "
+                        "results (their unmerged results stay for a later merge)")
     p.add_argument("--max-attempts", type=int, default=DEFAULT_MAX_ATTEMPTS, metavar="N",
                    help="attempts budget used to decide whether a transient failure still counts "
                         f"as work left (default: {DEFAULT_MAX_ATTEMPTS})")
@@ -83,11 +91,13 @@ def init_main(argv: Sequence[str] | None = None) -> int:
     parser = _init_parser()
     a = parser.parse_args(argv)
     mode = (MODE_RESET if a.reset else MODE_LEGACY if a.legacy_only
-            else MODE_FINALIZE if a.finalize_only else MODE_BUILD)
+            else MODE_FINALIZE if a.finalize_only else MODE_MERGE if a.merge_only
+            else MODE_BUILD)
     cfg = InitConfig(db=a.db, multimedia=a.multimedia, install_path=a.install_path,
                      processed_file=a.processed_file, failed_file=a.failed_file, mode=mode,
                      max_attempts=a.max_attempts, chunk_mb=a.chunk_mb, workers=a.workers,
-                     progress_every=a.progress_every, bar=False if a.no_bar else None)
+                     progress_every=a.progress_every, bar=False if a.no_bar else None,
+                     force=a.force)
     from .build import run_init
 
     return _guard(parser.prog, lambda: run_init(cfg), a.debug)
@@ -234,6 +244,16 @@ def _download_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-bar", action="store_true",
                    help="log lines instead of a progress bar even on a terminal")
     g.add_argument("--debug", action="store_true", help="show tracebacks for unexpected errors")
+    g = p.add_argument_group("job arrays (SGE qsub -t, Slurm --array)")
+    g.add_argument("--shard", default="", metavar="K/N",
+                   help="run as task K of an N-task array: this task's hosts only, results in "
+                        "its own database under --tasks-dir (default: from SGE_TASK_* or "
+                        "SLURM_ARRAY_TASK_*; 'none': not an array task even inside one)")
+    g.add_argument("--tasks-dir", type=Path, metavar="DIR",
+                   help="where array tasks keep their result databases (default: <db>.tasks)")
+    g.add_argument("--force", action="store_true",
+                   help="outside an array: download even though array tasks may still be "
+                        "writing results (otherwise finished ones are merged first)")
     g = p.add_argument_group("Slack notifications (SLACK_WEBHOOK_URL in .env)")
     g.add_argument("--notify-every", type=int, default=d.notify_every, metavar="N",
                    help=f"a message per N saved images (default: {d.notify_every}; 0 = none)")
@@ -280,7 +300,8 @@ def download_main(argv: Sequence[str] | None = None) -> int:
         max_runtime=a.max_runtime, lease=a.lease, wait_for_retries=a.wait_for_retries,
         lock_dir=a.lock_dir,
         progress_every=a.progress_every, bar=False if a.no_bar else None,
-        slack_webhook_url=slack, notify_every=a.notify_every, stall_minutes=a.stall_minutes)
+        slack_webhook_url=slack, notify_every=a.notify_every, stall_minutes=a.stall_minutes,
+        shard=a.shard, tasks_dir=a.tasks_dir, force=a.force)
     from .downloader import run_download
 
     return _guard(parser.prog, lambda: run_download(cfg), a.debug)

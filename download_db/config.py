@@ -86,6 +86,16 @@ class DownloadConfig:
     slack_webhook_url: str = field(default="", repr=False, compare=False)
     notify_every: int = 10_000  # a Slack message per this many saved images (0 = none)
     stall_minutes: float = 30.0  # a Slack message after this long without progress (0 = none)
+    # job arrays: "K/N", "" = from SGE/Slurm variables, "none" = not a task
+    shard: str = ""
+    tasks_dir: Path | None = None  # default <db>.tasks
+    force: bool = False  # write the main DB even if array tasks may still be writing
+    # set for an array task's own run (task.prepare): its database is read from
+    # other hosts (rollback journal), and hosts shared with other tasks get a
+    # share of the limits: ((host, part, parts), ...)
+    wal: bool = True
+    split: tuple[tuple[str, int, int], ...] = ()
+    main_db: Path | None = None
 
     def validate(self) -> DownloadConfig:
         checks = [

@@ -17,11 +17,12 @@ from typing import TextIO
 
 from tqdm import tqdm
 
-from . import claims, fetch, images, notify, runs, store
+from . import claims, fetch, images, notify, runs, store, task
 from ._sqlite import sqlite3
 from .config import DownloadConfig
 from .errors import DatabaseError
 from .hosts import HostGate, Politeness, default_lock_dir
+from .merge import merge_tasks
 from .paths import image_relpath
 from .progress import fmt_secs, say
 from .scheduler import Scheduler
@@ -37,6 +38,9 @@ log = logging.getLogger(__name__)
 def run_download(cfg: DownloadConfig, out: TextIO | None = None) -> dict:
     """One image_install_db.py process (or a parent of --processes children)."""
     cfg.validate()
+    shard = task.shard_of(cfg)
+    if shard is not None:  # an array task works on its own database from here on
+        cfg = task.prepare(cfg, shard, out)
     notes = notify.RunNotes(notify.Notifier(cfg.slack_webhook_url, notify.label_for(cfg.db)),
                             every=cfg.notify_every, stall_minutes=cfg.stall_minutes,
                             child=notify.is_child())
@@ -115,7 +119,7 @@ def _open(cfg: DownloadConfig) -> sqlite3.Connection:
         raise DatabaseError(f"database not found: {cfg.db} (build it first with "
                             "init_download_db.py --multimedia multimedia.txt)")
     try:
-        conn = connect(cfg.db)
+        conn = connect(cfg.db, wal=cfg.wal)
         migrate(conn)
         if get_meta(conn, "ingest_phase") != "done":
             raise DatabaseError(f"the build of {cfg.db} has not finished; run "
@@ -130,6 +134,11 @@ def _download(cfg: DownloadConfig, stop: threading.Event, out: TextIO | None,
     t0 = time.monotonic()
     root = cfg.install_path.resolve()
     conn = _open(cfg)
+    if cfg.main_db is None:  # the main DB: fold finished array tasks in first
+        mst = merge_tasks(conn, cfg.db, force=cfg.force, max_attempts=cfg.max_attempts, out=out)
+        if mst.tasks:
+            say(f"download: merged {mst.tasks} array task databases "
+                f"({mst.images:,} image results) first", out)
     run_id = runs.start_run(conn, "download")
     token = claims.make_token(run_id)
     counts: dict = {}
@@ -167,7 +176,8 @@ def _fetch_all(cfg: DownloadConfig, conn: sqlite3.Connection, run_id: int, token
                root: Path, hosts: list, todo: int, stop: threading.Event,
                out: TextIO | None, t0: float, notes: notify.RunNotes) -> dict:
     policy = Politeness(concurrency=cfg.per_host_concurrency, rate=cfg.per_host_rate)
-    gate = HostGate(cfg.lock_dir or default_lock_dir(cfg.db), policy)
+    gate = HostGate(cfg.lock_dir or default_lock_dir(cfg.db), policy,
+                    split={h: (j, k) for h, j, k in cfg.split})
     now = time.time()
     for host, cooldown, opened in conn.execute(
             "SELECT host, cooldown_until, CASE WHEN breaker_state = 'open' "

@@ -13,7 +13,7 @@ from .progress import Progress
 from .schema import GBIF_STATUSES, transaction
 
 DEFAULT_MAX_ATTEMPTS = 4
-CHUNK_IDS = 200_000
+CHUNK_IDS = 500_000  # per transaction: bounds the WAL and the work a kill loses
 
 # A gbifID is done when every distinct image succeeded; failed when nothing is
 # left to try but not all succeeded; pending when no image was attempted yet;
@@ -55,13 +55,15 @@ class FinalizeStats:
 
 
 def finalize(conn: sqlite3.Connection, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
-             chunk_ids: int = CHUNK_IDS, every: float = 10.0, out: TextIO | None = None,
+             chunk_ids: int = CHUNK_IDS, every: float = 0.0, out: TextIO | None = None,
              bar: bool | None = None, stop: threading.Event | None = None) -> FinalizeStats:
-    """Recompute n_success/status of every gbifID; safe to kill and re-run."""
+    """Recompute n_success/status of every gbifID; safe to kill and re-run. One
+    transaction and (by default) one progress line per chunk of gbifIDs."""
     t0 = time.monotonic()
     stats = FinalizeStats()
     total = conn.execute("SELECT count(*) FROM gbif_ids").fetchone()[0]
-    progress = Progress("finalize", total, item="gbifIDs", every=every, stream=out, bar=bar)
+    progress = Progress("finalize", total, item="gbifIDs", every=every, stream=out, bar=bar,
+                        counting=True)
     lo = -1
     done = 0
     try:
@@ -76,7 +78,7 @@ def finalize(conn: sqlite3.Connection, *, max_attempts: int = DEFAULT_MAX_ATTEMP
             n = conn.execute("SELECT count(*) FROM gbif_ids WHERE gbif_id > ? AND gbif_id <= ?",
                              (lo, hi)).fetchone()[0]
             done += n
-            progress.update(done, n)
+            progress.update(done, n)  # counting: done_bytes is the item count
             if row is None:
                 break
             if stop is not None and stop.is_set():

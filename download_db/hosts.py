@@ -79,10 +79,15 @@ class Slot:
 class HostGate:
     """acquire(host) -> Slot or a time to come back; record() outcomes for the breaker."""
 
-    def __init__(self, lock_dir: str | os.PathLike, policy: Politeness) -> None:
+    def __init__(self, lock_dir: str | os.PathLike, policy: Politeness,
+                 split: dict[str, tuple[int, int]] | None = None) -> None:
         self.dir = Path(lock_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.policy = policy
+        # Hosts shared with other array tasks: host -> (part, parts). This task
+        # gets 1/parts of the host's concurrency and rate, so the tasks together
+        # stay within the limits, wherever they run.
+        self.split = split or {}
         self._local = threading.Lock()  # flock does not exclude threads sharing one fd
         self._state_fds: dict[str, int] = {}
         self._outcomes: dict[str, _Window] = {}
@@ -91,7 +96,18 @@ class HostGate:
     # -- shared state file ---------------------------------------------------
     def _name(self, host: str) -> str:
         # file names never come from remote text: a hash of the host name
-        return "h" + hashlib.sha1(host.encode("utf-8", "replace")).hexdigest()[:20]
+        part = self.split.get(host)
+        key = host if part is None else f"{host}#{part[0]}/{part[1]}"
+        return "h" + hashlib.sha1(key.encode("utf-8", "replace")).hexdigest()[:20]
+
+    def concurrency(self, host: str) -> int:
+        part = self.split.get(host)
+        return self.policy.concurrency if part is None else max(1, self.policy.concurrency
+                                                                // part[1])
+
+    def rate(self, host: str) -> float:
+        part = self.split.get(host)
+        return self.policy.rate if part is None else self.policy.rate / part[1]
 
     def _state_fd(self, host: str) -> int:
         fd = self._state_fds.get(host)
@@ -122,7 +138,7 @@ class HostGate:
         breaker or probe in force: then, without a rate limit, a request needs no
         read of the shared file (another process's 429 is seen within STATE_TTL)."""
         seen = self._seen.get(host)
-        if seen is None or self.policy.rate > 0 or not 0 <= now - seen[0] < STATE_TTL:
+        if seen is None or self.rate(host) > 0 or not 0 <= now - seen[0] < STATE_TTL:
             return None
         st = seen[1]
         return st if st[1] <= now and st[2] == 0 and st[3] == 0 else None
@@ -136,7 +152,7 @@ class HostGate:
     def acquire(self, host: str, now: float | None = None) -> Slot | float:
         """A slot if the host may be asked now, else the epoch time to retry at."""
         now = time.time() if now is None else now
-        p = self.policy
+        rate = self.rate(host)
         probe = False
 
         def admit(st: list[float]) -> float | None:
@@ -151,10 +167,10 @@ class HostGate:
                     return now + 5.0
                 st[3] = now
                 probe = True
-            if p.rate > 0:
+            if rate > 0:
                 if next_at > now:
                     return next_at
-                st[0] = max(next_at, now) + 1.0 / p.rate
+                st[0] = max(next_at, now) + 1.0 / rate
             return None
 
         fd = self._try_slot(host)
@@ -173,15 +189,15 @@ class HostGate:
         """A rate token for another request on a slot already held: None if it
         may go now, else the time it may go (cooldowns still apply)."""
         now = time.time() if now is None else now
-        p = self.policy
+        rate = self.rate(host)
 
         def take(st: list[float]) -> float | None:
             if st[1] > now:
                 return st[1]
-            if p.rate > 0:
+            if rate > 0:
                 if st[0] > now:
                     return st[0]
-                st[0] = max(st[0], now) + 1.0 / p.rate
+                st[0] = max(st[0], now) + 1.0 / rate
             return None
 
         if self._calm(host, now) is not None:
@@ -190,7 +206,7 @@ class HostGate:
         return None if wait is None else float(wait)  # type: ignore[arg-type]
 
     def _try_slot(self, host: str) -> int:
-        for k in range(self.policy.concurrency):
+        for k in range(self.concurrency(host)):
             fd = os.open(self.dir / f"{self._name(host)}.s{k}", os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import uuid
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -88,12 +89,12 @@ def ingest(conn: sqlite3.Connection, source: Source, *, run_id: int,
     if phase is None:
         with transaction(conn):
             set_meta(conn, "ingest_source", json.dumps(fp, sort_keys=True))
+            # identifies this build: image_ids mean nothing across builds
+            set_meta(conn, "build_id", uuid.uuid4().hex)
             set_meta(conn, "ingest_phase", PHASE_LOADING)
             set_meta(conn, "ingest_offset", str(source.header.data_offset))
             set_meta(conn, "ingest_stats", IngestStats().to_json())
         phase = PHASE_LOADING
-    elif phase == PHASE_DONE:
-        raise DatabaseError("this database is already built; use --reset to rebuild it")
     else:
         recorded = json.loads(get_meta(conn, "ingest_source") or "{}")
         if recorded != fp:
@@ -101,6 +102,10 @@ def ingest(conn: sqlite3.Connection, source: Source, *, run_id: int,
                 f"this database holds an unfinished ingest of {recorded.get('path')} "
                 f"(size {recorded.get('size')}), not {fp['path']} (size {fp['size']}); "
                 "rerun with that file, or use --reset to start over")
+        if phase == PHASE_DONE:
+            # Loaded and indexed, but killed before the build was marked complete (during
+            # the legacy import or finalize that follow, or just before): nothing to redo.
+            return IngestStats.from_json(get_meta(conn, "ingest_stats"))
         offset = int(get_meta(conn, "ingest_offset") or 0)
         say(f"ingest: resuming {source.path} at byte {offset:,}", out)
     stats = IngestStats.from_json(get_meta(conn, "ingest_stats"))

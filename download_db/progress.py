@@ -35,8 +35,9 @@ class Progress:
 
     def __init__(self, label: str, total_bytes: int | None, *, start_bytes: int = 0,
                  item: str = "rows", every: float = 10.0, stream: TextIO | None = None,
-                 bar: bool | None = None) -> None:
+                 bar: bool | None = None, counting: bool = False) -> None:
         self.label = label
+        self.counting = counting  # the total counts items, not input bytes
         self.total = total_bytes
         self.item = item
         self.every = every
@@ -47,7 +48,8 @@ class Progress:
         self.items = 0
         self._last_log = self.t0
         use_bar = self.stream.isatty() if bar is None else bar
-        self._bar = (tqdm(total=total_bytes, initial=start_bytes, unit="B", unit_scale=True,
+        self._bar = (tqdm(total=total_bytes, initial=start_bytes,
+                          unit=item if counting else "B", unit_scale=not counting,
                           desc=label, file=self.stream, dynamic_ncols=True)
                      if use_bar else None)
 
@@ -74,6 +76,14 @@ class Progress:
             self.log_line()
 
     def log_line(self) -> None:
+        if self.counting:
+            pct = f" ({100 * self.items / self.total:.1f}%)" if self.total else ""
+            eta = self.eta()
+            print(f"{self.label}: {self.items:,}{f' / {self.total:,}' if self.total else ''} "
+                  f"{self.item}{pct}, {self.rate():,.0f} {self.item}/s"
+                  + (f", ETA {fmt_secs(eta)}" if eta is not None else ""),
+                  file=self.stream, flush=True)
+            return
         pct = f" ({100 * self.done_bytes / self.total:.1f}%)" if self.total else ""
         total = f" / {_fmt_bytes(self.total)}" if self.total else ""
         eta = self.eta()

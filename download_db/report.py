@@ -10,8 +10,10 @@ from pathlib import Path
 
 from . import runs
 from ._sqlite import sqlite3
+from .array import task_dbs, tasks_dir_for
 from .errors import DatabaseError
 from .fetch import is_transient
+from .report_array import add_deltas, read_task, task_summary
 from .schema import (
     FLAG_LEGACY,
     FLAG_RAW,
@@ -80,41 +82,57 @@ def _retry(fn):
     return None
 
 
-def collect(conn: sqlite3.Connection, *, db: Path | None = None, now: float | None = None) -> dict:
-    """Everything the report shows, from one read transaction (a consistent snapshot)."""
+def collect(conn: sqlite3.Connection, *, db: Path | None = None, now: float | None = None,
+            tasks: list[Path] | None = None) -> dict:
+    """Everything the report shows, from one read transaction per database (a
+    consistent snapshot of each). ``tasks``: array task databases not merged yet
+    (default: those beside ``db``); their progress is added to the main DB's."""
     now = time.time() if now is None else now
+    if tasks is None:
+        tasks = task_dbs(tasks_dir_for(db)) if db is not None else []
+    parts = [_retry(lambda p=p: read_task(p)) for p in tasks]
 
     def read() -> dict:
-        conn.execute("BEGIN")
-        try:
-            return _collect(conn, now)
-        finally:
-            conn.execute("ROLLBACK")
+        return _snapshot(conn, lambda c, _: _collect(c, now, [p for p in parts if p]), None)
     data = _retry(read)
     data["db"] = str(db.resolve()) if db is not None else None
+    data["array"] = {"tasks_dir": str(tasks_dir_for(db)) if db is not None else None,
+                     "tasks": [task_summary(p, now, _run_state) for p in parts if p]}
     return data
 
 
-def _collect(conn: sqlite3.Connection, now: float) -> dict:
+def _snapshot(conn: sqlite3.Connection, fn, arg):
+    conn.execute("BEGIN")
+    try:
+        return fn(conn, arg)
+    finally:
+        conn.execute("ROLLBACK")
+
+
+def _collect(conn: sqlite3.Connection, now: float, tasks: list[dict]) -> dict:
     hosts = {hid: name for hid, name in conn.execute("SELECT host_id, host FROM hosts")}
     tally = conn.execute("SELECT host_id, status, error_type, attempts, parked, n, bytes "
                          "FROM image_tally WHERE n <> 0").fetchall()
+    if tasks:
+        tally = add_deltas(tally, [d for t in tasks for d in t["delta"]])
     images = _images(conn, tally)
+    images["in_flight"] += sum(t["in_flight"] for t in tasks)
+    activity = _activity(conn, now, tasks)
     return {
         "report_version": REPORT_VERSION,
         "generated_at": now,
         "schema_version": SCHEMA_VERSION,
-        "pipeline": _pipeline(conn, now),
+        "pipeline": _pipeline(conn, now, tasks),
         "gbif_ids": _gbif(conn),
         "images": images,
-        "throughput": _throughput(conn, now, images["work_left"]),
+        "throughput": _throughput(activity, now, images["work_left"]),
         "failures": _failures(tally),
         "retries": _retries(tally),
         "non_image_by_host": _non_image(conn, tally, hosts),
         "top_failing_hosts": _top_failing(conn, tally, hosts),
-        "hosts_cooling_down": _cooling(conn, now),
-        "hosts_quarantined": _quarantined(conn, tally),
-        "history": _history(conn, now),
+        "hosts_cooling_down": _cooling(conn, now, tasks, hosts),
+        "hosts_quarantined": _quarantined(conn, tally, tasks, hosts),
+        "history": _history(activity),
         "notes": NOTES,
     }
 
@@ -123,13 +141,16 @@ def _pct(part: int, total: int) -> float:
     return round(100.0 * part / total, 2) if total else 0.0
 
 
-def _pipeline(conn: sqlite3.Connection, now: float) -> dict:
+def _pipeline(conn: sqlite3.Connection, now: float, tasks: list[dict]) -> dict:
     cols = ("run_id", "stage", "started_at", "finished_at", "heartbeat_at", "hostname", "pid",
-            "outcome", "counts", "message")
+            "outcome", "counts", "message", "shard")
     rows = [dict(zip(cols, r, strict=True)) for r in conn.execute(
         f"SELECT {', '.join(cols)} FROM runs ORDER BY run_id DESC LIMIT 200")]
+    for t in tasks:  # runs of unmerged array tasks, newest first among all
+        rows += [{**r, "shard": t["shard"], "stage": "download"} for r in t["runs"]]
+    rows.sort(key=lambda r: -(r["started_at"] or 0))
     for r in rows:
-        r["counts"] = json.loads(r["counts"]) if r["counts"] else None
+        r["counts"] = json.loads(r["counts"]) if isinstance(r["counts"], str) else r["counts"]
         r["state"] = _run_state(r, now)
     running = [r for r in rows if r["state"] == "running"]
     dead = [r for r in rows if r["state"] in ("crashed", "no heartbeat")]
@@ -208,15 +229,34 @@ def _images(conn: sqlite3.Connection, tally: list) -> dict:
             "legacy_unverified": legacy, "bytes_saved": saved_bytes}
 
 
-def _throughput(conn: sqlite3.Connection, now: float, work_left: int) -> dict:
+def _activity(conn: sqlite3.Connection, now: float, tasks: list[dict],
+              days: int = 14) -> dict[int, list[int]]:
+    """minute -> [attempts, successes, failures, bytes] over the last ``days`` days,
+    the main DB's plus every unmerged task's."""
+    since = int((now - days * 86400) // 60)
+    out: dict[int, list[int]] = {}
+    rows = conn.execute("SELECT minute, attempts, successes, failures, bytes FROM activity "
+                        "WHERE minute >= ?", (since,)).fetchall()
+    for t in tasks:
+        rows += [r for r in t["activity"] if r[0] >= since]
+    for minute, *vals in rows:
+        acc = out.setdefault(minute, [0, 0, 0, 0])
+        for i, v in enumerate(vals):
+            acc[i] += v
+    return out
+
+
+def _throughput(activity: dict[int, list[int]], now: float, work_left: int) -> dict:
     def window(seconds: int) -> dict:
-        row = conn.execute("SELECT coalesce(sum(attempts), 0), coalesce(sum(successes), 0), "
-                           "coalesce(sum(failures), 0), coalesce(sum(bytes), 0) FROM activity "
-                           "WHERE minute >= ?", (int((now - seconds) // 60),)).fetchone()
+        since = int((now - seconds) // 60)
+        a = s = f = b = 0
+        for minute, (a1, s1, f1, b1) in activity.items():
+            if minute >= since:
+                a, s, f, b = a + a1, s + s1, f + f1, b + b1
         hours = seconds / 3600
-        return {"attempts": row[0], "successes": row[1], "failures": row[2], "bytes": row[3],
-                "successes_per_hour": round(row[1] / hours, 1),
-                "attempts_per_hour": round(row[0] / hours, 1)}
+        return {"attempts": a, "successes": s, "failures": f, "bytes": b,
+                "successes_per_hour": round(s / hours, 1),
+                "attempts_per_hour": round(a / hours, 1)}
     hour, day = window(3600), window(86400)
     basis = "last hour" if hour["attempts"] else "last day" if day["attempts"] else None
     rate = (hour if hour["attempts"] else day)["attempts_per_hour"]
@@ -289,28 +329,46 @@ def _top_failing(conn: sqlite3.Connection, tally: list, hosts: dict[int, str]) -
     return rows[:TOP]
 
 
-def _cooling(conn: sqlite3.Connection, now: float) -> list[dict]:
-    return [{"host": h, "until": until, "reason": reason, "breaker": breaker}
-            for h, until, reason, breaker in conn.execute(
-                "SELECT host, cooldown_until, cooldown_reason, breaker_state FROM hosts "
-                "WHERE cooldown_until > ? OR breaker_state <> 'closed' "
-                "ORDER BY cooldown_until DESC LIMIT 100", (now,))]
+def _host_rows(conn: sqlite3.Connection, tasks: list[dict]) -> dict[int, tuple]:
+    """Per host, the newest politeness state among the main DB and the tasks."""
+    cols = ("host_id, cooldown_until, cooldown_reason, breaker_state, quarantined, "
+            "quarantined_at, last_error, sample_detail, updated_at")
+    rows = {r[0]: r for r in conn.execute(
+        f"SELECT {cols} FROM hosts WHERE cooldown_until IS NOT NULL OR quarantined = 1 "
+        "OR breaker_state <> 'closed'")}
+    for t in tasks:
+        for r in t["hosts"]:
+            if r[0] not in rows or (r[8] or 0) > (rows[r[0]][8] or 0):
+                rows[r[0]] = r
+    return rows
 
 
-def _quarantined(conn: sqlite3.Connection, tally: list) -> list[dict]:
+def _cooling(conn: sqlite3.Connection, now: float, tasks: list[dict],
+             hosts: dict[int, str]) -> list[dict]:
+    rows = [r for r in _host_rows(conn, tasks).values()
+            if (r[1] or 0) > now or r[3] != "closed"]
+    rows.sort(key=lambda r: -(r[1] or 0))
+    return [{"host": hosts.get(r[0], str(r[0])), "until": r[1], "reason": r[2],
+             "breaker": r[3]} for r in rows[:100]]
+
+
+def _quarantined(conn: sqlite3.Connection, tally: list, tasks: list[dict],
+                 hosts: dict[int, str]) -> list[dict]:
     per = _per_host(tally)
-    return [{"host": h, "since": since, "last_error": err, "failed":
-             per[hid]["failed_permanent"] + per[hid]["failed_transient"],
-             "success": per[hid]["success"], "work_left": per[hid]["work_left"]}
-            for hid, h, since, err in conn.execute(
-                "SELECT host_id, host, quarantined_at, last_error FROM hosts "
-                "WHERE quarantined = 1 ORDER BY quarantined_at")]
+    rows = sorted((r for r in _host_rows(conn, tasks).values() if r[4]),
+                  key=lambda r: r[5] or 0)
+    return [{"host": hosts.get(r[0], str(r[0])), "since": r[5], "last_error": r[6],
+             "failed": per[r[0]]["failed_permanent"] + per[r[0]]["failed_transient"],
+             "success": per[r[0]]["success"], "work_left": per[r[0]]["work_left"]}
+            for r in rows]
 
 
-def _history(conn: sqlite3.Connection, now: float, days: int = 14) -> list[dict]:
-    """Hourly finished attempts over the last ``days`` days (for the chart)."""
+def _history(activity: dict[int, list[int]]) -> list[dict]:
+    """Hourly finished attempts (for the chart)."""
+    hours: dict[int, list[int]] = {}
+    for minute, vals in activity.items():
+        acc = hours.setdefault(minute // 60, [0, 0, 0, 0])
+        for i, v in enumerate(vals):
+            acc[i] += v
     return [{"hour": h * 3600, "attempts": a, "successes": s, "failures": f, "bytes": b}
-            for h, a, s, f, b in conn.execute(
-                "SELECT minute / 60, sum(attempts), sum(successes), sum(failures), sum(bytes) "
-                "FROM activity WHERE minute >= ? GROUP BY minute / 60 ORDER BY 1",
-                (int((now - days * 86400) // 60),))]
+            for h, (a, s, f, b) in sorted(hours.items())]

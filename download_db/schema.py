@@ -108,7 +108,8 @@ _TABLES = [
         argv         TEXT,
         outcome      TEXT NOT NULL DEFAULT 'running',
         counts       TEXT,
-        message      TEXT
+        message      TEXT,
+        shard        TEXT
     )""",
     # The readable form of images for ad hoc SQL: host name and attribution.
     """CREATE VIEW IF NOT EXISTS images_v AS
@@ -270,6 +271,8 @@ def _migrate_v2(conn: sqlite3.Connection) -> None:
     of its load; a built one is recounted once (one scan of images)."""
     for ddl in _TALLY_TABLES:
         conn.execute(ddl)
+    if "shard" not in {r[1] for r in conn.execute("PRAGMA table_info(runs)")}:
+        conn.execute("ALTER TABLE runs ADD COLUMN shard TEXT")  # K/N of an array task
     if get_meta(conn, "ingest_phase") == "done":
         install_tallies(conn, fresh_load=False)
 
@@ -285,6 +288,7 @@ def connect(
     *,
     readonly: bool = False,
     bulk: bool = False,
+    wal: bool = True,
     busy_timeout_s: float = 60.0,
 ) -> sqlite3.Connection:
     """Open the database with the project's pragmas.
@@ -319,6 +323,12 @@ def connect(
         conn.execute("PRAGMA cache_size = -32768")
         conn.execute("PRAGMA temp_store = FILE")
         conn.execute("PRAGMA threads = 2")  # helper threads for index sorts
+    elif not wal:
+        # An array task's own database: one writer on one node, read from other
+        # nodes (report, merge), which WAL cannot serve over a network filesystem.
+        conn.execute("PRAGMA journal_mode = TRUNCATE")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA cache_size = -65536")
     else:
         # WAL: readers never block the writer and vice versa (all on one host).
         conn.execute("PRAGMA journal_mode = WAL")

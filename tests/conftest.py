@@ -183,3 +183,10 @@ def build(tmp_path):
         return code, db
 
     return _build
+
+
+@pytest.fixture(autouse=True)
+def _no_real_slack(monkeypatch):
+    """A developer's .env may hold a real webhook: tests never post to it (python-dotenv
+    never overrides a variable that is already set, even to empty)."""
+    monkeypatch.setenv("SLACK_WEBHOOK_URL", "")

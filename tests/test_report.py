@@ -161,11 +161,11 @@ def test_transient_read_errors_are_retried(db, monkeypatch) -> None:
     calls = {"n": 0}
     real = report._collect
 
-    def flaky(conn, now):
+    def flaky(conn, now, tasks):
         calls["n"] += 1
         if calls["n"] < 3:
             raise sqlite3.OperationalError("disk I/O error")
-        return real(conn, now)
+        return real(conn, now, tasks)
 
     monkeypatch.setattr(report, "READ_RETRIES", (0.01, 0.01, 0.01))
     monkeypatch.setattr(report, "_collect", flaky)
@@ -173,7 +173,7 @@ def test_transient_read_errors_are_retried(db, monkeypatch) -> None:
 
 
 def test_other_errors_are_not_retried(db, monkeypatch) -> None:
-    def broken(conn, now):
+    def broken(conn, now, tasks):
         raise sqlite3.OperationalError("no such table: images")
     monkeypatch.setattr(report, "_collect", broken)
     with pytest.raises(sqlite3.OperationalError):
@@ -203,7 +203,7 @@ def test_flag_misuse_is_a_usage_error(db, capsys) -> None:
 def _run(conn, stage, outcome, pid, hb, message=None):
     conn.execute("INSERT INTO runs(stage, started_at, heartbeat_at, hostname, pid, outcome, "
                  "message) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                 (stage, hb - 10, hb, os.uname().nodename, pid, outcome, message))
+                 (stage, time.time(), hb, os.uname().nodename, pid, outcome, message))
 
 
 @pytest.mark.parametrize("case,state,words", [

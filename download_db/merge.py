@@ -1,0 +1,134 @@
+"""Merge: fold finished array tasks' result databases into the main database, then remove them."""
+
+from __future__ import annotations
+
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from . import runs
+from ._sqlite import sqlite3
+from .array import task_dbs, tasks_dir_for
+from .errors import DatabaseError
+from .finalize import _ROLLUP_TEMPLATE, DEFAULT_MAX_ATTEMPTS
+from .progress import say
+from .schema import get_meta, transaction
+
+# A task whose heartbeat is older than this (and not provably dead on this
+# machine) no longer counts as running. The downloader beats every few seconds.
+ALIVE_WINDOW = 600.0
+
+# Only rows the task finished: attempted, and not held by a claim (a dead task's
+# in-flight image, or a success whose file may not have reached its name: those
+# stay as the main DB has them and the next run adopts or refetches the file).
+_DONE = "t.last_attempt_at IS NOT NULL AND t.claimed_by IS NULL"
+_IMAGES = f"""
+UPDATE images SET status = t.status, attempts = t.attempts, next_attempt_at = t.next_attempt_at,
+       http_status = t.http_status, error_type = t.error_type, file_size = t.file_size,
+       width = t.width, height = t.height, last_attempt_at = t.last_attempt_at,
+       file_path = t.file_path, sha256 = t.sha256, error_detail = t.error_detail,
+       claimed_by = NULL
+  FROM task.images AS t
+ WHERE t.image_id = images.image_id AND {_DONE}
+   AND t.last_attempt_at IS NOT images.last_attempt_at
+"""
+_HOSTS = """
+UPDATE hosts SET cooldown_until = t.cooldown_until, cooldown_reason = t.cooldown_reason,
+       breaker_state = t.breaker_state, breaker_opened_at = t.breaker_opened_at,
+       quarantined = t.quarantined, quarantined_at = t.quarantined_at, last_error = t.last_error,
+       sample_detail = coalesce(t.sample_detail, hosts.sample_detail), updated_at = t.updated_at
+  FROM task.hosts AS t
+ WHERE t.host_id = hosts.host_id AND t.updated_at > coalesce(hosts.updated_at, 0)
+"""
+_RUNS = """
+INSERT INTO runs(stage, started_at, finished_at, heartbeat_at, hostname, pid, argv, outcome,
+                 counts, message, shard)
+SELECT stage, started_at, finished_at, heartbeat_at, hostname, pid, argv,
+       CASE outcome WHEN 'running' THEN 'crashed' ELSE outcome END, counts, message, ?
+  FROM task.runs ORDER BY run_id
+"""
+_ROLLUP_TASK = _ROLLUP_TEMPLATE.format(
+    which=f"gbif_id IN (SELECT t.gbif_id FROM task.images AS t WHERE {_DONE})")
+
+
+@dataclass
+class MergeStats:
+    tasks: int = 0
+    images: int = 0
+    gbif_ids: int = 0
+    seconds: float = 0.0
+    merged: list[str] = field(default_factory=list)
+
+
+def task_liveness(path: Path, now: float | None = None) -> str | None:
+    """Why the task may still be writing (a run with a recent heartbeat), or None."""
+    now = time.time() if now is None else now
+    conn = sqlite3.connect(f"file:{path.resolve().as_posix()}?mode=ro", uri=True, timeout=30)
+    try:
+        rows = conn.execute("SELECT hostname, pid, heartbeat_at FROM runs "
+                            "WHERE outcome = 'running'").fetchall()
+    finally:
+        conn.close()
+    for host, pid, hb in rows:
+        if host == socket.gethostname() and not runs.pid_alive(pid):
+            continue
+        if hb is not None and hb >= now - ALIVE_WINDOW:
+            return f"run on {host} pid {pid}, heartbeat {now - hb:.0f}s ago"
+    return None
+
+
+def refuse_if_tasks_running(db: Path, what: str) -> None:
+    for path in task_dbs(tasks_dir_for(db)):
+        alive = task_liveness(path)
+        if alive:
+            raise DatabaseError(
+                f"array task {path.name} may still be writing ({alive}); {what} would race "
+                "with it. Wait for the array to finish (or qdel/scancel it), or pass --force")
+
+
+def merge_tasks(conn: sqlite3.Connection, db: Path, *, force: bool = False,
+                max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+                out: TextIO | None = None) -> MergeStats:
+    """Fold every task database beside ``db`` into it, one transaction per task;
+    each merged task database is deleted. Idempotent: a kill between the commit
+    and the delete merges the same rows again to the same values."""
+    t0 = time.monotonic()
+    st = MergeStats()
+    paths = task_dbs(tasks_dir_for(db))
+    if not paths:
+        return st
+    if not force:
+        refuse_if_tasks_running(db, "merging")
+    build = get_meta(conn, "build_id")
+    for path in paths:
+        t1 = time.monotonic()
+        uri = f"file:{path.resolve().as_posix()}?mode=ro"
+        conn.execute("ATTACH DATABASE ? AS task", (uri,))
+        try:
+            task_build = conn.execute(
+                "SELECT value FROM task.meta WHERE key = 'build_id'").fetchone()
+            if (task_build[0] if task_build else None) != build:
+                raise DatabaseError(f"{path} comes from another build of {db} (it was rebuilt "
+                                    "with --reset); its image ids mean nothing here: delete it")
+            shard = conn.execute(
+                "SELECT value FROM task.meta WHERE key = 'task_shard'").fetchone()
+            with transaction(conn):
+                n = conn.execute(_IMAGES).rowcount
+                g = conn.execute(_ROLLUP_TASK, {"now": time.time(),
+                                                "max_attempts": max_attempts}).rowcount
+                conn.execute(_HOSTS)
+                conn.execute(_RUNS, (shard[0] if shard else None,))
+        finally:
+            conn.execute("DETACH DATABASE task")
+        for suffix in ("", "-journal", ".lock"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        st.tasks += 1
+        st.images += max(n, 0)
+        st.gbif_ids += max(g, 0)
+        st.merged.append(path.name)
+        say(f"merge: {path.name}: {n:,} image results, {g:,} gbifIDs updated in "
+            f"{time.monotonic() - t1:.1f}s", out)
+    st.seconds = time.monotonic() - t0
+    return st

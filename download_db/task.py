@@ -1,0 +1,44 @@
+"""One task of a job array: find its shard, make or check its database, point the run at it."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TextIO
+
+from . import array
+from .config import DownloadConfig
+from .errors import DatabaseError
+from .progress import say
+from .schema import connect
+
+
+def shard_of(cfg: DownloadConfig) -> array.Shard | None:
+    if cfg.shard.strip().lower() == "none":
+        return None
+    return array.parse_shard(cfg.shard) if cfg.shard else array.shard_from_env()
+
+
+def prepare(cfg: DownloadConfig, shard: array.Shard, out: TextIO | None = None) -> DownloadConfig:
+    """The config of task K's own run: its database (made from the frozen main DB on
+    first start, reused on resubmission), rollback journal, and its share of split
+    hosts' limits. Nothing here writes the main database."""
+    tasks_dir = cfg.tasks_dir or array.tasks_dir_for(cfg.db)
+    array.refuse_other_arrays(tasks_dir, shard)
+    path = array.task_db_path(tasks_dir, shard)
+    if not path.exists():
+        say(f"array task {shard}: taking its share of the work from {cfg.db}", out)
+        n = array.create_task_db(cfg.db, path, shard, cfg.per_host_concurrency)
+        say(f"array task {shard}: {n:,} images -> {path}", out)
+    else:
+        say(f"array task {shard}: resuming with {path}", out)
+    try:
+        conn = connect(path, wal=False)
+    except Exception as e:  # noqa: BLE001 - any open failure means the same to the user
+        raise DatabaseError(f"cannot open task database {path}: {e}") from None
+    try:
+        array.check_task_db(conn, cfg.db, shard)
+        names = dict(conn.execute("SELECT host_id, host FROM hosts"))
+        split = tuple((names[h], j, k) for h, (j, k) in sorted(array.task_split(conn).items()))
+    finally:
+        conn.close()
+    return replace(cfg, db=path, wal=False, split=split, main_db=cfg.db, shard="none")
