@@ -66,8 +66,7 @@ def _run(cfg: InitConfig, out: TextIO | None, stop: threading.Event) -> dict:
     counts: dict = {}
     try:
         if source is None:  # every stage that writes a built DB folds array results in first
-            mst = merge_tasks(conn, cfg.db, force=cfg.force, max_attempts=cfg.max_attempts,
-                              out=out)
+            mst = merge_tasks(conn, cfg.db, force=cfg.force, out=out)
             if mst.tasks or cfg.mode == MODE_MERGE:
                 counts["merge"] = _merge_summary(mst, out)
         if source is not None:
@@ -168,10 +167,9 @@ def _legacy_summary(st: LegacyStats, out: TextIO | None) -> dict:
 
 
 def _merge_summary(st: MergeStats, out: TextIO | None) -> dict:
-    say(f"merge: {st.tasks:,} task databases, {st.images:,} image results, "
-        f"{st.gbif_ids:,} gbifIDs updated in {st.seconds:.1f}s", out)
-    return {"tasks": st.tasks, "images": st.images, "gbif_ids": st.gbif_ids,
-            "seconds": round(st.seconds, 2)}
+    say(f"merge: {st.tasks:,} task databases, {st.images:,} image results in "
+        f"{st.seconds:.1f}s", out)
+    return {"tasks": st.tasks, "images": st.images, "seconds": round(st.seconds, 2)}
 
 
 def _finalize_summary(st: FinalizeStats, out: TextIO | None) -> dict:

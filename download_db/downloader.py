@@ -135,7 +135,7 @@ def _download(cfg: DownloadConfig, stop: threading.Event, out: TextIO | None,
     root = cfg.install_path.resolve()
     conn = _open(cfg)
     if cfg.main_db is None:  # the main DB: fold finished array tasks in first
-        mst = merge_tasks(conn, cfg.db, force=cfg.force, max_attempts=cfg.max_attempts, out=out)
+        mst = merge_tasks(conn, cfg.db, force=cfg.force, out=out)
         if mst.tasks:
             say(f"download: merged {mst.tasks} array task databases "
                 f"({mst.images:,} image results) first", out)
