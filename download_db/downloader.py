@@ -325,58 +325,74 @@ def _summary(counts: dict, out: TextIO | None, seconds: float) -> None:
 
 def recover(conn: sqlite3.Connection, root: Path, lease: float,
             keep_original: bool = False) -> dict:
-    """Finish what dead runs left: rename committed files, drop temp files,
-    release claims. Only images those runs had claimed are looked at."""
+    """Finish what dead runs left: rename committed files, adopt complete temp files,
+    drop the rest, release claims. Only images those runs had claimed are looked at.
+
+    Same order as a download: a row says success (still claimed) and commits
+    before its file is renamed into place, and the claim is dropped after. A kill
+    at any point leaves either no final file or a final file with its row."""
     live = claims.live_tokens(conn, stale_after=lease)
     dead = claims.dead_claims(conn, live)
     stats = {"claims": len(dead), "renamed": 0, "lost": 0, "temps": 0, "adopted": 0}
     if not dead:
         return stats
     now = time.time()
+    moves: list[tuple[int, str, Path]] = []  # (image_id, temp, final) after the commit
     with transaction(conn):
         for image_id, gid, no, status, file_path, sha, _tok in dead:
             if status == "success":
                 final = root / file_path
-                if final.exists():
-                    stats["temps"] += store.clean_temps(root, gid, no)
-                elif _rename_matching_temp(root, gid, no, final, sha):
+                tmp = None if final.exists() else _matching_temp(root, gid, no, sha)
+                if tmp is not None:
+                    moves.append((image_id, tmp, final))
                     stats["renamed"] += 1
-                    stats["temps"] += store.clean_temps(root, gid, no)
-                else:  # committed, but the file never reached its name: fetch again
+                    continue  # keeps its claim until the file is in place
+                if not final.exists():  # committed, but the file never reached its name
                     stats["lost"] += 1
                     conn.execute("UPDATE images SET status = 'pending', file_path = NULL, "
                                  "file_size = NULL, sha256 = NULL, width = NULL, height = NULL, "
                                  "next_attempt_at = ? WHERE image_id = ?", (now, image_id))
-            elif _adopt_temp(conn, root, image_id, gid, no, now, keep_original):
-                stats["adopted"] += 1
-                stats["temps"] += store.clean_temps(root, gid, no)
             else:
-                stats["temps"] += store.clean_temps(root, gid, no)
+                adopted = _adopt_temp(conn, root, image_id, gid, no, now, keep_original)
+                if adopted is not None:
+                    moves.append((image_id, *adopted))
+                    stats["adopted"] += 1
+                    continue
                 conn.execute("UPDATE images SET next_attempt_at = min(next_attempt_at, ?) "
                              "WHERE image_id = ?", (now, image_id))
             conn.execute("UPDATE images SET claimed_by = NULL WHERE image_id = ?", (image_id,))
         conn.execute("UPDATE runs SET outcome = 'crashed' WHERE stage = 'download' "
                      "AND outcome = 'running' AND run_id NOT IN (SELECT value FROM json_each(?))",
                      (f"[{','.join(t.rsplit(':', 1)[1] for t in live)}]",))
+    for _image_id, tmp, final in moves:
+        os.replace(tmp, final)
+    for _image_id, gid, no, *_rest in dead:
+        stats["temps"] += store.clean_temps(root, gid, no)
+    if moves:
+        with transaction(conn):
+            conn.executemany("UPDATE images SET claimed_by = NULL WHERE image_id = ?",
+                             [(m[0],) for m in moves])
     return stats
 
 
-def _rename_matching_temp(root: Path, gid: int, no: int, final: Path, sha: str | None) -> bool:
+def _matching_temp(root: Path, gid: int, no: int, sha: str | None) -> str | None:
+    """The temp file holding exactly the committed bytes, if one is left."""
     for tmp in store.temp_candidates(root, gid, no):
         try:
             data = Path(tmp).read_bytes()
         except OSError:
             continue
         if sha and hashlib.sha256(data).hexdigest() == sha:
-            os.replace(tmp, final)
-            return True
-    return False
+            return tmp
+    return None
 
 
 def _adopt_temp(conn: sqlite3.Connection, root: Path, image_id: int, gid: int, no: int,
-                now: float, keep_original: bool) -> bool:
+                now: float, keep_original: bool) -> tuple[str, Path] | None:
     """A dead run fetched this image and wrote its temp file, but died before the
-    commit: adopt the file if it is complete instead of fetching it again."""
+    commit: adopt the file if it is complete instead of fetching it again. Writes
+    the success row (the claim stays); returns (temp, final) to rename after the
+    commit."""
     for tmp in store.temp_candidates(root, gid, no):
         try:
             data = Path(tmp).read_bytes()
@@ -386,7 +402,6 @@ def _adopt_temp(conn: sqlite3.Connection, root: Path, image_id: int, gid: int, n
         if not keep_original and out.ext != "jpg" and not out.raw_unprocessed:
             continue
         rel = image_relpath(gid, no, out.ext)
-        os.replace(tmp, root / rel)
         conn.execute(
             "UPDATE images SET status = 'success', error_type = ?, error_detail = ?, "
             "http_status = 200, file_path = ?, file_size = ?, sha256 = ?, width = ?, height = ?, "
@@ -394,5 +409,5 @@ def _adopt_temp(conn: sqlite3.Connection, root: Path, image_id: int, gid: int, n
             ("raw_unprocessed" if out.raw_unprocessed else None,
              "adopted after a crash", rel, len(data), hashlib.sha256(data).hexdigest(),
              out.width or None, out.height or None, now, image_id))
-        return True
-    return False
+        return tmp, root / rel
+    return None

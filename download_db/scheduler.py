@@ -11,6 +11,10 @@ from .claims import Item
 from .hosts import HostGate, Slot
 
 NO_WORK_RECHECK = 300.0  # a host without due work is asked again after this long
+# Work due this soon is always waited for, whatever --wait-for-retries says: it is
+# not a retry but an image given back a moment ago (its host was busy with another
+# process's requests), and ending now would leave it for the next run.
+DEFERRAL_GRACE = 10.0
 BUSY_RETRY = 0.02  # all of a host's slots taken (maybe by another process): look again
 HOLD_LIMIT = 5.0  # a host closed longer than this (cooldown, breaker) gives its claims back
 
@@ -199,7 +203,7 @@ class Scheduler:
 
     def _finished(self, wake: float) -> bool:
         """Nothing in flight, and nothing (queued or in the database) due soon."""
-        horizon = time.time() + self.wait_for_retries
+        horizon = time.time() + max(self.wait_for_retries, DEFERRAL_GRACE)
         if self.in_flight or any(q.refilling or (q.items and q.not_before <= horizon)
                                  for q in self.queues):
             return False
