@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     st = merge_tasks(conn, main_db, out=sys.stdout)
     ours = time.monotonic() - t
     conn.close()
-    print(f"merge: {st.tasks} tasks, {st.images:,} image results, {st.gbif_ids:,} gbifIDs in "
+    print(f"merge: {st.tasks} tasks, {st.images:,} image results in "
           f"{ours:.1f}s ({st.images / ours:,.0f} results/s); merge/baseline = "
           f"{ours / baseline:.2f}", flush=True)
     print(f"TARGET merge of {a.results:,} results <= 60 s: {ours:.0f} s "
