@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import signal
@@ -21,6 +22,7 @@ from . import claims, fetch, images, notify, runs, store, task
 from ._sqlite import sqlite3
 from .config import DownloadConfig
 from .errors import DatabaseError
+from .finalize import DEFAULT_MAX_ATTEMPTS, ROLLUP_IDS
 from .hosts import HostGate, Politeness, default_lock_dir
 from .merge import merge_tasks
 from .paths import image_relpath
@@ -144,7 +146,7 @@ def _download(cfg: DownloadConfig, stop: threading.Event, out: TextIO | None,
     counts: dict = {}
     try:
         root.mkdir(parents=True, exist_ok=True)
-        rec = recover(conn, root, cfg.lease, cfg.keep_original)
+        rec = recover(conn, root, cfg.lease, cfg.keep_original, cfg.max_attempts)
         with transaction(conn):
             reopened = claims.reopen_exhausted(conn, cfg.max_attempts)
             parked = claims.park_exhausted(conn, cfg.max_attempts)
@@ -324,7 +326,7 @@ def _summary(counts: dict, out: TextIO | None, seconds: float) -> None:
 
 
 def recover(conn: sqlite3.Connection, root: Path, lease: float,
-            keep_original: bool = False) -> dict:
+            keep_original: bool = False, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> dict:
     """Finish what dead runs left: rename committed files, adopt complete temp files,
     drop the rest, release claims. Only images those runs had claimed are looked at.
 
@@ -334,7 +336,12 @@ def recover(conn: sqlite3.Connection, root: Path, lease: float,
     live = claims.live_tokens(conn, stale_after=lease)
     dead = claims.dead_claims(conn, live)
     stats = {"claims": len(dead), "renamed": 0, "lost": 0, "temps": 0, "adopted": 0}
-    if not dead:
+    mark_crashed = ("UPDATE runs SET outcome = 'crashed' WHERE stage = 'download' "
+                    "AND outcome = 'running' AND run_id NOT IN (SELECT value FROM json_each(?))")
+    live_ids = f"[{','.join(t.rsplit(':', 1)[1] for t in live)}]"
+    if not dead:  # a run killed before its first claim is as dead as any
+        with transaction(conn):
+            conn.execute(mark_crashed, (live_ids,))
         return stats
     now = time.time()
     moves: list[tuple[int, str, Path]] = []  # (image_id, temp, final) after the commit
@@ -361,9 +368,10 @@ def recover(conn: sqlite3.Connection, root: Path, lease: float,
                 conn.execute("UPDATE images SET next_attempt_at = min(next_attempt_at, ?) "
                              "WHERE image_id = ?", (now, image_id))
             conn.execute("UPDATE images SET claimed_by = NULL WHERE image_id = ?", (image_id,))
-        conn.execute("UPDATE runs SET outcome = 'crashed' WHERE stage = 'download' "
-                     "AND outcome = 'running' AND run_id NOT IN (SELECT value FROM json_each(?))",
-                     (f"[{','.join(t.rsplit(':', 1)[1] for t in live)}]",))
+        conn.execute(mark_crashed, (live_ids,))
+        # adopted and lost images changed status: their gbifIDs follow, as after a batch
+        conn.execute(ROLLUP_IDS, {"now": now, "max_attempts": max_attempts,
+                                  "ids": json.dumps(sorted({d[1] for d in dead}))})
     for _image_id, tmp, final in moves:
         os.replace(tmp, final)
     for _image_id, gid, no, *_rest in dead:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -48,7 +49,9 @@ def adhoc_sql_cmd(db: Path) -> list[str]:
 
 def reader_commands(db: Path) -> list[list[str]]:
     """Commands looped beside the downloaders for as long as they run."""
-    return [adhoc_sql_cmd(db)]
+    return [adhoc_sql_cmd(db),
+            [sys.executable, str(ROOT / "status_report.py"), "--db", str(db), "--json"],
+            [sys.executable, str(ROOT / "status_report.py"), "--db", str(db)]]
 
 
 def test_two_downloaders_and_readers_share_one_database(tmp_path) -> None:
@@ -104,8 +107,13 @@ def test_two_downloaders_and_readers_share_one_database(tmp_path) -> None:
     assert q(db, "SELECT status, count(*) FROM gbif_ids GROUP BY status") == \
         [("done", (N + 2) // 3)]
     assert integrity(db) == "ok"
+    # the counters the report reads agree with the rows, and the files with the rows
+    check = subprocess.run([sys.executable, str(ROOT / "status_report.py"), "--db", str(db),
+                            "--check", "--install-path", str(root)],
+                           capture_output=True, text=True, timeout=120)
+    assert check.returncode == 0, check.stdout + check.stderr
 
-    # the readers never met a lock either, and really ran during the downloads
+    # the readers (ad hoc SQL, the status report) never met a lock either, and really ran during the downloads
     for r in readers:
         assert len(r.runs) >= 3, f"{r.cmd[:3]} hardly ran"
         assert not r.failures(), r.failures()[0].stderr

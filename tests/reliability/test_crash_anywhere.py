@@ -316,17 +316,9 @@ def test_download_killed_anywhere_loses_nothing_and_never_refetches(tmp_path,
         # the result is the never-killed run's: rows, gbifIDs, files and their bytes
         assert integrity(db) == "ok", camp.where()
         assert images_dump(db) == exp_images, camp.where()
-        # gbif_ids are rolled up with every commit, so they match without a finalize; except
-        # (known bug, see the xfail test below) gbifIDs with an image the recovery adopted
-        # after a crash, which only a --finalize-only brings up to date
-        adopted = {g for (g,) in q(db, "SELECT gbif_id FROM images "
-                                       "WHERE error_detail = 'adopted after a crash'")}
-        live = gbif_dump(db)
-        assert [r for r in live if r[0] not in adopted] == \
-            [r for r in exp_gbif if r[0] not in adopted], camp.where()
-        if adopted:
-            assert init_main(["--db", str(db), "--finalize-only", "--no-bar"]) == 0
-            assert gbif_dump(db) == exp_gbif, camp.where()
+        # gbif_ids are rolled up with every commit (and by the recovery, for the images
+        # it adopts), so they match without a finalize
+        assert gbif_dump(db) == exp_gbif, camp.where()
         assert final_files(root) == exp_files, camp.where()
         assert not temp_files(root), f"orphan temp files {temp_files(root)}\n{camp.where()}"
         assert q(db, "SELECT count(*) FROM images WHERE claimed_by IS NOT NULL") == [(0,)]
@@ -357,9 +349,6 @@ def test_download_killed_anywhere_loses_nothing_and_never_refetches(tmp_path,
     print(camp.summary(rnd_no))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: recover() returns before marking dead runs "
-                   "'crashed' when they left no claims (README: dead runs still marked "
-                   "running get the outcome crashed)")
 def test_a_download_killed_before_it_claimed_anything_is_marked_crashed(tmp_path,
                                                                         two_hosts) -> None:
     a, _ = two_hosts
@@ -400,9 +389,6 @@ def _fake_dead_run(db: Path, root: Path, gid: int, no: int, jpeg: bytes) -> None
     (d / f".{gid}-{no:02d}.{pid}-1.part").write_bytes(jpeg)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: recover() adopts a crashed download's temp file as "
-                   "success without rolling its gbifID up (gbif_ids stays pending/partial until "
-                   "--finalize-only)")
 def test_a_download_adopted_after_a_crash_rolls_its_gbif_id_up(tmp_path, two_hosts) -> None:
     import io
 
