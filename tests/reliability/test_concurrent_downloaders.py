@@ -113,7 +113,8 @@ def test_two_downloaders_and_readers_share_one_database(tmp_path) -> None:
                            capture_output=True, text=True, timeout=120)
     assert check.returncode == 0, check.stdout + check.stderr
 
-    # the readers (ad hoc SQL, the status report) never met a lock either, and really ran during the downloads
+    # the readers (ad hoc SQL, the status report) never met a lock either, and really
+    # ran during the downloads
     for r in readers:
         assert len(r.runs) >= 3, f"{r.cmd[:3]} hardly ran"
         assert not r.failures(), r.failures()[0].stderr

@@ -438,7 +438,7 @@ def test_a_recovery_killed_before_its_commit_leaves_no_final_file_without_its_ro
 
     from PIL import Image
 
-    from download_db import downloader
+    from download_db import recovery
     from download_db.schema import connect
 
     a, _ = two_hosts
@@ -450,10 +450,10 @@ def test_a_recovery_killed_before_its_commit_leaves_no_final_file_without_its_ro
     Image.new("RGB", (300, 400), (90, 120, 60)).save(buf, "JPEG")
     root = tmp_path / "images"
     _fake_dead_run(db, root, gid, 0, buf.getvalue())
-    monkeypatch.setattr(downloader, "transaction", _DiesBeforeCommit)
+    monkeypatch.setattr(recovery, "transaction", _DiesBeforeCommit)
     conn = connect(db)
     with pytest.raises(_Killed):
-        downloader.recover(conn, root.resolve(), 10.0)
+        recovery.recover(conn, root.resolve(), 10.0)
     conn.close()
     finals = final_files(root)
     success = {r[0] for r in q(db, "SELECT file_path FROM images WHERE status = 'success'")}
