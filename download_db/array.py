@@ -165,23 +165,25 @@ def plan(work: Mapping[int, int], n: int, max_parts: int) -> list[list[Piece]]:
     return tasks
 
 
-def work_by_host(conn: sqlite3.Connection) -> dict[int, int]:
-    """Images with work left per host, from the counters (no scan)."""
+def work_by_host(conn: sqlite3.Connection, max_attempts: int) -> dict[int, int]:
+    """Images with work left per host, from the counters (no scan). Parked retries
+    count when this array's --max-attempts gives them attempts again."""
     return dict(conn.execute(
         "SELECT host_id, sum(n) FROM image_tally WHERE status IN ('pending', 'failed_transient') "
-        "AND parked = 0 GROUP BY host_id HAVING sum(n) > 0"))
+        "AND (parked = 0 OR attempts < ?) GROUP BY host_id HAVING sum(n) > 0", (max_attempts,)))
 
 
 # -- task databases -------------------------------------------------------------------
 
-def create_task_db(main_db: Path, path: Path, shard: Shard, max_parts: int) -> int:
+def create_task_db(main_db: Path, path: Path, shard: Shard, max_parts: int,
+                   max_attempts: int = 4) -> int:
     """Build task K's database: its share of the work, copied from the frozen main DB.
     Built under a temporary name and renamed: a kill leaves no half task. Returns
     the number of images copied."""
     main = open_frozen(main_db)
     try:
         epoch = get_meta(main, "array_epoch")
-        pieces = plan(work_by_host(main), shard.count, max_parts)[shard.index - 1]
+        pieces = plan(work_by_host(main, max_attempts), shard.count, max_parts)[shard.index - 1]
     finally:
         main.close()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -198,8 +200,9 @@ def create_task_db(main_db: Path, path: Path, shard: Shard, max_parts: int) -> i
         for p in pieces:
             conn.execute(
                 "INSERT INTO images SELECT * FROM main_db.images INDEXED BY images_todo "
-                f"WHERE host_id = ? AND {TODO_WHERE} AND next_attempt_at < {EXHAUSTED} "
-                "AND image_id % ? = ?", (p.host_id, p.parts, p.part))
+                f"WHERE host_id = ? AND {TODO_WHERE} "
+                f"AND (next_attempt_at < {EXHAUSTED} OR attempts < ?) "
+                "AND image_id % ? = ?", (p.host_id, max_attempts, p.parts, p.part))
         for key in ("ingest_source", "ingest_stats", "build_id"):
             value = _main_meta(conn, key)
             if value is not None:

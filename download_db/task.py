@@ -27,7 +27,8 @@ def prepare(cfg: DownloadConfig, shard: array.Shard, out: TextIO | None = None) 
     path = array.task_db_path(tasks_dir, shard)
     if not path.exists():
         say(f"array task {shard}: taking its share of the work from {cfg.db}", out)
-        n = array.create_task_db(cfg.db, path, shard, cfg.per_host_concurrency)
+        n = array.create_task_db(cfg.db, path, shard, cfg.per_host_concurrency,
+                                 cfg.max_attempts)
         say(f"array task {shard}: {n:,} images -> {path}", out)
     else:
         say(f"array task {shard}: resuming with {path}", out)

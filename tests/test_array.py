@@ -247,3 +247,21 @@ def test_task_db_from_another_build_is_refused(main_db, tmp_path, build) -> None
     with pytest.raises(DatabaseError, match="another build"):
         merge_tasks(conn, main_db)
     conn.close()
+
+
+def test_a_larger_max_attempts_brings_parked_retries_into_the_array(main_db) -> None:
+    conn = schema.connect(main_db)
+    with schema.transaction(conn):
+        conn.execute("UPDATE images SET status = 'failed_transient', attempts = 4, "
+                     f"next_attempt_at = {schema.EXHAUSTED}, error_type = 'timeout', "
+                     "last_attempt_at = 1 WHERE image_id % 10 = 0")
+    array.freeze(conn)
+    parked = {r[0] for r in conn.execute("SELECT image_id FROM images WHERE image_id % 10 = 0")}
+    conn.close()
+    for max_attempts, included in ((4, False), (6, True)):
+        shard = array.Shard(1, 1)
+        path = array.task_db_path(array.tasks_dir_for(main_db), shard)
+        path.unlink(missing_ok=True)
+        array.create_task_db(main_db, path, shard, max_parts=4, max_attempts=max_attempts)
+        assert (parked <= _task_rows(path)) is included
+        assert not (parked & _task_rows(path)) or included
