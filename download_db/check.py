@@ -9,9 +9,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import claims
 from ._sqlite import sqlite3
 from .schema import EXHAUSTED
 
+STALE_CLAIMS_AFTER = 900.0  # the downloader's default --lease
 _NAME = re.compile(r"^(\d+)-(\d{2,})\.[A-Za-z0-9]+$")
 
 
@@ -84,9 +86,8 @@ def _counters(conn: sqlite3.Connection, res: CheckResult) -> None:
 
 
 def _claims(conn: sqlite3.Connection, res: CheckResult) -> None:
-    live = {f"{h}:{p}:{r}" for r, h, p in conn.execute(
-        "SELECT run_id, hostname, pid FROM runs WHERE stage = 'download' "
-        "AND outcome = 'running'")}
+    # the same test a starting downloader applies before it recovers claims
+    live = claims.live_tokens(conn, stale_after=STALE_CLAIMS_AFTER)
     stale = sum(n for tok, n in conn.execute(
         "SELECT claimed_by, count(*) FROM images WHERE claimed_by IS NOT NULL "
         "GROUP BY claimed_by") if tok not in live)

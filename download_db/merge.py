@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import re
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from . import runs
+from . import claims
 from ._sqlite import sqlite3
 from .array import task_dbs, tasks_dir_for
 from .errors import DatabaseError
@@ -86,20 +85,17 @@ class MergeStats:
 
 
 def task_liveness(path: Path, now: float | None = None) -> str | None:
-    """Why the task may still be writing (a run with a recent heartbeat), or None."""
-    now = time.time() if now is None else now
+    """Why the task may still be writing (a run a downloader would not recover:
+    recent heartbeat, and alive if it ran on this machine), or None."""
     conn = sqlite3.connect(f"file:{path.resolve().as_posix()}?mode=ro", uri=True, timeout=30)
     try:
-        rows = conn.execute("SELECT hostname, pid, heartbeat_at FROM runs "
-                            "WHERE outcome = 'running'").fetchall()
+        live = claims.live_tokens(conn, stale_after=ALIVE_WINDOW, now=now)
     finally:
         conn.close()
-    for host, pid, hb in rows:
-        if host == socket.gethostname() and not runs.pid_alive(pid):
-            continue
-        if hb is not None and hb >= now - ALIVE_WINDOW:
-            return f"run on {host} pid {pid}, heartbeat {now - hb:.0f}s ago"
-    return None
+    if not live:
+        return None
+    host, pid, _run = sorted(live)[0].rsplit(":", 2)
+    return f"run on {host} pid {pid}, heartbeat within {ALIVE_WINDOW / 60:.0f} minutes"
 
 
 def refuse_if_tasks_running(db: Path, what: str) -> None:

@@ -118,6 +118,8 @@ def _collect(conn: sqlite3.Connection, now: float, tasks: list[dict]) -> dict:
     images = _images(conn, tally)
     images["in_flight"] += sum(t["in_flight"] for t in tasks)
     activity = _activity(conn, now, tasks)
+    per = _per_host(tally)
+    states = _host_rows(conn, tasks)
     return {
         "report_version": REPORT_VERSION,
         "generated_at": now,
@@ -128,10 +130,10 @@ def _collect(conn: sqlite3.Connection, now: float, tasks: list[dict]) -> dict:
         "throughput": _throughput(activity, now, images["work_left"]),
         "failures": _failures(tally),
         "retries": _retries(tally),
-        "non_image_by_host": _non_image(conn, tally, hosts),
-        "top_failing_hosts": _top_failing(conn, tally, hosts),
-        "hosts_cooling_down": _cooling(conn, now, tasks, hosts),
-        "hosts_quarantined": _quarantined(conn, tally, tasks, hosts),
+        "non_image_by_host": _non_image(conn, per, hosts),
+        "top_failing_hosts": _top_failing(per, hosts),
+        "hosts_cooling_down": _cooling(states, now, hosts),
+        "hosts_quarantined": _quarantined(states, per, hosts),
         "history": _history(activity),
         "notes": NOTES,
     }
@@ -298,22 +300,21 @@ def _per_host(tally: list) -> dict[int, dict[str, int]]:
     return out
 
 
-def _non_image(conn: sqlite3.Connection, tally: list, hosts: dict[int, str]) -> list[dict]:
-    per = _per_host(tally)
-    top = sorted((h for h in per.items() if h[1]["non_image"]), key=lambda kv: -kv[1]["non_image"])
-    out = []
-    for hid, c in top[:TOP]:
-        sample = conn.execute("SELECT sample_detail FROM hosts WHERE host_id = ?",
-                              (hid,)).fetchone()
-        out.append({"host": hosts.get(hid, str(hid)), "count": c["non_image"],
-                    "by_type": {k.split(":", 1)[1]: v for k, v in c.items()
-                                if k.startswith("non_image:")},
-                    "sample": (sample[0] or "")[:200] if sample else ""})
-    return out
+def _non_image(conn: sqlite3.Connection, per: dict[int, dict[str, int]],
+               hosts: dict[int, str]) -> list[dict]:
+    top = sorted((h for h in per.items() if h[1]["non_image"]),
+                 key=lambda kv: -kv[1]["non_image"])[:TOP]
+    samples = dict(conn.execute(
+        "SELECT host_id, sample_detail FROM hosts WHERE host_id IN "
+        "(SELECT value FROM json_each(?))", (json.dumps([hid for hid, _c in top]),)))
+    return [{"host": hosts.get(hid, str(hid)), "count": c["non_image"],
+             "by_type": {k.split(":", 1)[1]: v for k, v in c.items()
+                         if k.startswith("non_image:")},
+             "sample": (samples.get(hid) or "")[:200]}
+            for hid, c in top]
 
 
-def _top_failing(conn: sqlite3.Connection, tally: list, hosts: dict[int, str]) -> list[dict]:
-    per = _per_host(tally)
+def _top_failing(per: dict[int, dict[str, int]], hosts: dict[int, str]) -> list[dict]:
     rows = []
     for hid, c in per.items():
         failed = c["failed_permanent"] + c["failed_transient"]
@@ -343,20 +344,16 @@ def _host_rows(conn: sqlite3.Connection, tasks: list[dict]) -> dict[int, tuple]:
     return rows
 
 
-def _cooling(conn: sqlite3.Connection, now: float, tasks: list[dict],
-             hosts: dict[int, str]) -> list[dict]:
-    rows = [r for r in _host_rows(conn, tasks).values()
-            if (r[1] or 0) > now or r[3] != "closed"]
+def _cooling(states: dict[int, tuple], now: float, hosts: dict[int, str]) -> list[dict]:
+    rows = [r for r in states.values() if (r[1] or 0) > now or r[3] != "closed"]
     rows.sort(key=lambda r: -(r[1] or 0))
     return [{"host": hosts.get(r[0], str(r[0])), "until": r[1], "reason": r[2],
              "breaker": r[3]} for r in rows[:100]]
 
 
-def _quarantined(conn: sqlite3.Connection, tally: list, tasks: list[dict],
+def _quarantined(states: dict[int, tuple], per: dict[int, dict[str, int]],
                  hosts: dict[int, str]) -> list[dict]:
-    per = _per_host(tally)
-    rows = sorted((r for r in _host_rows(conn, tasks).values() if r[4]),
-                  key=lambda r: r[5] or 0)
+    rows = sorted((r for r in states.values() if r[4]), key=lambda r: r[5] or 0)
     return [{"host": hosts.get(r[0], str(r[0])), "since": r[5], "last_error": r[6],
              "failed": per[r[0]]["failed_permanent"] + per[r[0]]["failed_transient"],
              "success": per[r[0]]["success"], "work_left": per[r[0]]["work_left"]}
