@@ -251,3 +251,37 @@ sge_h_rt() {
   v=$(qstat -j "$JOB_ID" 2>/dev/null | sed -n 's/^hard resource_list:.*h_rt=\([0-9:]*\).*/\1/p' | head -1)
   [ -n "$v" ] && to_seconds "$v"
 }
+
+# submit_pipeline.sh's usage text (its "# usage:" comment block) and flags, the same on both
+# schedulers. pipeline_args sets from, rank, tasks, rerun, dry, after and task_list for the
+# caller; DEFAULT_TASKS is the array size in the download script's directive.
+usage() { sed -n '/^# usage:/,/--dry-run  /p' "$0" | sed 's/^# \{0,1\}//' >&2; exit "$1"; }
+# shellcheck disable=SC2034  # the caller reads these
+pipeline_args() {
+  local default_tasks=$1; shift
+  from=ingest tasks='' rerun='' dry=0 after=()
+  while [ $# -gt 0 ]; do
+    case $1 in
+      --from) from=${2:?}; shift 2 ;;
+      --tasks) tasks=${2:?}; shift 2 ;;
+      --rerun-tasks) rerun=${2:?}; from=download; shift 2 ;;
+      --after) after+=("${2:?}"); shift 2 ;;
+      --dry-run) dry=1; shift ;;
+      -h|--help) usage 0 ;;
+      *) echo "$0: unknown argument: $1" >&2; usage 64 ;;
+    esac
+  done
+  rank=$(stage_rank "$from" 2>/dev/null) || { echo "$0: --from must be one of: ${PIPELINE_STAGES[*]}" >&2; exit 64; }
+  if [ -n "$rerun" ] && [ -z "$tasks" ]; then
+    echo "$0: --rerun-tasks needs --tasks N, the size of the array whose tasks you rerun" >&2; exit 64
+  fi
+  tasks=${tasks:-$default_tasks}
+  [[ $tasks =~ ^[1-9][0-9]*$ ]] || { echo "$0: --tasks must be a positive number" >&2; exit 64; }
+  task_list=()
+  IFS=, read -r -a task_list <<<"${rerun:-}"
+  for k in ${task_list[@]+"${task_list[@]}"}; do
+    if ! [[ $k =~ ^[0-9]+$ ]] || [ "$k" -lt 1 ] || [ "$k" -gt "$tasks" ]; then
+      echo "$0: --rerun-tasks: $k is not a task of 1-$tasks" >&2; exit 64
+    fi
+  done
+}

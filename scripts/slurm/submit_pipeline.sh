@@ -40,32 +40,7 @@ source "$ENV_SH"
 # shellcheck source=SCRIPTDIR/../common.sh
 source "$DOWNLOAD_DB_HOME/scripts/common.sh"
 
-usage() { sed -n '/^# usage:/,/--dry-run  /p' "$0" | sed 's/^# \{0,1\}//' >&2; exit "$1"; }
-from=ingest tasks='' rerun='' dry=0 after=()
-while [ $# -gt 0 ]; do
-  case $1 in
-    --from) from=${2:?}; shift 2 ;;
-    --tasks) tasks=${2:?}; shift 2 ;;
-    --rerun-tasks) rerun=${2:?}; from=download; shift 2 ;;
-    --after) after+=("${2:?}"); shift 2 ;;
-    --dry-run) dry=1; shift ;;
-    -h|--help) usage 0 ;;
-    *) echo "$0: unknown argument: $1" >&2; usage 64 ;;
-  esac
-done
-rank=$(stage_rank "$from" 2>/dev/null) || { echo "$0: --from must be one of: ${PIPELINE_STAGES[*]}" >&2; exit 64; }
-if [ -n "$rerun" ] && [ -z "$tasks" ]; then
-  echo "$0: --rerun-tasks needs --tasks N, the size of the array whose tasks you rerun" >&2; exit 64
-fi
-tasks=${tasks:-$(sed -n 's/^#SBATCH --array=1-\([0-9][0-9]*\)$/\1/p' "$here/image_install_db.sh")}
-[[ $tasks =~ ^[1-9][0-9]*$ ]] || { echo "$0: --tasks must be a positive number" >&2; exit 64; }
-task_list=()
-IFS=, read -r -a task_list <<<"${rerun:-}"
-for k in ${task_list[@]+"${task_list[@]}"}; do
-  if ! [[ $k =~ ^[0-9]+$ ]] || [ "$k" -lt 1 ] || [ "$k" -gt "$tasks" ]; then
-    echo "$0: --rerun-tasks: $k is not a task of 1-$tasks" >&2; exit 64
-  fi
-done
+pipeline_args "$(sed -n 's/^#SBATCH --array=1-\([0-9][0-9]*\)$/\1/p' "$here/image_install_db.sh")" "$@"
 
 PIPELINE_DIR=$LOG_DIR/pipeline_$(date +%Y%m%d-%H%M%S)_$$
 if [ "$dry" = 0 ]; then mkdir -p "$LOG_DIR" "$PIPELINE_DIR"; : >"$PIPELINE_DIR/units"; fi
