@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from download_db import schema  # noqa: E402
+from download_db.db import schema  # noqa: E402
 
 HOSTS = 2000
 CHUNK = 1_000_000

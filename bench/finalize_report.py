@@ -38,14 +38,14 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import bigdb  # noqa: E402
 
-from download_db import schema  # noqa: E402
-from download_db.finalize import _ROLLUP_TEMPLATE, ROLLUP_IDS, finalize  # noqa: E402
+from download_db.db import schema  # noqa: E402
+from download_db.db.gbif_ids import _ROLLUP_TEMPLATE, ROLLUP_IDS, finalize  # noqa: E402
 
 _WRITER = r"""
 import json, random, sys, time
 sys.path.insert(0, {root!r})
-from download_db import schema
-from download_db.finalize import ROLLUP_IDS
+from download_db.db import schema
+from download_db.db.gbif_ids import ROLLUP_IDS
 conn = schema.connect({db!r})
 rnd = random.Random(1)
 hosts = [h for (h,) in conn.execute("SELECT host_id FROM hosts")]

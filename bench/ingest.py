@@ -39,11 +39,11 @@ print(json.dumps({{"seconds": dt, "maxrss": rss,
 """
 
 _OURS = r"""
-from download_db.cli import init_main
+from download_db.cli.main import init_main
 code = init_main(["--db", {db!r}, "--multimedia", {mm!r}, "--reset", "--no-bar",
                   "--progress-every", "30"])
 assert code == 0, code
-from download_db._sqlite import sqlite3
+from download_db.db.sqlite import sqlite3
 c = sqlite3.connect({db!r})
 extra = json.loads(c.execute("SELECT counts FROM runs ORDER BY run_id DESC").fetchone()[0])
 """

@@ -5,7 +5,7 @@ database, against a baseline measured in the same run.
     python bench/merge.py --results 10000000 --tasks 4 --workdir /var/tmp/mergebench
 
 It builds a main database (bench/bigdb.py's shape, every image pending), freezes it, lets
-each of N tasks take its share (array.create_task_db, the code a task runs), marks every
+each of N tasks take its share (plan.create_task_db, the code a task runs), marks every
 task image done (success 80%, failed 20%) as a download would, then times
 init_download_db.py's merge (merge.merge_tasks: images, gbifID roll-up, hosts, runs).
 
@@ -28,8 +28,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import bigdb  # noqa: E402
 
-from download_db import array, schema  # noqa: E402
-from download_db.merge import _IMAGES, merge_tasks  # noqa: E402
+from download_db.arrays import plan  # noqa: E402
+from download_db.arrays.merge import _IMAGES, merge_tasks  # noqa: E402
+from download_db.db import schema  # noqa: E402
 
 
 def prepare(workdir: Path, results: int, tasks: int) -> Path:
@@ -41,14 +42,14 @@ def prepare(workdir: Path, results: int, tasks: int) -> Path:
         conn.execute("UPDATE images SET status = 'pending', attempts = 0, next_attempt_at = 0, "
                      "error_type = NULL, file_size = NULL, file_path = NULL, sha256 = NULL, "
                      "last_attempt_at = NULL, http_status = NULL")
-    array.freeze(conn)
+    plan.freeze(conn)
     conn.close()
     print(f"main database: {time.monotonic() - t:.0f}s", flush=True)
     for k in range(1, tasks + 1):
         t = time.monotonic()
-        shard = array.Shard(k, tasks)
-        path = array.task_db_path(array.tasks_dir_for(main), shard)
-        n = array.create_task_db(main, path, shard, max_parts=4)
+        shard = plan.Shard(k, tasks)
+        path = plan.task_db_path(plan.tasks_dir_for(main), shard)
+        n = plan.create_task_db(main, path, shard, max_parts=4)
         c = schema.connect(path, wal=False)
         with schema.transaction(c):
             c.execute("UPDATE images SET status = CASE WHEN image_id % 5 = 0 "
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         conn.execute(f"DROP TRIGGER {name}")
     t = time.monotonic()
     n_base = 0
-    for path in array.task_dbs(array.tasks_dir_for(main_db)):
+    for path in plan.task_dbs(plan.tasks_dir_for(main_db)):
         conn.execute("ATTACH DATABASE ? AS task", (str(path),))
         with schema.transaction(conn):
             n_base += conn.execute(_IMAGES).rowcount

@@ -1,5 +1,5 @@
-"""``python -m download_db`` runs init_download_db.py."""
+"""``python -m download_db`` is the ``gbif-download-db`` command."""
 
-from .cli import init_main
+from .cli.main import init_main
 
 raise SystemExit(init_main())

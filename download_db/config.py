@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .db.gbif_ids import DEFAULT_MAX_ATTEMPTS
 from .errors import UsageError
-from .finalize import DEFAULT_MAX_ATTEMPTS
 from .notify import check_url
 
 DEFAULT_DB = "download_status.db"

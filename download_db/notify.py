@@ -16,10 +16,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from ._sqlite import sqlite3
+from .db.schema import connect
+from .db.sqlite import sqlite3
 from .errors import UsageError
 from .progress import fmt_secs
-from .schema import connect
 
 log = logging.getLogger(__name__)
 

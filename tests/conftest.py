@@ -175,7 +175,7 @@ def dump(db: Path) -> dict[str, list[tuple]]:
 @pytest.fixture
 def build(tmp_path):
     """build(multimedia, *extra_args) -> (exit_code, db_path)."""
-    from download_db.cli import init_main
+    from download_db.cli.main import init_main
 
     def _build(multimedia: Path, *extra: str, db: Path | None = None) -> tuple[int, Path]:
         db = db or tmp_path / "download_status.db"

@@ -11,13 +11,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from download_db import array, report, schema
-from download_db._sqlite import sqlite3
-from download_db.check import check
-from download_db.cli import init_main
+from download_db.arrays import plan
+from download_db.arrays.merge import merge_tasks
+from download_db.cli.main import init_main
+from download_db.db import schema
+from download_db.db.gbif_ids import finalize
+from download_db.db.sqlite import sqlite3
 from download_db.errors import DatabaseError, UsageError
-from download_db.finalize import finalize
-from download_db.merge import merge_tasks
+from download_db.report.check import check
+from download_db.report import collect
 from tests.conftest import generate
 
 # -- shard numbering ---------------------------------------------------------------
@@ -35,20 +37,20 @@ from tests.conftest import generate
     ({}, None),
 ])
 def test_shard_from_scheduler_variables(env, want) -> None:
-    got = array.shard_from_env(env)
+    got = plan.shard_from_env(env)
     assert (None if got is None else (got.index, got.count)) == want
 
 
 def test_slurm_array_with_a_step_is_refused() -> None:
     with pytest.raises(UsageError, match="step"):
-        array.shard_from_env({"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_MIN": "1",
+        plan.shard_from_env({"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_MIN": "1",
                               "SLURM_ARRAY_TASK_COUNT": "3", "SLURM_ARRAY_TASK_MAX": "5"})
 
 
 @pytest.mark.parametrize("text", ["0/4", "5/4", "a/b", "3", "1/0"])
 def test_bad_shard_flag(text) -> None:
     with pytest.raises(UsageError):
-        array.parse_shard(text)
+        plan.parse_shard(text)
 
 
 # -- the plan ----------------------------------------------------------------------
@@ -57,8 +59,8 @@ def test_bad_shard_flag(text) -> None:
 @given(st.dictionaries(st.integers(1, 500), st.integers(0, 10_000), max_size=60),
        st.integers(1, 12), st.integers(1, 8))
 def test_plan_is_a_host_affine_partition(work, n, max_parts) -> None:
-    tasks = array.plan(work, n, max_parts)
-    assert len(tasks) == n and array.plan(work, n, max_parts) == tasks  # deterministic
+    tasks = plan.plan(work, n, max_parts)
+    assert len(tasks) == n and plan.plan(work, n, max_parts) == tasks  # deterministic
     pieces = [p for t in tasks for p in t]
     share = max(1, -(-sum(work.values()) // n))
     for host, w in work.items():
@@ -83,7 +85,7 @@ def test_plan_is_a_host_affine_partition(work, n, max_parts) -> None:
 @pytest.fixture
 def main_db(build, tmp_path) -> Path:
     code, db = build(generate(tmp_path / "m.txt", 500, seed=9, hosts=7))
-    assert code == 0 and array.is_frozen(db)  # a finished build is ready for an array
+    assert code == 0 and plan.is_frozen(db)  # a finished build is ready for an array
     return db
 
 
@@ -98,9 +100,9 @@ def _task_rows(path: Path) -> set[int]:
 def _make_tasks(main: Path, n: int) -> list[Path]:
     out = []
     for k in range(1, n + 1):
-        shard = array.Shard(k, n)
-        path = array.task_db_path(array.tasks_dir_for(main), shard)
-        array.create_task_db(main, path, shard, max_parts=4)
+        shard = plan.Shard(k, n)
+        path = plan.task_db_path(plan.tasks_dir_for(main), shard)
+        plan.create_task_db(main, path, shard, max_parts=4)
         out.append(path)
     return out
 
@@ -121,7 +123,7 @@ def test_tasks_partition_the_work(main_db, n) -> None:
     assert set().union(*sets) == _work(main_db)
     assert sum(len(s) for s in sets) == len(_work(main_db))  # pairwise disjoint
     for p in paths:  # rollback journal, readable from other hosts; never WAL
-        assert array.is_frozen(p)
+        assert plan.is_frozen(p)
 
 
 def _simulate_results(path: Path, seed: int) -> None:
@@ -160,8 +162,8 @@ def test_merge_folds_results_and_counters_agree(main_db, tmp_path) -> None:
                              ).fetchone()[0]
         conn.close()
     # While unmerged, the report already counts the tasks' progress.
-    ro = report.open_readonly(main_db)
-    before = report.collect(ro, db=main_db)
+    ro = collect.open_readonly(main_db)
+    before = collect.collect(ro, db=main_db)
     ro.close()
     assert len(before["array"]["tasks"]) == 3
 
@@ -171,7 +173,7 @@ def test_merge_folds_results_and_counters_agree(main_db, tmp_path) -> None:
     got = {r[0]: r[1:] for r in conn.execute("SELECT image_id, status, error_type FROM images "
                                              "WHERE last_attempt_at IS NOT NULL")}
     assert got == expected
-    assert array.task_dbs(array.tasks_dir_for(main_db)) == []
+    assert plan.task_dbs(plan.tasks_dir_for(main_db)) == []
     assert conn.execute("SELECT count(*) FROM runs WHERE shard IS NOT NULL").fetchone()[0] == 3
     # gbifIDs are finalize's job: the merge leaves them, finalize rolls them up
     assert conn.execute("SELECT count(*) FROM gbif_ids WHERE status <> 'pending'"
@@ -179,8 +181,8 @@ def test_merge_folds_results_and_counters_agree(main_db, tmp_path) -> None:
     finalize(conn, out=open(os.devnull, "w"), bar=False)
     assert conn.execute("SELECT count(*) FROM gbif_ids WHERE status = 'done'").fetchone()[0]
     conn.close()
-    ro = report.open_readonly(main_db)
-    after = report.collect(ro, db=main_db)
+    ro = collect.open_readonly(main_db)
+    after = collect.collect(ro, db=main_db)
     # a success still held by its claim (file maybe not renamed) is not merged: it stays
     # pending in the main DB, and the next download adopts or refetches its file
     b, a = before["images"]["by_status"], after["images"]["by_status"]
@@ -201,24 +203,24 @@ def test_merge_twice_is_idempotent(main_db) -> None:
     merge_tasks(conn, main_db)
     assert conn.execute("SELECT * FROM images ORDER BY image_id").fetchall() == first
     conn.close()
-    assert check(report.open_readonly(main_db), None, files=False).ok
+    assert check(collect.open_readonly(main_db), None, files=False).ok
 
 
 def test_array_tasks_refuse_a_main_db_in_wal_mode(main_db) -> None:
     conn = schema.connect(main_db)  # any writer switches it to WAL
     conn.execute("UPDATE meta SET value = value WHERE key = 'schema_version'")
     with pytest.raises(DatabaseError, match="--merge-only"):
-        array.open_frozen(main_db)
+        plan.open_frozen(main_db)
     conn.close()
 
 
 def test_changing_n_is_refused_before_a_merge_allowed_after(main_db, capsys) -> None:
     _make_tasks(main_db, 2)
     with pytest.raises(UsageError, match="2-task array"):
-        array.refuse_other_arrays(array.tasks_dir_for(main_db), array.Shard(1, 3))
+        plan.refuse_other_arrays(plan.tasks_dir_for(main_db), plan.Shard(1, 3))
     assert init_main(["--db", str(main_db), "--merge-only", "--no-bar"]) == 0
-    array.refuse_other_arrays(array.tasks_dir_for(main_db), array.Shard(1, 3))
-    assert array.is_frozen(main_db)
+    plan.refuse_other_arrays(plan.tasks_dir_for(main_db), plan.Shard(1, 3))
+    assert plan.is_frozen(main_db)
 
 
 def test_writing_stages_refuse_while_a_task_runs(main_db, capsys) -> None:
@@ -234,7 +236,7 @@ def test_writing_stages_refuse_while_a_task_runs(main_db, capsys) -> None:
         err = capsys.readouterr().err
         assert "may still be writing" in err and "--force" in err and err.count("\n") == 1
     assert init_main(["--db", str(main_db), "--finalize-only", "--no-bar", "--force"]) == 0
-    assert array.task_dbs(array.tasks_dir_for(main_db)) == []
+    assert plan.task_dbs(plan.tasks_dir_for(main_db)) == []
 
 
 def test_task_db_from_another_build_is_refused(main_db, tmp_path, build) -> None:
@@ -255,13 +257,13 @@ def test_a_larger_max_attempts_brings_parked_retries_into_the_array(main_db) -> 
         conn.execute("UPDATE images SET status = 'failed_transient', attempts = 4, "
                      f"next_attempt_at = {schema.EXHAUSTED}, error_type = 'timeout', "
                      "last_attempt_at = 1 WHERE image_id % 10 = 0")
-    array.freeze(conn)
+    plan.freeze(conn)
     parked = {r[0] for r in conn.execute("SELECT image_id FROM images WHERE image_id % 10 = 0")}
     conn.close()
     for max_attempts, included in ((4, False), (6, True)):
-        shard = array.Shard(1, 1)
-        path = array.task_db_path(array.tasks_dir_for(main_db), shard)
+        shard = plan.Shard(1, 1)
+        path = plan.task_db_path(plan.tasks_dir_for(main_db), shard)
         path.unlink(missing_ok=True)
-        array.create_task_db(main_db, path, shard, max_parts=4, max_attempts=max_attempts)
+        plan.create_task_db(main_db, path, shard, max_parts=4, max_attempts=max_attempts)
         assert (parked <= _task_rows(path)) is included
         assert not (parked & _task_rows(path)) or included

@@ -15,8 +15,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from download_db import array
-from download_db.cli import init_main
+from download_db.arrays import plan
+from download_db.cli.main import init_main
 from tests.conftest import row, write_multimedia
 from tests.imageserver import ImageServer
 
@@ -92,9 +92,9 @@ def test_three_tasks_side_by_side_then_finalize(tmp_path, big, small) -> None:
     assert big.stats()["max_concurrent"] <= 3
     assert max(big.stats()["by_path"].values()) == 1  # no image fetched twice
     assert max(small.stats()["by_path"].values()) == 1
-    assert len(array.task_dbs(array.tasks_dir_for(db))) == 3
+    assert len(plan.task_dbs(plan.tasks_dir_for(db))) == 3
     assert init_main(["--db", str(db), "--finalize-only", "--no-bar"]) == 0
-    assert array.task_dbs(array.tasks_dir_for(db)) == [] and array.is_frozen(db)
+    assert plan.task_dbs(plan.tasks_dir_for(db)) == [] and plan.is_frozen(db)
     rows = _rows(db)
     assert sum(r[0] == "success" for r in rows.values()) == 72 == len(_files(tmp_path))
     assert rows[9500][:2] == ("failed_permanent", "http_404")
@@ -110,7 +110,7 @@ def test_killed_task_resubmitted_fetches_nothing_twice(tmp_path, big, small) -> 
     db = _db(tmp_path, big, small, n_big=40)
     victim = _task(tmp_path, db, "1/2")
     other = _task(tmp_path, db, "2/2")
-    task_db = array.task_db_path(array.tasks_dir_for(db), array.Shard(1, 2))
+    task_db = plan.task_db_path(plan.tasks_dir_for(db), plan.Shard(1, 2))
     deadline = time.time() + 60
     done_before: set[str] = set()
     while time.time() < deadline:  # kill once some results are committed
@@ -163,7 +163,7 @@ def test_scheduler_variables_pick_the_shard(tmp_path, big, small) -> None:
     out, err = p.communicate(timeout=120)
     assert p.returncode == 0, err
     assert "array task 2/2" in out
-    assert array.task_dbs(array.tasks_dir_for(db))[0].name == "task-0002-of-0002.db"
+    assert plan.task_dbs(plan.tasks_dir_for(db))[0].name == "task-0002-of-0002.db"
 
 
 def test_a_single_host_run_merges_finished_tasks_first(tmp_path, big, small) -> None:
@@ -174,4 +174,4 @@ def test_a_single_host_run_merges_finished_tasks_first(tmp_path, big, small) -> 
     out, err = p.communicate(timeout=120)
     assert p.returncode == 0, err
     assert "merged 1 array task" in out
-    assert array.task_dbs(array.tasks_dir_for(db)) == []
+    assert plan.task_dbs(plan.tasks_dir_for(db)) == []

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from download_db import claims, runs
-from download_db.claims import Result
-from download_db.cli import init_main
-from download_db.schema import (
+from download_db.cli.main import init_main
+from download_db.db import claims, runs
+from download_db.db.claims import Result
+from download_db.db.schema import (
     EXHAUSTED,
     FAILED_PERMANENT,
     FAILED_TRANSIENT,

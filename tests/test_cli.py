@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from download_db.cli import init_main
+from download_db.cli.main import init_main
 from tests.conftest import PSILOCYBE, row, write_multimedia
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,7 +99,7 @@ def test_other_ingest_in_progress_is_refused(tmp_path, build) -> None:
     b = write_multimedia(tmp_path / "b.txt", [row(2, "https://x.example.org/2.jpg")])
     code, db = build(a)
     assert code == 0
-    from download_db._sqlite import sqlite3
+    from download_db.db.sqlite import sqlite3
 
     conn = sqlite3.connect(db)
     conn.execute("UPDATE meta SET value='loading' WHERE key='ingest_phase'")  # as if killed
@@ -159,7 +159,7 @@ def test_unfinished_build_refuses_legacy_and_finalize(tmp_path, build) -> None:
 
 
 def test_second_build_on_the_same_database_is_refused(tmp_path) -> None:
-    from download_db.stagelock import stage_lock
+    from download_db.db.stagelock import stage_lock
 
     db = tmp_path / "x.db"
     with stage_lock(db, exclusive=True, what="init_download_db.py"):

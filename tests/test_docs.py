@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from download_db.cli import _download_parser, _init_parser
-from download_db.report_cli import _parser as _status_parser
+from download_db.cli.main import _download_parser, _init_parser
+from download_db.cli.report import _parser as _status_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")

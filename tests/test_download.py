@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from download_db.cli import init_main
+from download_db.cli.main import init_main
 from download_db.config import DownloadConfig
-from download_db.downloader import run_download
-from download_db.paths import image_relpath
+from download_db.download.stage import run_download
+from download_db.files.layout import image_relpath
 from tests.conftest import row, write_multimedia
 from tests.imageserver import ImageServer
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from download_db.cli import init_main
+from download_db.cli.main import init_main
 from tests.conftest import row, write_multimedia
 from tests.imageserver import ImageServer
 
@@ -171,7 +171,7 @@ def test_max_images_is_shared_out_over_processes(tmp_path, server) -> None:
 
 
 def test_init_refuses_while_downloads_run_and_says_so(tmp_path, server) -> None:
-    from download_db.stagelock import stage_lock
+    from download_db.db.stagelock import stage_lock
 
     db = build(tmp_path, [server.url("/img/lock.jpg")])
     with stage_lock(db, exclusive=False, what="image_install_db.py"):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 
-from download_db._sqlite import sqlite3
-from download_db.finalize import finalize
-from download_db.schema import connect
+from download_db.db.gbif_ids import finalize
+from download_db.db.schema import connect
+from download_db.db.sqlite import sqlite3
 from tests.conftest import row, write_multimedia
 
 
@@ -75,7 +75,7 @@ def test_rollup_rules(build, tmp_path) -> None:
 
 
 def test_rollup_query_uses_the_gbif_index(build, tmp_path) -> None:
-    from download_db import finalize as f
+    from download_db.db import gbif_ids as f
 
     db = _db(build, tmp_path)
     conn = connect(db)
@@ -91,7 +91,7 @@ def test_rollup_query_uses_the_gbif_index(build, tmp_path) -> None:
 
 
 def test_finalize_only_cli_on_built_db(build, tmp_path) -> None:
-    from download_db.cli import init_main
+    from download_db.cli.main import init_main
 
     db = _db(build, tmp_path)
     conn = sqlite3.connect(db)

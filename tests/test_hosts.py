@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from download_db.hosts import (
+from download_db.web.politeness import (
     MAX_RETRY_AFTER,
     HostGate,
     Politeness,
@@ -107,7 +107,7 @@ def test_concurrency_limit_across_threads(tmp_path):
 
 CHILD = """
 import sys, time
-from download_db.hosts import HostGate, Politeness
+from download_db.web.politeness import HostGate, Politeness
 gate = HostGate(sys.argv[1], Politeness(concurrency=1))
 slot = gate.acquire(sys.argv[2])
 print("held" if not isinstance(slot, float) else "busy", flush=True)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from download_db import iiif
-from download_db.iiif import ImageRef, ManifestError, ServiceInfo
+from download_db.web import iiif
+from download_db.web.iiif import ImageRef, ManifestError, ServiceInfo
 
 IIIF = Path(__file__).parent / "data" / "iiif"
 HARVARD = IIIF / "v2_harvard_ids_11927378_manifest.json"

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image, TiffImagePlugin
 
-from download_db import images, sniff
-from download_db.images import ImageError
+from download_db.files import images
+from download_db.files.images import ImageError
+from download_db.web import sniff
 from tests.conftest import make_dng
 
 DATA = Path(__file__).parent / "data" / "images"

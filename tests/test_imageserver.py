@@ -142,7 +142,7 @@ def test_bomb_png(srv, monkeypatch):
     assert r.status_code == 200 and r.headers["Content-Type"] == "image/png"
     body = r.content
     assert len(body) < 5_000_000
-    # Pillow's stock limit (download_db.images replaces it with its own per-image check)
+    # Pillow's stock limit (download_db.files.images replaces it with its own per-image check)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 89_478_485)
     with pytest.raises(Image.DecompressionBombError):
         Image.open(io.BytesIO(body))

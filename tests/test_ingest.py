@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from download_db import keys
-from download_db.group import MAX_IDENTIFIER
+from download_db.ingest.group import MAX_IDENTIFIER
+from download_db.web import keys
 from tests.conftest import GHANA, NORWAY, PSILOCYBE, dump, generate, row, write_multimedia
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from download_db import keys
-from download_db.group import canonicalise
-from download_db.keys import Candidate, parse_identifier
+from download_db.ingest.group import canonicalise
+from download_db.web import keys
+from download_db.web.keys import Candidate, parse_identifier
 
 BASE = "https://iiif.example.org/iiif/E00699064"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import sqlite3 as stdlib_sqlite3
 
-from download_db.cli import init_main
-from download_db.paths import image_relpath, legacy_relpath, prefix_dirs
+from download_db.cli.main import init_main
+from download_db.files.layout import image_relpath, legacy_relpath, prefix_dirs
 from tests.conftest import row, write_multimedia
 
 

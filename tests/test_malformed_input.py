@@ -14,8 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from download_db import group, keys, reader
-from download_db.cli import init_main
+from download_db.cli.main import init_main
+from download_db.ingest import group, reader
+from download_db.web import keys
 
 MULTIMEDIA = Path(__file__).parent / "data" / "multimedia"
 FIXTURES = sorted(MULTIMEDIA.glob("*multimedia.txt"))

@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 
 from download_db import notify
-from download_db.claims import Item, Result
-from download_db.cli import download_main, init_main
+from download_db.cli.main import download_main, init_main
 from download_db.config import DownloadConfig
-from download_db.downloader import _quarantine_reporter
+from download_db.db.claims import Item, Result
+from download_db.download.stage import _quarantine_reporter
+from download_db.download.writer import Writer
 from download_db.errors import UsageError
-from download_db.hosts import HostGate, Politeness
-from download_db.writer import Writer
+from download_db.web.politeness import HostGate, Politeness
 from tests.conftest import row, write_multimedia
 from tests.imageserver import ImageServer
 

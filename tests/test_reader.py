@@ -1,4 +1,4 @@
-"""download_db.reader: header by name, txt/gz/zip inputs, gbifID-run chunks, fast == slow parse."""
+"""download_db.ingest.reader: header by name, txt/gz/zip inputs, chunks, fast == slow parse."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from download_db import reader
 from download_db.errors import InputError
-from download_db.reader import Source, parse_chunk
+from download_db.ingest import reader
+from download_db.ingest.reader import Source, parse_chunk
 
 MULTIMEDIA = Path(__file__).parent / "data" / "multimedia"
 GHANA = MULTIMEDIA / "gbif_2017_oldcolumnorder_ghana_herbaria_multimedia.txt"

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from download_db import report, schema
-from download_db._sqlite import sqlite3
-from download_db.check import check
-from download_db.report_cli import status_main
-from download_db.report_html import render_html
-from download_db.report_text import render_text
+from download_db.cli.report import status_main
+from download_db.db import schema
+from download_db.db.sqlite import sqlite3
+from download_db.report.check import check
+from download_db.report import collect
+from download_db.report.html import render_html
+from download_db.report.text import render_text
 from tests.conftest import generate
 
 NOW = time.time()
@@ -63,9 +64,9 @@ def _mutate(path: Path, seed: int, n: int = 300) -> None:
 
 
 def _collect(path: Path) -> dict:
-    conn = report.open_readonly(path)
+    conn = collect.open_readonly(path)
     try:
-        return report.collect(conn, db=path, now=NOW)
+        return collect.collect(conn, db=path, now=NOW)
     finally:
         conn.close()
 
@@ -85,7 +86,7 @@ def test_counters_follow_every_write(db, seed) -> None:
         conn.execute("UPDATE gbif_ids SET n_images = (SELECT count(*) FROM images i "
                      "WHERE i.gbif_id = gbif_ids.gbif_id)")
     conn.close()
-    res = check(report.open_readonly(db), None, files=False)
+    res = check(collect.open_readonly(db), None, files=False)
     assert res.ok, res.problems
 
 
@@ -117,11 +118,11 @@ def test_migration_from_v1_recounts_once(db) -> None:
     conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     conn.close()
     with pytest.raises(Exception, match="without the report's counters"):
-        report.open_readonly(db)
+        collect.open_readonly(db)
     conn = schema.connect(db)
     assert schema.migrate(conn) == 2
     conn.close()
-    assert check(report.open_readonly(db), None, files=False).ok
+    assert check(collect.open_readonly(db), None, files=False).ok
     assert _collect(db)["throughput"]["last_day"]["attempts"] > 0
 
 
@@ -159,7 +160,7 @@ def test_report_reads_while_a_writer_holds_the_lock(db, capsys) -> None:
 
 def test_transient_read_errors_are_retried(db, monkeypatch) -> None:
     calls = {"n": 0}
-    real = report._collect
+    real = collect._collect
 
     def flaky(conn, now, tasks):
         calls["n"] += 1
@@ -167,15 +168,15 @@ def test_transient_read_errors_are_retried(db, monkeypatch) -> None:
             raise sqlite3.OperationalError("disk I/O error")
         return real(conn, now, tasks)
 
-    monkeypatch.setattr(report, "READ_RETRIES", (0.01, 0.01, 0.01))
-    monkeypatch.setattr(report, "_collect", flaky)
+    monkeypatch.setattr(collect, "READ_RETRIES", (0.01, 0.01, 0.01))
+    monkeypatch.setattr(collect, "_collect", flaky)
     assert _collect(db)["images"]["total"] > 0 and calls["n"] == 3
 
 
 def test_other_errors_are_not_retried(db, monkeypatch) -> None:
     def broken(conn, now, tasks):
         raise sqlite3.OperationalError("no such table: images")
-    monkeypatch.setattr(report, "_collect", broken)
+    monkeypatch.setattr(collect, "_collect", broken)
     with pytest.raises(sqlite3.OperationalError):
         _collect(db)
 
@@ -311,9 +312,9 @@ def test_report_queries_never_scan_images(db) -> None:
     through small partial indexes, never scanned (52M rows in production)."""
     _mutate(db, 3)
     seen: list[str] = []
-    conn = report.open_readonly(db)
+    conn = collect.open_readonly(db)
     conn.set_trace_callback(seen.append)
-    report.collect(conn, db=db, now=NOW)
+    collect.collect(conn, db=db, now=NOW)
     conn.set_trace_callback(None)
     plans = {}
     for sql in {s for s in seen if s.lstrip().upper().startswith("SELECT")}:

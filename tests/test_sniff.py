@@ -9,7 +9,7 @@ import struct
 import pytest
 from PIL import Image, TiffImagePlugin
 
-from download_db import sniff
+from download_db.web import sniff
 from tests.conftest import make_dng
 
 

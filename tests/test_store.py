@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from download_db import store
-from download_db.paths import image_relpath, prefix_dirs
+from download_db.files import store
+from download_db.files.layout import image_relpath, prefix_dirs
 
 GID = 1234567890
 DATA = b"\xff\xd8\xff\xe0 not really a jpeg \xff\xd9"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from download_db.cli import init_main
+from download_db.cli.main import init_main
 from tests.conftest import row, write_multimedia
 from tests.imageserver import ImageServer
 from tests.reliability._support import (

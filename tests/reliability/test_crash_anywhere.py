@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from download_db.cli import init_main
+from download_db.cli.main import init_main
 from tests.conftest import dump, generate, row, write_multimedia
 from tests.imageserver import ImageServer
 from tests.reliability._support import (
@@ -357,8 +357,8 @@ def test_a_download_killed_before_it_claimed_anything_is_marked_crashed(tmp_path
     assert init_main(["--db", str(db), "--multimedia", str(mm), "--no-bar"]) == 0
     # a downloader whose run row exists but that dies before its first claim: stand in for
     # it with a process that registers a download run and is SIGKILLed
-    code = ("import sys, os, signal; from download_db import runs; "
-            "from download_db.schema import connect; c = connect(sys.argv[1]); "
+    code = ("import sys, os, signal; from download_db.db import runs; "
+            "from download_db.db.schema import connect; c = connect(sys.argv[1]); "
             "runs.start_run(c, 'download'); os.kill(os.getpid(), signal.SIGKILL)")
     r = run([PY, "-c", code, str(db)])
     assert r.returncode == -9
@@ -438,8 +438,8 @@ def test_a_recovery_killed_before_its_commit_leaves_no_final_file_without_its_ro
 
     from PIL import Image
 
-    from download_db import recovery
-    from download_db.schema import connect
+    from download_db.db.schema import connect
+    from download_db.download import recovery
 
     a, _ = two_hosts
     gid = 4_200_000_001
@@ -467,9 +467,9 @@ def test_a_recovery_killed_before_its_commit_leaves_no_final_file_without_its_ro
 FINALIZE_CHUNK = 250
 _FINALIZE_DRIVER = """
 import sys
-import download_db.finalize as f
+import download_db.db.gbif_ids as f
 f.finalize.__kwdefaults__["chunk_ids"] = int(sys.argv[2])
-from download_db.cli import init_main
+from download_db.cli.main import init_main
 sys.exit(init_main(["--db", sys.argv[1], "--finalize-only", "--no-bar",
                     "--progress-every", "1000"]))
 """

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from download_db.cli import init_main
+from download_db.cli.main import init_main
 from tests.conftest import row, write_multimedia
 from tests.imageserver import ImageServer
 from tests.reliability._support import (
@@ -45,7 +45,7 @@ SIZE = "1m"
 
 _WRAPPER = """
 import builtins, errno, os, sys, threading
-import download_db.store as store
+import download_db.files.store as store
 
 budget = int(os.environ["SIM_BUDGET"])
 code = getattr(errno, os.environ["SIM_ERRNO"])
@@ -78,7 +78,7 @@ def _open(path, mode="r", *a, **k):
 
 
 store.open = _open  # the image store's writes only; the database is elsewhere
-from download_db.cli import download_main
+from download_db.cli.main import download_main
 sys.exit(download_main(sys.argv[1:]))
 """
 

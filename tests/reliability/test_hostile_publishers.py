@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from download_db.cli import init_main
+from download_db.cli.main import init_main
 from download_db.config import DownloadConfig
-from download_db.downloader import run_download
+from download_db.download.stage import run_download
 from tests.conftest import row, write_multimedia
 from tests.reliability._support import SOAK, HostileServer, execute, q
 

@@ -23,8 +23,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from download_db import group, keys, reader
-from download_db.cli import init_main
+from download_db.cli.main import init_main
+from download_db.ingest import group, reader
+from download_db.web import keys
 from tests.reliability._support import SOAK, init_cmd, integrity, run, scaled
 
 pytestmark = pytest.mark.timeout(300 * SOAK)

@@ -1,0 +1,1 @@
+"""Job arrays: the shard plan, per-task databases, merge into the main database."""

@@ -1,0 +1,159 @@
+"""Merge: fold finished array tasks' result databases into the main database, then remove them."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from ..db import claims
+from ..db.schema import EXHAUSTED, FLAG_LEGACY, TRIGGERS, get_meta, transaction
+from ..db.sqlite import sqlite3
+from ..errors import DatabaseError
+from ..progress import say
+from .plan import task_dbs, tasks_dir_for
+
+# A task whose heartbeat is older than this (and not provably dead on this
+# machine) no longer counts as running. The downloader beats every few seconds.
+ALIVE_WINDOW = 600.0
+
+# Only rows the task finished: attempted, and not held by a claim (a dead task's
+# in-flight image, or a success whose file may not have reached its name: those
+# stay as the main DB has them and the next run adopts or refetches the file).
+_DONE = "t.last_attempt_at IS NOT NULL AND t.claimed_by IS NULL"
+_IMAGES = f"""
+UPDATE images SET status = t.status, attempts = t.attempts, next_attempt_at = t.next_attempt_at,
+       http_status = t.http_status, error_type = t.error_type, file_size = t.file_size,
+       width = t.width, height = t.height, last_attempt_at = t.last_attempt_at,
+       file_path = t.file_path, sha256 = t.sha256, error_detail = t.error_detail,
+       claimed_by = NULL
+  FROM task.images AS t
+ WHERE t.image_id = images.image_id AND {_DONE}
+   AND t.last_attempt_at IS NOT images.last_attempt_at
+"""
+_HOSTS = """
+UPDATE hosts SET cooldown_until = t.cooldown_until, cooldown_reason = t.cooldown_reason,
+       breaker_state = t.breaker_state, breaker_opened_at = t.breaker_opened_at,
+       quarantined = t.quarantined, quarantined_at = t.quarantined_at, last_error = t.last_error,
+       sample_detail = coalesce(t.sample_detail, hosts.sample_detail), updated_at = t.updated_at
+  FROM task.hosts AS t
+ WHERE t.host_id = hosts.host_id AND t.updated_at > coalesce(hosts.updated_at, 0)
+"""
+_RUNS = """
+INSERT INTO runs(stage, started_at, finished_at, heartbeat_at, hostname, pid, argv, outcome,
+                 counts, message, shard)
+SELECT stage, started_at, finished_at, heartbeat_at, hostname, pid, argv,
+       CASE outcome WHEN 'running' THEN 'crashed' ELSE outcome END, counts, message, ?
+  FROM task.runs ORDER BY run_id
+"""
+# The counters for the rows the merge changes, computed in bulk from the task's
+# rows before the update (the per-row triggers cost 40% of a 10M-row merge; they
+# are dropped and re-created inside the same transaction, so no one sees a gap).
+_CHANGED = (f"FROM task.images AS t JOIN images AS i ON i.image_id = t.image_id "
+            f"WHERE {_DONE} AND t.last_attempt_at IS NOT i.last_attempt_at")
+_UPSERT = " ON CONFLICT DO UPDATE SET n = n + excluded.n, bytes = bytes + excluded.bytes"
+_TALLY_OLD = (
+    "INSERT INTO image_tally(host_id, status, error_type, attempts, parked, n, bytes) "
+    "SELECT i.host_id, i.status, coalesce(i.error_type, ''), i.attempts, "
+    f"i.next_attempt_at >= {EXHAUSTED}, -count(*), -coalesce(sum(i.file_size), 0) "
+    f"{_CHANGED} GROUP BY 1, 2, 3, 4, 5" + _UPSERT)
+_TALLY_NEW = (
+    "INSERT INTO image_tally(host_id, status, error_type, attempts, parked, n, bytes) "
+    "SELECT i.host_id, t.status, coalesce(t.error_type, ''), t.attempts, "
+    f"t.next_attempt_at >= {EXHAUSTED}, count(*), coalesce(sum(t.file_size), 0) "
+    f"{_CHANGED} GROUP BY 1, 2, 3, 4, 5" + _UPSERT)
+_ACTIVITY = (
+    "INSERT INTO activity(minute, attempts, successes, failures, bytes) "
+    "SELECT CAST(t.last_attempt_at / 60 AS INTEGER), count(*), sum(t.status = 'success'), "
+    "sum(t.status LIKE 'failed%'), sum(CASE WHEN t.status = 'success' "
+    f"THEN coalesce(t.file_size, 0) ELSE 0 END) {_CHANGED} "
+    f"AND t.error_type IS NOT '{FLAG_LEGACY}' GROUP BY 1 "
+    "ON CONFLICT DO UPDATE SET attempts = attempts + excluded.attempts, "
+    "successes = successes + excluded.successes, failures = failures + excluded.failures, "
+    "bytes = bytes + excluded.bytes")
+_IMAGE_TRIGGERS = [t for t in TRIGGERS if re.search(r"\bON images\s", t)]
+
+
+@dataclass
+class MergeStats:
+    tasks: int = 0
+    images: int = 0
+    seconds: float = 0.0
+    merged: list[str] = field(default_factory=list)
+
+
+def task_liveness(path: Path, now: float | None = None) -> str | None:
+    """Why the task may still be writing (a run a downloader would not recover:
+    recent heartbeat, and alive if it ran on this machine), or None."""
+    conn = sqlite3.connect(f"file:{path.resolve().as_posix()}?mode=ro", uri=True, timeout=30)
+    try:
+        live = claims.live_tokens(conn, stale_after=ALIVE_WINDOW, now=now)
+    finally:
+        conn.close()
+    if not live:
+        return None
+    host, pid, _run = sorted(live)[0].rsplit(":", 2)
+    return f"run on {host} pid {pid}, heartbeat within {ALIVE_WINDOW / 60:.0f} minutes"
+
+
+def refuse_if_tasks_running(db: Path, what: str) -> None:
+    for path in task_dbs(tasks_dir_for(db)):
+        alive = task_liveness(path)
+        if alive:
+            raise DatabaseError(
+                f"array task {path.name} may still be writing ({alive}); {what} would race "
+                "with it. Wait for the array to finish (or qdel/scancel it), or pass --force")
+
+
+def _trigger_names(ddls: list[str]) -> list[str]:
+    return [d.split("EXISTS", 1)[1].split()[0] for d in ddls]
+
+
+def merge_tasks(conn: sqlite3.Connection, db: Path, *, force: bool = False,
+                out: TextIO | None = None) -> MergeStats:
+    """Fold every task database beside ``db`` into it, one transaction per task;
+    each merged task database is deleted. Idempotent: a kill between the commit
+    and the delete merges the same rows again to the same values. gbifID
+    statuses are finalize's job (it merges first, then rolls everything up)."""
+    t0 = time.monotonic()
+    st = MergeStats()
+    paths = task_dbs(tasks_dir_for(db))
+    if not paths:
+        return st
+    if not force:
+        refuse_if_tasks_running(db, "merging")
+    build = get_meta(conn, "build_id")
+    for path in paths:
+        t1 = time.monotonic()
+        uri = f"file:{path.resolve().as_posix()}?mode=ro"
+        conn.execute("ATTACH DATABASE ? AS task", (uri,))
+        try:
+            task_build = conn.execute(
+                "SELECT value FROM task.meta WHERE key = 'build_id'").fetchone()
+            if (task_build[0] if task_build else None) != build:
+                raise DatabaseError(f"{path} comes from another build of {db} (it was rebuilt "
+                                    "with --reset); its image ids mean nothing here: delete it")
+            shard = conn.execute(
+                "SELECT value FROM task.meta WHERE key = 'task_shard'").fetchone()
+            with transaction(conn):
+                for stmt in (_TALLY_OLD, _TALLY_NEW, _ACTIVITY):
+                    conn.execute(stmt)
+                for name in _trigger_names(_IMAGE_TRIGGERS):
+                    conn.execute(f"DROP TRIGGER {name}")
+                n = conn.execute(_IMAGES).rowcount
+                for ddl in _IMAGE_TRIGGERS:
+                    conn.execute(ddl)
+                conn.execute(_HOSTS)
+                conn.execute(_RUNS, (shard[0] if shard else None,))
+        finally:
+            conn.execute("DETACH DATABASE task")
+        for suffix in ("", "-journal", ".lock"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        st.tasks += 1
+        st.images += max(n, 0)
+        st.merged.append(path.name)
+        say(f"merge: {path.name}: {n:,} image results in {time.monotonic() - t1:.1f}s", out)
+    st.seconds = time.monotonic() - t0
+    return st

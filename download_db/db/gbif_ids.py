@@ -1,0 +1,98 @@
+"""Finalize: roll image statuses up into gbif_ids in bounded, idempotent chunks."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from ..errors import Interrupted
+from ..progress import Progress
+from .schema import GBIF_STATUSES, transaction
+from .sqlite import sqlite3
+
+DEFAULT_MAX_ATTEMPTS = 4
+CHUNK_IDS = 500_000  # per transaction: bounds the WAL and the work a kill loses
+
+# A gbifID is done when every distinct image succeeded; failed when nothing is
+# left to try but not all succeeded; pending when no image was attempted yet;
+# partial otherwise (work left, something attempted). Transient failures with
+# attempts left count as work left.
+_ROLLUP_TEMPLATE = """
+UPDATE gbif_ids
+   SET n_success = s.n_success,
+       status = s.status,
+       completed_at = CASE WHEN s.status IN ('done', 'failed')
+                           THEN COALESCE(gbif_ids.completed_at, :now)
+                           ELSE gbif_ids.completed_at END
+  FROM (SELECT gbif_id,
+               sum(status = 'success') AS n_success,
+               CASE WHEN sum(status = 'success') = count(*) THEN 'done'
+                    WHEN sum(status = 'pending'
+                             OR (status = 'failed_transient' AND attempts < :max_attempts)) = 0
+                         THEN 'failed'
+                    WHEN sum(status <> 'pending' OR attempts > 0) = 0 THEN 'pending'
+                    ELSE 'partial' END AS status
+          FROM images
+         WHERE {which}
+         GROUP BY gbif_id) AS s
+ WHERE gbif_ids.gbif_id = s.gbif_id
+   AND (gbif_ids.n_success IS NOT s.n_success OR gbif_ids.status IS NOT s.status
+        OR (s.status IN ('done', 'failed') AND gbif_ids.completed_at IS NULL))
+"""
+# every gbifID in a range (finalize, in chunks) / a list of them (after each result batch)
+_ROLLUP = _ROLLUP_TEMPLATE.format(which="gbif_id >= :lo AND gbif_id <= :hi")
+ROLLUP_IDS = _ROLLUP_TEMPLATE.format(which="gbif_id IN (SELECT value FROM json_each(:ids))")
+
+
+@dataclass
+class FinalizeStats:
+    gbif_ids: int = 0
+    changed: int = 0
+    seconds: float = 0.0
+    by_status: dict[str, int] = field(default_factory=dict)
+
+
+def finalize(conn: sqlite3.Connection, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+             chunk_ids: int = CHUNK_IDS, every: float = 0.0, out: TextIO | None = None,
+             bar: bool | None = None, stop: threading.Event | None = None) -> FinalizeStats:
+    """Recompute n_success/status of every gbifID; safe to kill and re-run. One
+    transaction and (by default) one progress line per chunk of gbifIDs."""
+    t0 = time.monotonic()
+    stats = FinalizeStats()
+    total = conn.execute("SELECT count(*) FROM gbif_ids").fetchone()[0]
+    progress = Progress("finalize", total, item="gbifIDs", every=every, stream=out, bar=bar,
+                        counting=True)
+    lo = -1
+    done = 0
+    try:
+        while True:
+            row = conn.execute("SELECT gbif_id FROM gbif_ids WHERE gbif_id > ? ORDER BY gbif_id "
+                               "LIMIT 1 OFFSET ?", (lo, chunk_ids - 1)).fetchone()
+            hi = row[0] if row else (1 << 62)
+            with transaction(conn):
+                cur = conn.execute(_ROLLUP, {"now": time.time(), "max_attempts": max_attempts,
+                                             "lo": lo + 1, "hi": hi})
+                stats.changed += max(cur.rowcount, 0)
+            n = conn.execute("SELECT count(*) FROM gbif_ids WHERE gbif_id > ? AND gbif_id <= ?",
+                             (lo, hi)).fetchone()[0]
+            done += n
+            progress.update(done, n)  # counting: done_bytes is the item count
+            if row is None:
+                break
+            if stop is not None and stop.is_set():
+                raise Interrupted("stopped by a signal")
+            lo = hi
+    finally:
+        progress.close()
+    stats.gbif_ids = total
+    stats.by_status = gbif_status_counts(conn)
+    stats.seconds = time.monotonic() - t0
+    return stats
+
+
+def gbif_status_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    counts = dict.fromkeys(GBIF_STATUSES, 0)
+    counts.update(conn.execute("SELECT status, count(*) FROM gbif_ids GROUP BY status"))
+    return counts

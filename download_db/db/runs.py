@@ -1,0 +1,61 @@
+"""The runs table: one row per stage run (what ran, where, how it ended)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+
+from .schema import transaction
+from .sqlite import sqlite3
+
+RUNNING = "running"
+OK = "ok"
+FAILED = "failed"
+INTERRUPTED = "interrupted"
+
+
+def start_run(conn: sqlite3.Connection, stage: str, argv: list[str] | None = None) -> int:
+    now = time.time()
+    with transaction(conn):
+        cur = conn.execute(
+            "INSERT INTO runs(stage, started_at, heartbeat_at, hostname, pid, argv, outcome) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (stage, now, now, socket.gethostname(), os.getpid(),
+             json.dumps(argv if argv is not None else sys.argv[1:]), RUNNING))
+    return int(cur.lastrowid or 0)
+
+
+def heartbeat(conn: sqlite3.Connection, run_id: int, counts: dict | None = None) -> None:
+    """Mark the run alive (call inside the caller's transaction)."""
+    if counts is None:
+        conn.execute("UPDATE runs SET heartbeat_at = ? WHERE run_id = ?", (time.time(), run_id))
+    else:
+        conn.execute("UPDATE runs SET heartbeat_at = ?, counts = ? WHERE run_id = ?",
+                     (time.time(), json.dumps(counts, sort_keys=True), run_id))
+
+
+def finish_run(conn: sqlite3.Connection, run_id: int, outcome: str,
+               counts: dict | None = None, message: str | None = None) -> None:
+    now = time.time()
+    with transaction(conn):
+        conn.execute(
+            "UPDATE runs SET finished_at = ?, heartbeat_at = ?, outcome = ?, "
+            "counts = COALESCE(?, counts), message = ? WHERE run_id = ?",
+            (now, now, outcome, json.dumps(counts, sort_keys=True) if counts is not None else None,
+             message, run_id))
+
+
+def pid_alive(pid: int | None) -> bool:
+    """Is this process id alive on this machine (a run's pid from the runs table)?"""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,1 @@
+"""Download stage: recovery, scheduler, worker threads, the result writer."""

@@ -1,0 +1,265 @@
+"""One image on a worker thread: candidates best first, IIIF, decode/verify, temp file."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from ..db.claims import Item, Result
+from ..db.schema import FAILED_PERMANENT, FAILED_TRANSIENT, FLAG_RAW, PENDING, SUCCESS
+from ..files import images, store
+from ..files.layout import prefix_dirs
+from ..web import fetch, iiif, keys
+from ..web.fetch import FetchError
+from ..web.politeness import HostGate, Slot
+
+# IIIF servers refuse oversized renderings with these; the plan steps down.
+_STEP_DOWN = {400, 403, 413, 501}
+_JSON_ACCEPT = "application/ld+json, application/json;q=0.9, */*;q=0.1"
+_MAX_PACE_WAIT = 2.0  # wait this long for a rate token on a held host; defer beyond
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    root: Path
+    limits: fetch.Limits
+    max_size: int = 1024
+    quality: int = 85
+    keep_original: bool = False
+    max_pixels: int = images.DEFAULT_MAX_PIXELS
+
+
+class _Deferred(Exception):
+    """Our own host state (cooldown, breaker, slots) says not now."""
+
+    def __init__(self, until: float) -> None:
+        super().__init__(until)
+        self.until = until
+
+
+class _Failure(Exception):
+    def __init__(self, error_type: str, detail: str, http_status: int | None = None) -> None:
+        super().__init__(detail)
+        self.error_type, self.detail, self.http_status = error_type, detail, http_status
+
+    @property
+    def transient(self) -> bool:
+        return fetch.is_transient(self.error_type)
+
+
+class Worker:
+    """Processes claimed images; one per worker thread."""
+
+    def __init__(self, cfg: WorkerConfig, gate: HostGate, writer, stop: threading.Event,
+                 session, on_release=None, new_dirs: set[int] | None = None) -> None:
+        self.cfg, self.gate, self.writer, self.stop = cfg, gate, writer, stop
+        # directories that did not exist when this run first looked (shared by all
+        # workers): they cannot hold files from before, so no adoption check there
+        self.new_dirs = new_dirs if new_dirs is not None else set()
+        self.session = session  # shared: its per-host pools bound the open connections
+        self.on_release = on_release  # wakes workers waiting for a host slot
+        self.bytes = 0
+
+    def process(self, item: Item, slot: Slot) -> Result:
+        held: dict[str, Slot] = {slot.host: slot}
+        self._primary = slot
+        try:
+            return self._process(item, held)
+        finally:
+            self._release(held)
+
+    def _release(self, held: dict[str, Slot]) -> None:
+        for host, s in list(held.items()):
+            s.release()
+            if self.on_release is not None:
+                # the scheduler counts only the slot it handed out with the item
+                self.on_release(host, s is self._primary)
+        held.clear()
+
+    def _process(self, item: Item, held: dict[str, Slot]) -> Result:
+        adopted = self._adopt(item)
+        if adopted is not None:
+            return adopted
+        failures: list[_Failure] = []
+        deferred: float | None = None
+        for url in item.urls:
+            if self.stop.is_set():
+                return Result(item, PENDING, attempted=False)
+            try:
+                data = self._candidate(url, held)
+                # the host's slot covers the request only, not our decoding and disk
+                self._release(held)
+                return self._save(item, data)
+            except _Deferred as d:
+                deferred = d.until if deferred is None else min(deferred, d.until)
+            except _Failure as f:
+                failures.append(f)
+            except FetchError as e:
+                if self.stop.is_set():
+                    return Result(item, PENDING, attempted=False)  # aborted by our stop
+                failures.append(_Failure(e.error_type, e.detail, e.http_status))
+        if deferred is not None:
+            # a candidate we did not try because of our own state: never a verdict
+            return Result(item, PENDING, attempted=False, retry_at=deferred)
+        if not failures:
+            return Result(item, FAILED_PERMANENT, error_type="no_url",
+                          error_detail="no downloadable URL")
+        first = next((f for f in failures if f.transient), failures[0])
+        status = FAILED_TRANSIENT if first.transient else FAILED_PERMANENT
+        return Result(item, status, http_status=first.http_status, error_type=first.error_type,
+                      error_detail=first.detail)
+
+    # -- one candidate URL ------------------------------------------------------------
+    def _candidate(self, url: str, held: dict[str, Slot]) -> bytes:
+        c = keys.parse_identifier(url)
+        kind = c.kind if isinstance(c, keys.Candidate) else keys.KIND_DIRECT
+        if kind in (keys.KIND_MANIFEST, keys.KIND_INFO):
+            return self._resolve(self._json(url, held), url, held)
+        service = iiif.service_of_rendering(url)
+        if service and not self.cfg.keep_original:
+            ref = iiif.ImageRef(service, 2, url)
+            return self._plan(iiif.request_plan(ref, self.cfg.max_size)[:1] + [url], held)
+        r = self._get(url, held)
+        if r.iiif_json:  # a manifest or info.json behind a URL that did not say so
+            return self._resolve(self._parse_json(r.body), url, held)
+        return r.body
+
+    def _resolve(self, doc, url: str, held: dict[str, Slot]) -> bytes:
+        """The image behind a IIIF manifest or info.json document."""
+        try:
+            if isinstance(doc, dict) and ("sequences" in doc or "items" in doc):
+                refs = iiif.parse_manifest(doc)
+                if not refs:
+                    raise _Failure("manifest_error", "manifest has no painted image")
+                return self._plan(iiif.request_plan(refs[0], self._target()), held)
+            info = iiif.parse_info(doc, url.rsplit("/", 1)[0])
+        except iiif.ManifestError as e:
+            raise _Failure("manifest_error", str(e)) from None
+        ref = iiif.ImageRef(info.service, info.version, None, info.width, info.height)
+        return self._plan(iiif.request_plan(ref, self._target(), info), held)
+
+    def _target(self) -> int | None:
+        return None if self.cfg.keep_original else self.cfg.max_size
+
+    def _plan(self, urls: list[str], held: dict[str, Slot]) -> bytes:
+        """Try IIIF renderings in order; step down only on 'too big' refusals."""
+        last: FetchError | None = None
+        for u in urls:
+            try:
+                return self._get(u, held).body
+            except FetchError as e:
+                last = e
+                if e.http_status in _STEP_DOWN:
+                    continue
+                raise
+        assert last is not None
+        raise last
+
+    def _json(self, url: str, held: dict[str, Slot]):
+        return self._parse_json(self._get(url, held, want_text=True).body)
+
+    @staticmethod
+    def _parse_json(body: bytes):
+        try:
+            return json.loads(body)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise _Failure("manifest_error", f"not JSON: {e}"[:300]) from None
+
+    def _get(self, url: str, held: dict[str, Slot], want_text: bool = False) -> fetch.Response:
+        host = (urlsplit(url).hostname or "").lower()
+        slot = held.get(host)
+        now = time.time()
+        if slot is None:
+            got = self.gate.acquire(host, now)
+            if isinstance(got, float):
+                raise _Deferred(got)
+            slot = held[host] = got
+        else:
+            wait = self.gate.pace(host, now)
+            if wait is not None:
+                if wait - now > _MAX_PACE_WAIT:
+                    raise _Deferred(wait)
+                time.sleep(wait - now)
+        try:
+            r = fetch.get(self.session, url, self.cfg.limits,
+                          accept=_JSON_ACCEPT if want_text else "image/*, */*;q=0.5",
+                          want_text=want_text)
+        except FetchError as e:
+            self._after(slot, e)
+            raise
+        self._after(slot, None)
+        self.bytes += len(r.body)
+        return r
+
+    def _after(self, slot: Slot, e: FetchError | None) -> None:
+        """Feed the breaker; publish cooldowns and breaker changes to the hosts table."""
+        if self.stop.is_set() and e is not None:
+            return  # an abort on stop says nothing about the host
+        change = self.gate.record(slot, False if e is None else e.host_failure)
+        now = time.time()
+        if e is not None and e.cooldown:
+            until = self.gate.cool_down(slot.host, e.cooldown, now)
+            self.writer.host_state(slot.host, cooldown_until=until,
+                                   cooldown_reason=f"HTTP {e.http_status}"
+                                   + (" Retry-After" if e.retry_after_given else ""))
+        if e is not None and e.error_type == "invalid_content_type":
+            self.writer.host_state(slot.host, sample_detail=e.detail[:300])
+        if change == "opened":
+            self.writer.host_state(slot.host, breaker_state="open", breaker_opened_at=now,
+                                   last_error=e.detail[:300] if e else None)
+        elif change == "quarantine":
+            self.writer.host_state(slot.host, breaker_state="open", breaker_opened_at=now,
+                                   quarantined=1, quarantined_at=now)
+        elif change == "closed":
+            self.writer.host_state(slot.host, breaker_state="closed", quarantined=0)
+
+    # -- the file ------------------------------------------------------------------------
+    def _adopt(self, item: Item) -> Result | None:
+        """An existing valid final file (an earlier run's, a copied tree) is
+        recorded instead of fetched again; an invalid one is fetched over."""
+        p1, p2 = prefix_dirs(item.gbif_id)
+        key = int(p1) * 1000 + int(p2)
+        if key in self.new_dirs:
+            return None
+        if not (self.cfg.root / p1 / p2).is_dir():
+            self.new_dirs.add(key)
+            return None
+        path = store.existing_final(self.cfg.root, item.gbif_id, item.image_no,
+                                    None if self.cfg.keep_original else "jpg")
+        if path is None:
+            return None
+        try:
+            data = path.read_bytes()
+            out = images.verify_saved(data, max_pixels=self.cfg.max_pixels)
+        except (OSError, images.ImageError):
+            return None
+        rel = path.relative_to(self.cfg.root).as_posix()
+        return Result(item, SUCCESS, attempted=False, http_status=None,
+                      error_type=FLAG_RAW if out.raw_unprocessed else None,
+                      error_detail="adopted existing file", file_path=rel, file_size=len(data),
+                      sha256=hashlib.sha256(data).hexdigest(), width=out.width or None,
+                      height=out.height or None)
+
+
+    def _save(self, item: Item, data: bytes) -> Result:
+        try:
+            if self.cfg.keep_original:
+                out = images.verify_original(data, max_pixels=self.cfg.max_pixels)
+            else:
+                out = images.convert(data, max_size=self.cfg.max_size, quality=self.cfg.quality,
+                                     max_pixels=self.cfg.max_pixels)
+        except images.ImageError as e:
+            raise _Failure(e.error_type, e.detail) from None
+        if item.taken_over:
+            store.clean_temps(self.cfg.root, item.gbif_id, item.image_no)
+        w = store.write_temp(self.cfg.root, item.gbif_id, item.image_no, out.ext, out.data)
+        raw = out.raw_unprocessed
+        return Result(item, SUCCESS, http_status=200, error_type=FLAG_RAW if raw else None,
+                      error_detail=f"kept raw: {out.source_format}" if raw else None,
+                      file_path=w.relpath, file_size=w.size, sha256=w.sha256,
+                      width=out.width or None, height=out.height or None, temp=w.temp)

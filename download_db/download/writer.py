@@ -1,0 +1,181 @@
+"""The one writer per process: claims and result batches in short transactions."""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from functools import partial
+from pathlib import Path
+
+from ..db import claims, runs
+from ..db.claims import Item, Result
+from ..db.gbif_ids import ROLLUP_IDS
+from ..db.schema import SUCCESS, retry_locked, transaction
+from ..db.sqlite import sqlite3
+from ..files import store
+
+BATCH = 200  # results per transaction
+MAX_AGE = 0.5  # seconds a result may wait for its commit
+
+# The touched gbifIDs are recomputed after each batch, so the report's gbifID
+# progress is live; it uses the (gbif_id, image_no) index, a few rows per ID.
+
+
+class Writer(threading.Thread):
+    """Serialises every database write of this process.
+
+    Other threads call claim() (blocking, answered before pending results are
+    written), put() (fire and forget) and release(); stop() flushes and ends.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, *, token: str, run_id: int, root: Path,
+                 max_attempts: int, lease: float, on_commit=None,
+                 on_host_state=None) -> None:
+        super().__init__(name="db-writer", daemon=True)
+        self.conn, self.token, self.run_id, self.root = conn, token, run_id, root
+        self.max_attempts, self.lease = max_attempts, lease
+        self.on_commit = on_commit  # callback(list[Result]) after each commit
+        self.on_host_state = on_host_state  # callback(host, fields) in the caller's thread
+        self.q: queue.Queue = queue.Queue()
+        self.error: BaseException | None = None
+        self.counts: dict[str, int] = {}
+        self._pending: list[Result] = []
+        self._first_at = 0.0
+        self._settle: list[int] = []
+        self._host_updates: dict[str, dict] = {}
+
+    # -- API for other threads -------------------------------------------------------
+    def claim(self, host_id: int, n: int) -> list[Item]:
+        fut: Future = Future()
+        self.q.put(("claim", (host_id, n), fut))
+        return fut.result()
+
+    def next_due(self, host_id: int) -> float | None:
+        fut: Future = Future()
+        self.q.put(("next_due", host_id, fut))
+        return fut.result()
+
+    def put(self, result: Result) -> None:
+        self.q.put(("result", result, None))
+
+    def release(self, items: list[tuple[Item, float]]) -> None:
+        fut: Future = Future()
+        self.q.put(("release", items, fut))
+        fut.result()
+
+    def host_state(self, host: str, **fields) -> None:
+        """Persist politeness state (cooldown_until, breaker_state, ...) for a host."""
+        self.q.put(("host", (host, fields), None))
+        if self.on_host_state is not None:
+            self.on_host_state(host, fields)
+
+    def stop(self) -> None:
+        fut: Future = Future()
+        self.q.put(("stop", None, fut))
+        fut.result()
+
+    # -- the thread --------------------------------------------------------------------
+    def run(self) -> None:
+        while True:
+            timeout = MAX_AGE if self._pending else 1.0
+            try:
+                kind, arg, fut = self.q.get(timeout=timeout)
+            except queue.Empty:
+                self._flush_safe()
+                continue
+            try:
+                if kind == "result":
+                    if not self._pending:
+                        self._first_at = time.monotonic()
+                    self._pending.append(arg)
+                    if len(self._pending) >= BATCH or time.monotonic() - self._first_at > MAX_AGE:
+                        self._flush()
+                elif kind == "claim":
+                    host_id, n = arg
+                    fut.set_result(self._commit(partial(claims.claim, self.conn, self.token,
+                                                        host_id, n, lease=self.lease)))
+                elif kind == "next_due":
+                    fut.set_result(claims.next_due(self.conn, arg))
+                elif kind == "release":
+                    self._commit(partial(claims.release, self.conn, arg, self.token))
+                    fut.set_result(None)
+                elif kind == "host":
+                    self._host_updates.setdefault(arg[0], {}).update(arg[1])
+                elif kind == "stop":
+                    self._flush()
+                    if self._settle:
+                        self._commit(lambda: None)
+                    fut.set_result(None)
+                    return
+            except BaseException as e:  # noqa: BLE001 - surfaced to the main thread
+                self.error = e
+                if fut is not None and not fut.done():
+                    fut.set_exception(e)
+                if kind == "stop":
+                    return
+
+    def _flush_safe(self) -> None:
+        try:
+            self._flush()
+        except BaseException as e:  # noqa: BLE001
+            self.error = e
+
+    def _flush(self) -> None:
+        if self._pending or self._settle or self._host_updates:
+            self._commit(lambda: None)
+
+    def _commit(self, fn):
+        """Write pending results, settle renamed files, save host state, and run fn,
+        all in one transaction; then rename the committed files."""
+        batch, self._pending = self._pending, []
+        settle, self._settle = self._settle, []
+        hosts, self._host_updates = self._host_updates, {}
+        out = {}
+
+        def txn():
+            with transaction(self.conn):
+                kept = claims.record(self.conn, batch, self.token, self.max_attempts)
+                claims.settle(self.conn, settle, self.token)
+                for host, fields in hosts.items():
+                    _save_host(self.conn, host, fields)
+                if kept:
+                    ids = sorted({r.item.gbif_id for r in kept})
+                    self.conn.execute(ROLLUP_IDS, {"now": time.time(), "ids": json.dumps(ids),
+                                                      "max_attempts": self.max_attempts})
+                runs.heartbeat(self.conn, self.run_id, self.counts)
+                out["value"] = fn()
+                out["kept"] = kept
+
+        retry_locked(txn)
+        kept = out["kept"]
+        kept_ids = {id(r) for r in kept}
+        for r in batch:
+            if r.status == SUCCESS:
+                if id(r) in kept_ids:
+                    if r.temp and r.file_path:
+                        store.place(self.root, r.temp, r.file_path)
+                    self._settle.append(r.item.image_id)
+                elif r.temp:
+                    store.discard(r.temp)  # our lease was taken over: the row is not ours
+            key = "lost_claim" if id(r) not in kept_ids else (
+                "deferred" if r.status == "pending" else r.status)
+            self.counts[key] = self.counts.get(key, 0) + 1
+        if self.on_commit is not None and kept:
+            self.on_commit(kept)
+        return out["value"]
+
+
+_HOST_COLUMNS = {"cooldown_until", "cooldown_reason", "breaker_state", "breaker_opened_at",
+                 "quarantined", "quarantined_at", "last_error", "sample_detail"}
+
+
+def _save_host(conn: sqlite3.Connection, host: str, fields: dict) -> None:
+    cols = {k: v for k, v in fields.items() if k in _HOST_COLUMNS}
+    conn.execute("INSERT OR IGNORE INTO hosts(host) VALUES (?)", (host,))
+    if cols:
+        sets = ", ".join(f"{k} = ?" for k in cols)
+        conn.execute(f"UPDATE hosts SET {sets}, updated_at = ? WHERE host = ?",
+                     (*cols.values(), time.time(), host))

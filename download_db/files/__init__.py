@@ -1,0 +1,1 @@
+"""Image files: decode and resize, temp-then-rename store, on-disk layout."""

@@ -1,0 +1,1 @@
+"""Ingest stage: read multimedia.txt, rows to distinct images, load, legacy import."""

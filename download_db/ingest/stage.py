@@ -1,0 +1,179 @@
+"""The init_download_db.py stage: build, reset, legacy import or finalize, recorded in runs."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import TextIO
+
+from ..arrays.merge import MergeStats, merge_tasks, refuse_if_tasks_running
+from ..arrays.plan import freeze, task_dbs, tasks_dir_for
+from ..config import MODE_BUILD, MODE_FINALIZE, MODE_LEGACY, MODE_MERGE, MODE_RESET, InitConfig
+from ..db import runs
+from ..db.gbif_ids import FinalizeStats, finalize
+from ..db.schema import connect, create_schema, get_meta, migrate, set_meta, transaction
+from ..db.sqlite import sqlite3
+from ..db.stagelock import stage_lock
+from ..errors import DatabaseError, DownloadDbError, Interrupted
+from ..progress import say
+from ..signals import stop_on_signals
+from .legacy import LegacyStats, import_legacy
+from .load import IngestStats, ingest, remove_database
+from .reader import Source
+
+
+def run_init(cfg: InitConfig, out: TextIO | None = None) -> dict:
+    """Run one init_download_db.py invocation; returns the counts it recorded."""
+    cfg.validate()
+    with stage_lock(cfg.db, exclusive=True, what="init_download_db.py"), \
+            stop_on_signals() as stop:
+        return _run(cfg, out, stop)
+
+
+def _run(cfg: InitConfig, out: TextIO | None, stop: threading.Event) -> dict:
+    t0 = time.monotonic()
+    state = _db_state(cfg.db)
+    source = None
+    if cfg.mode in (MODE_LEGACY, MODE_FINALIZE, MODE_MERGE):
+        if state == "missing":
+            raise DatabaseError(f"database not found: {cfg.db} (build it first: "
+                                "init_download_db.py --multimedia multimedia.txt)")
+        if state != "built" and state != "complete":
+            raise DatabaseError(f"the build of {cfg.db} has not finished; run the build command "
+                                "again to complete it first")
+    else:
+        source = Source(cfg.multimedia)  # type: ignore[arg-type]  # validated
+        if state == "foreign":
+            raise DatabaseError(f"{cfg.db} exists but is not a download database; refusing to "
+                                "touch it (choose another --db)")
+        if cfg.mode == MODE_RESET:
+            if not cfg.force:
+                refuse_if_tasks_running(cfg.db, "rebuilding the database")
+            remove_database(cfg.db)
+            # results of arrays over the old build: their image ids mean nothing
+            # now (their files are adopted by the next download)
+            for path in task_dbs(tasks_dir_for(cfg.db)):
+                for suffix in ("", "-journal", ".lock"):
+                    Path(f"{path}{suffix}").unlink(missing_ok=True)
+        elif state == "complete":
+            raise DatabaseError(f"database already exists: {cfg.db}; use --reset to rebuild it, "
+                                "--legacy-only to import legacy files, or --finalize-only")
+    conn = _open(cfg)
+    stage = {MODE_BUILD: "ingest", MODE_RESET: "ingest", MODE_LEGACY: "legacy",
+             MODE_FINALIZE: "finalize", MODE_MERGE: "merge"}[cfg.mode]
+    run_id = runs.start_run(conn, stage)
+    counts: dict = {}
+    try:
+        if source is None:  # every stage that writes a built DB folds array results in first
+            mst = merge_tasks(conn, cfg.db, force=cfg.force, out=out)
+            if mst.tasks or cfg.mode == MODE_MERGE:
+                counts["merge"] = _merge_summary(mst, out)
+        if source is not None:
+            say(f"ingest: {source.path} -> {cfg.db}", out)
+            st = ingest(conn, source, run_id=run_id, chunk_bytes=cfg.chunk_mb << 20,
+                        workers=cfg.workers, every=cfg.progress_every, out=out, bar=cfg.bar,
+                        stop=stop)
+            counts["ingest"] = _ingest_summary(st, out)
+        if cfg.processed_file is not None and cfg.mode not in (MODE_FINALIZE, MODE_MERGE):
+            lst = import_legacy(conn, cfg.install_path, cfg.processed_file, cfg.failed_file,
+                                every=cfg.progress_every, out=out, bar=cfg.bar, stop=stop)
+            counts["legacy"] = _legacy_summary(lst, out)
+        # A fresh build has every gbifID pending by construction: nothing to roll up.
+        if cfg.mode not in (MODE_BUILD, MODE_RESET, MODE_MERGE) or "legacy" in counts:
+            fst = finalize(conn, max_attempts=cfg.max_attempts,
+                           out=out, bar=cfg.bar, stop=stop)
+            counts["finalize"] = _finalize_summary(fst, out)
+        if source is not None:
+            with transaction(conn):
+                set_meta(conn, "build_complete", "1")
+    except (KeyboardInterrupt, Interrupted):
+        runs.finish_run(conn, run_id, runs.INTERRUPTED, counts, "stopped by a signal")
+        raise Interrupted("stopped by a signal; run the same command again to continue") from None
+    except (DownloadDbError, sqlite3.Error, OSError) as e:
+        runs.finish_run(conn, run_id, runs.FAILED, counts, f"{type(e).__name__}: {e}")
+        raise
+    counts["seconds"] = round(time.monotonic() - t0, 2)
+    runs.finish_run(conn, run_id, runs.OK, counts)
+    conn.execute("PRAGMA optimize")
+    # Self-contained for readers on other hosts (array tasks, reports): see array.py.
+    if not freeze(conn):
+        say("warning: another process has the database open, so it stays in WAL mode; "
+            "array tasks refuse it until init_download_db.py --merge-only is run again", out)
+    conn.close()
+    say(f"done in {counts['seconds']:.1f}s", out)
+    return counts
+
+
+def _db_state(db: Path) -> str:
+    """missing / foreign (not ours) / loading (ingest unfinished) / built (ingest done,
+    build not) / complete."""
+    if not db.exists() or db.stat().st_size == 0:
+        return "missing"
+    try:
+        # read-write on purpose: we hold the stage lock, and a build killed
+        # mid-transaction leaves a hot journal that must be rolled back first
+        conn = sqlite3.connect(db, timeout=60)
+        try:
+            names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+            if not names:
+                return "missing"  # killed between creating the file and the schema
+            if "meta" not in names:
+                return "foreign"
+            if get_meta(conn, "build_complete") == "1":
+                return "complete"
+            return "built" if get_meta(conn, "ingest_phase") == "done" else "loading"
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return "foreign"
+
+
+def _open(cfg: InitConfig) -> sqlite3.Connection:
+    fresh = not cfg.db.exists()
+    try:
+        conn = connect(cfg.db, bulk=cfg.mode in (MODE_BUILD, MODE_RESET))
+        if fresh:
+            create_schema(conn)
+        else:
+            migrate(conn)
+    except sqlite3.DatabaseError as e:
+        raise DatabaseError(f"cannot open {cfg.db} as a download database: {e}") from None
+    return conn
+
+
+def _ingest_summary(st: IngestStats, out: TextIO | None) -> dict:
+    say(f"ingest: {st.lines:,} lines: {st.rows_ok:,} rows ingested into {st.images:,} distinct "
+        f"images, {st.skipped:,} skipped", out)
+    for reason, n in sorted(st.skips.items(), key=lambda kv: -kv[1]):
+        example = st.samples.get(reason, [""])[0] if st.samples.get(reason) else ""
+        say(f"  skipped {reason:<22} {n:>12,}" + (f"   e.g. {example[:80]!r}" if example else ""),
+            out)
+    if st.split_gbif_ids:
+        say(f"  {st.split_gbif_ids:,} gbifIDs had rows in several places of the file (merged)", out)
+    return {"lines": st.lines, "rows_ok": st.rows_ok, "images": st.images,
+            "skipped": st.skipped, "skips": st.skips, "split_gbif_ids": st.split_gbif_ids}
+
+
+def _legacy_summary(st: LegacyStats, out: TextIO | None) -> dict:
+    say(f"legacy: {st.lines:,} lines read: {st.renamed:,} renamed to -00.jpg, "
+        f"{st.relabeled:,} already renamed, {st.already:,} already imported, "
+        f"{st.missing:,} missing on disk (left pending), {st.unknown:,} not in this database, "
+        f"{st.not_numeric:,} not a gbifID", out)
+    if st.failed_listed:
+        say(f"legacy: {st.failed_listed:,} failed IDs ({st.failed_known:,} in this database) "
+            "stay pending for a fresh, tracked retry", out)
+    return dict(st.__dict__)
+
+
+def _merge_summary(st: MergeStats, out: TextIO | None) -> dict:
+    say(f"merge: {st.tasks:,} task databases, {st.images:,} image results in "
+        f"{st.seconds:.1f}s", out)
+    return {"tasks": st.tasks, "images": st.images, "seconds": round(st.seconds, 2)}
+
+
+def _finalize_summary(st: FinalizeStats, out: TextIO | None) -> dict:
+    parts = ", ".join(f"{k} {v:,}" for k, v in st.by_status.items())
+    say(f"finalize: {st.gbif_ids:,} gbifIDs ({parts}); {st.changed:,} changed in "
+        f"{st.seconds:.1f}s", out)
+    return {"gbif_ids": st.gbif_ids, "changed": st.changed, "by_status": st.by_status}

@@ -1,0 +1,371 @@
+"""Status report data: one read-only pass over counters and small tables into a documented dict."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from ..arrays.plan import task_dbs, tasks_dir_for
+from ..db import runs
+from ..db.schema import (
+    FLAG_LEGACY,
+    FLAG_RAW,
+    GBIF_STATUSES,
+    IMAGE_STATUSES,
+    SCHEMA_VERSION,
+    connect,
+    schema_version,
+    tallies_installed,
+)
+from ..db.sqlite import sqlite3
+from ..errors import DatabaseError
+from ..web.fetch import is_transient
+from .arrays import add_deltas, read_task, task_summary
+
+REPORT_VERSION = 1
+# A run whose heartbeat is older than this is reported as probably dead (the
+# downloader beats every few seconds, the ingest once per chunk).
+STALE_AFTER = 600.0
+NON_IMAGE = ("invalid_content_type", "not_an_image", "placeholder_image")
+TOP = 20
+# The report tolerates transient read errors of shared filesystems this often.
+READ_RETRIES = (0.5, 2.0, 5.0)
+
+NOTES = {
+    "pending": "image not tried yet, or given back untried (host cooling down, run stopped)",
+    "success": "file saved under the image root; file_path, size, sha256 recorded",
+    "failed_transient": "may work later (timeouts, 5xx, 429, resets): retried with backoff "
+                        "until the attempts budget (--max-attempts) is spent",
+    "failed_permanent": "retrying will not help (404/403, not an image, placeholder, too large)",
+    "budget exhausted": "failed_transient with every attempt used: parked until a run with a "
+                        "larger --max-attempts",
+    FLAG_RAW: "success, but a camera raw kept as is: needs conversion",
+    FLAG_LEGACY: "success adopted from the older downloader's processed_ids.txt, unverified",
+    "gbifID done": "every distinct image of the gbifID succeeded",
+    "gbifID partial": "some of its images still have work left; some were tried",
+    "gbifID failed": "nothing left to try, not every image succeeded",
+    "gbifID pending": "none of its images tried yet (figures as of the last finalize or result)",
+}
+
+
+def open_readonly(db: Path) -> sqlite3.Connection:
+    """The report's only way in: mode=ro by construction, never created or migrated."""
+    if not db.is_file():
+        raise DatabaseError(f"database not found: {db}")
+    conn = connect(db, readonly=True, busy_timeout_s=30.0)
+    version = _retry(lambda: schema_version(conn))
+    if version == 0:
+        raise DatabaseError(f"{db} is not a download database (built by init_download_db.py?)")
+    if version > SCHEMA_VERSION:
+        raise DatabaseError(f"{db} has schema v{version}, newer than this program "
+                            f"(v{SCHEMA_VERSION}); upgrade the program")
+    if version < SCHEMA_VERSION or not tallies_installed(conn):
+        raise DatabaseError(f"{db} has schema v{version} without the report's counters; run "
+                            "init_download_db.py --finalize-only (or image_install_db.py) once to "
+                            "upgrade it, or wait for its build to finish")
+    return conn
+
+
+def _retry(fn):
+    """Retry a read on errors a busy or network filesystem produces transiently."""
+    for delay in (*READ_RETRIES, None):
+        try:
+            return fn()
+        except sqlite3.OperationalError as e:
+            msg = str(e).lower()
+            if delay is None or not any(s in msg for s in ("locked", "busy", "disk i/o")):
+                raise
+            time.sleep(delay)
+    return None
+
+
+def collect(conn: sqlite3.Connection, *, db: Path | None = None, now: float | None = None,
+            tasks: list[Path] | None = None) -> dict:
+    """Everything the report shows, from one read transaction per database (a
+    consistent snapshot of each). ``tasks``: array task databases not merged yet
+    (default: those beside ``db``); their progress is added to the main DB's."""
+    now = time.time() if now is None else now
+    if tasks is None:
+        tasks = task_dbs(tasks_dir_for(db)) if db is not None else []
+    parts = [_retry(lambda p=p: read_task(p)) for p in tasks]
+
+    def read() -> dict:
+        return _snapshot(conn, lambda c, _: _collect(c, now, [p for p in parts if p]), None)
+    data = _retry(read)
+    data["db"] = str(db.resolve()) if db is not None else None
+    data["array"] = {"tasks_dir": str(tasks_dir_for(db)) if db is not None else None,
+                     "tasks": [task_summary(p, now, _run_state) for p in parts if p]}
+    return data
+
+
+def _snapshot(conn: sqlite3.Connection, fn, arg):
+    conn.execute("BEGIN")
+    try:
+        return fn(conn, arg)
+    finally:
+        conn.execute("ROLLBACK")
+
+
+def _collect(conn: sqlite3.Connection, now: float, tasks: list[dict]) -> dict:
+    hosts = {hid: name for hid, name in conn.execute("SELECT host_id, host FROM hosts")}
+    tally = conn.execute("SELECT host_id, status, error_type, attempts, parked, n, bytes "
+                         "FROM image_tally WHERE n <> 0").fetchall()
+    if tasks:
+        tally = add_deltas(tally, [d for t in tasks for d in t["delta"]])
+    images = _images(conn, tally)
+    images["in_flight"] += sum(t["in_flight"] for t in tasks)
+    activity = _activity(conn, now, tasks)
+    per = _per_host(tally)
+    states = _host_rows(conn, tasks)
+    return {
+        "report_version": REPORT_VERSION,
+        "generated_at": now,
+        "schema_version": SCHEMA_VERSION,
+        "pipeline": _pipeline(conn, now, tasks),
+        "gbif_ids": _gbif(conn),
+        "images": images,
+        "throughput": _throughput(activity, now, images["work_left"]),
+        "failures": _failures(tally),
+        "retries": _retries(tally),
+        "non_image_by_host": _non_image(conn, per, hosts),
+        "top_failing_hosts": _top_failing(per, hosts),
+        "hosts_cooling_down": _cooling(states, now, hosts),
+        "hosts_quarantined": _quarantined(states, per, hosts),
+        "history": _history(activity),
+        "notes": NOTES,
+    }
+
+
+def _pct(part: int, total: int) -> float:
+    return round(100.0 * part / total, 2) if total else 0.0
+
+
+def _pipeline(conn: sqlite3.Connection, now: float, tasks: list[dict]) -> dict:
+    cols = ("run_id", "stage", "started_at", "finished_at", "heartbeat_at", "hostname", "pid",
+            "outcome", "counts", "message", "shard")
+    rows = [dict(zip(cols, r, strict=True)) for r in conn.execute(
+        f"SELECT {', '.join(cols)} FROM runs ORDER BY run_id DESC LIMIT 200")]
+    for t in tasks:  # runs of unmerged array tasks, newest first among all
+        rows += [{**r, "shard": t["shard"], "stage": "download"} for r in t["runs"]]
+    rows.sort(key=lambda r: -(r["started_at"] or 0))
+    for r in rows:
+        r["counts"] = json.loads(r["counts"]) if isinstance(r["counts"], str) else r["counts"]
+        r["state"] = _run_state(r, now)
+    running = [r for r in rows if r["state"] == "running"]
+    dead = [r for r in rows if r["state"] in ("crashed", "no heartbeat")]
+    last = rows[0] if rows else None
+    if last is None:
+        state, headline = "empty", "nothing ingested yet: run init_download_db.py --multimedia ..."
+    elif running:
+        where = ", ".join(sorted({f"{r['hostname']}:{r['pid']}" for r in running}))
+        stages = "/".join(sorted({r["stage"] for r in running}))
+        state = "running"
+        headline = f"RUNNING: {len(running)} {stages} run(s) on {where}"
+        if dead:
+            headline += f"; {len(dead)} earlier run(s) died without finishing"
+    elif last["state"] in ("crashed", "no heartbeat", "failed", "interrupted"):
+        state = last["state"]
+        headline = (f"{last['state'].upper()}: the last run ({last['stage']}, run {last['run_id']}"
+                    f" on {last['hostname']}) {_ended(last)}")
+        if last.get("message"):
+            headline += f": {last['message']}"
+    else:
+        state = "idle"
+        headline = f"idle: the last run ({last['stage']}, run {last['run_id']}) finished ok"
+    return {"state": state, "headline": headline, "running": running,
+            "last_by_stage": _last_by_stage(rows), "recent": rows[:10]}
+
+
+def _run_state(r: dict, now: float) -> str:
+    if r["outcome"] != runs.RUNNING:
+        return r["outcome"]
+    if r["hostname"] == socket.gethostname() and not runs.pid_alive(r["pid"]):
+        return "crashed"
+    if (r["heartbeat_at"] or r["started_at"]) < now - STALE_AFTER:
+        return "no heartbeat"
+    return "running"
+
+
+def _ended(r: dict) -> str:
+    return {"crashed": "died without finishing (killed or crashed)",
+            "no heartbeat": "stopped sending heartbeats (killed, crashed, or its node is down)",
+            "failed": "failed", "interrupted": "was stopped by a signal (resumable)"}[r["state"]]
+
+
+def _last_by_stage(rows: list[dict]) -> dict:
+    out: dict[str, dict] = {}
+    for r in rows:
+        out.setdefault(r["stage"], r)
+    return out
+
+
+def _gbif(conn: sqlite3.Connection) -> dict:
+    by = dict.fromkeys(GBIF_STATUSES, 0)
+    by.update(conn.execute("SELECT status, n FROM gbif_tally"))
+    total = sum(by.values())
+    return {"total": total, "by_status": by,
+            "percent": {k: _pct(v, total) for k, v in by.items()},
+            "in_queue": by["pending"] + by["partial"]}
+
+
+def _images(conn: sqlite3.Connection, tally: list) -> dict:
+    by = dict.fromkeys(IMAGE_STATUSES, 0)
+    raw = legacy = exhausted = saved_bytes = 0
+    for _h, status, etype, _a, parked, n, nbytes in tally:
+        by[status] = by.get(status, 0) + n
+        if status == "success":
+            saved_bytes += nbytes
+            raw += n if etype == FLAG_RAW else 0
+            legacy += n if etype == FLAG_LEGACY else 0
+        elif status == "failed_transient" and parked:
+            exhausted += n
+    total = sum(by.values())
+    in_flight = conn.execute(
+        "SELECT count(*) FROM images WHERE claimed_by IS NOT NULL").fetchone()[0]
+    return {"total": total, "by_status": by, "percent": {k: _pct(v, total) for k, v in by.items()},
+            "work_left": by["pending"] + by["failed_transient"] - exhausted,
+            "budget_exhausted": exhausted, "in_flight": in_flight, "raw_unprocessed": raw,
+            "legacy_unverified": legacy, "bytes_saved": saved_bytes}
+
+
+def _activity(conn: sqlite3.Connection, now: float, tasks: list[dict],
+              days: int = 14) -> dict[int, list[int]]:
+    """minute -> [attempts, successes, failures, bytes] over the last ``days`` days,
+    the main DB's plus every unmerged task's."""
+    since = int((now - days * 86400) // 60)
+    out: dict[int, list[int]] = {}
+    rows = conn.execute("SELECT minute, attempts, successes, failures, bytes FROM activity "
+                        "WHERE minute >= ?", (since,)).fetchall()
+    for t in tasks:
+        rows += [r for r in t["activity"] if r[0] >= since]
+    for minute, *vals in rows:
+        acc = out.setdefault(minute, [0, 0, 0, 0])
+        for i, v in enumerate(vals):
+            acc[i] += v
+    return out
+
+
+def _throughput(activity: dict[int, list[int]], now: float, work_left: int) -> dict:
+    def window(seconds: int) -> dict:
+        since = int((now - seconds) // 60)
+        a = s = f = b = 0
+        for minute, (a1, s1, f1, b1) in activity.items():
+            if minute >= since:
+                a, s, f, b = a + a1, s + s1, f + f1, b + b1
+        hours = seconds / 3600
+        return {"attempts": a, "successes": s, "failures": f, "bytes": b,
+                "successes_per_hour": round(s / hours, 1),
+                "attempts_per_hour": round(a / hours, 1)}
+    hour, day = window(3600), window(86400)
+    basis = "last hour" if hour["attempts"] else "last day" if day["attempts"] else None
+    rate = (hour if hour["attempts"] else day)["attempts_per_hour"]
+    eta = round(work_left / rate * 3600) if rate and work_left else (0 if not work_left else None)
+    return {"last_hour": hour, "last_day": day, "eta_seconds": eta, "eta_basis": basis}
+
+
+def _failures(tally: list) -> list[dict]:
+    agg: dict[tuple[str, str], int] = defaultdict(int)
+    for _h, status, etype, _a, _p, n, _b in tally:
+        if status.startswith("failed"):
+            agg[(etype or "(none)", status)] += n
+    return [{"error_type": e, "status": s, "retryable": s == "failed_transient" or
+             is_transient(e), "count": n}
+            for (e, s), n in sorted(agg.items(), key=lambda kv: -kv[1])]
+
+
+def _retries(tally: list) -> list[dict]:
+    agg: dict[tuple[int, int], int] = defaultdict(int)
+    for _h, status, _e, attempts, parked, n, _b in tally:
+        if status == "failed_transient":
+            agg[(attempts, parked)] += n
+    return [{"attempts": a, "budget_exhausted": bool(p), "count": n}
+            for (a, p), n in sorted(agg.items())]
+
+
+def _per_host(tally: list) -> dict[int, dict[str, int]]:
+    out: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for hid, status, etype, _a, parked, n, _b in tally:
+        h = out[hid]
+        h[status] += n
+        if etype in NON_IMAGE:
+            h["non_image"] += n
+            h[f"non_image:{etype}"] += n
+        if status == "failed_transient" and not parked:
+            h["work_left"] += n
+        elif status == "pending":
+            h["work_left"] += n
+    return out
+
+
+def _non_image(conn: sqlite3.Connection, per: dict[int, dict[str, int]],
+               hosts: dict[int, str]) -> list[dict]:
+    top = sorted((h for h in per.items() if h[1]["non_image"]),
+                 key=lambda kv: -kv[1]["non_image"])[:TOP]
+    samples = dict(conn.execute(
+        "SELECT host_id, sample_detail FROM hosts WHERE host_id IN "
+        "(SELECT value FROM json_each(?))", (json.dumps([hid for hid, _c in top]),)))
+    return [{"host": hosts.get(hid, str(hid)), "count": c["non_image"],
+             "by_type": {k.split(":", 1)[1]: v for k, v in c.items()
+                         if k.startswith("non_image:")},
+             "sample": (samples.get(hid) or "")[:200]}
+            for hid, c in top]
+
+
+def _top_failing(per: dict[int, dict[str, int]], hosts: dict[int, str]) -> list[dict]:
+    rows = []
+    for hid, c in per.items():
+        failed = c["failed_permanent"] + c["failed_transient"]
+        if not failed:
+            continue
+        tried = failed + c["success"]
+        rows.append({"host": hosts.get(hid, str(hid)), "failed": failed,
+                     "failed_permanent": c["failed_permanent"],
+                     "failed_transient": c["failed_transient"], "success": c["success"],
+                     "work_left": c["work_left"],
+                     "failure_rate": round(failed / tried, 4) if tried else 0.0})
+    rows.sort(key=lambda r: (-r["failed"], r["host"]))
+    return rows[:TOP]
+
+
+def _host_rows(conn: sqlite3.Connection, tasks: list[dict]) -> dict[int, tuple]:
+    """Per host, the newest politeness state among the main DB and the tasks."""
+    cols = ("host_id, cooldown_until, cooldown_reason, breaker_state, quarantined, "
+            "quarantined_at, last_error, sample_detail, updated_at")
+    rows = {r[0]: r for r in conn.execute(
+        f"SELECT {cols} FROM hosts WHERE cooldown_until IS NOT NULL OR quarantined = 1 "
+        "OR breaker_state <> 'closed'")}
+    for t in tasks:
+        for r in t["hosts"]:
+            if r[0] not in rows or (r[8] or 0) > (rows[r[0]][8] or 0):
+                rows[r[0]] = r
+    return rows
+
+
+def _cooling(states: dict[int, tuple], now: float, hosts: dict[int, str]) -> list[dict]:
+    rows = [r for r in states.values() if (r[1] or 0) > now or r[3] != "closed"]
+    rows.sort(key=lambda r: -(r[1] or 0))
+    return [{"host": hosts.get(r[0], str(r[0])), "until": r[1], "reason": r[2],
+             "breaker": r[3]} for r in rows[:100]]
+
+
+def _quarantined(states: dict[int, tuple], per: dict[int, dict[str, int]],
+                 hosts: dict[int, str]) -> list[dict]:
+    rows = sorted((r for r in states.values() if r[4]), key=lambda r: r[5] or 0)
+    return [{"host": hosts.get(r[0], str(r[0])), "since": r[5], "last_error": r[6],
+             "failed": per[r[0]]["failed_permanent"] + per[r[0]]["failed_transient"],
+             "success": per[r[0]]["success"], "work_left": per[r[0]]["work_left"]}
+            for r in rows]
+
+
+def _history(activity: dict[int, list[int]]) -> list[dict]:
+    """Hourly finished attempts (for the chart)."""
+    hours: dict[int, list[int]] = {}
+    for minute, vals in activity.items():
+        acc = hours.setdefault(minute // 60, [0, 0, 0, 0])
+        for i, v in enumerate(vals):
+            acc[i] += v
+    return [{"hour": h * 3600, "attempts": a, "successes": s, "failures": f, "bytes": b}
+            for h, (a, s, f, b) in sorted(hours.items())]

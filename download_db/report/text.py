@@ -1,0 +1,124 @@
+"""Status report as plain text: the report dict in, the lines a person reads out."""
+
+from __future__ import annotations
+
+import time
+
+from ..progress import fmt_secs
+
+WIDTH = 78
+
+
+def when(ts: float | None) -> str:
+    return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1000
+    return f"{n:,.1f} TB"
+
+
+def _section(out: list[str], title: str) -> None:
+    out += ["", title, "-" * len(title)]
+
+
+def _counts(out: list[str], by: dict[str, int], pct: dict[str, float], total: int) -> None:
+    for k, v in by.items():
+        out.append(f"  {k:<20} {v:>14,}  {pct[k]:6.2f}%")
+    out.append(f"  {'total':<20} {total:>14,}")
+
+
+def render_text(d: dict) -> str:
+    out: list[str] = [f"GBIF image download status  {when(d['generated_at'])}",
+                      f"database: {d['db']}"]
+    p = d["pipeline"]
+    _section(out, "PIPELINE")
+    banner = "!" * 3 if p["state"] in ("crashed", "no heartbeat", "failed") else ">" * 3
+    out.append(f"  {banner} {p['headline']}")
+    for r in p["running"]:
+        out.append(f"      run {r['run_id']} {r['stage']} on {r['hostname']} pid {r['pid']}, "
+                   f"started {when(r['started_at'])}, last heartbeat {when(r['heartbeat_at'])}")
+    for stage, r in p["last_by_stage"].items():
+        out.append(f"  last {stage:<9} run {r['run_id']:<5} {r['state']:<13} "
+                   f"started {when(r['started_at'])}  ended {when(r['finished_at'])}")
+
+    g = d["gbif_ids"]
+    _section(out, "GBIFID PROGRESS")
+    _counts(out, g["by_status"], g["percent"], g["total"])
+    out.append(f"  still in the work queue (pending + partial): {g['in_queue']:,}")
+
+    im = d["images"]
+    _section(out, "DISTINCT-IMAGE PROGRESS")
+    _counts(out, im["by_status"], im["percent"], im["total"])
+    out.append(f"  work left (pending + retryable): {im['work_left']:,}   in flight now: "
+               f"{im['in_flight']:,}   budget exhausted: {im['budget_exhausted']:,}")
+    out.append(f"  raw files awaiting conversion (raw_unprocessed): {im['raw_unprocessed']:,}")
+    out.append(f"  legacy imports, unverified (legacy_unverified_index): "
+               f"{im['legacy_unverified']:,}")
+    out.append(f"  saved: {human_bytes(im['bytes_saved'])}")
+
+    t = d["throughput"]
+    _section(out, "THROUGHPUT")
+    for label, w in (("last hour", t["last_hour"]), ("last day", t["last_day"])):
+        out.append(f"  {label:<10} {w['successes']:>10,} saved  {w['failures']:>9,} failed  "
+                   f"{w['successes_per_hour']:>12,.0f} images/hour  {human_bytes(w['bytes'])}")
+    if t["eta_seconds"] is None:
+        out.append("  ETA: unknown (nothing finished in the last day)")
+    elif t["eta_seconds"] == 0:
+        out.append("  ETA: nothing left to do")
+    else:
+        out.append(f"  ETA: {fmt_secs(t['eta_seconds'])} for {im['work_left']:,} images at the "
+                   f"{t['eta_basis']}'s rate")
+
+    _section(out, "FAILURES BY TYPE")
+    if not d["failures"]:
+        out.append("  none")
+    for f in d["failures"]:
+        verdict = "retryable" if f["retryable"] else "permanent"
+        out.append(f"  {f['error_type']:<24} {f['status']:<17} {f['count']:>12,}  {verdict}")
+
+    _section(out, "RETRY ATTEMPTS (failed_transient)")
+    if not d["retries"]:
+        out.append("  none")
+    for r in d["retries"]:
+        tag = "  budget exhausted" if r["budget_exhausted"] else ""
+        out.append(f"  {r['attempts']:>3} attempt(s) {r['count']:>12,}{tag}")
+
+    _section(out, "NON-IMAGE RESPONSES BY HOST")
+    if not d["non_image_by_host"]:
+        out.append("  none")
+    for h in d["non_image_by_host"]:
+        out.append(f"  {h['host']:<40} {h['count']:>10,}")
+        if h["sample"]:
+            out.append(f"      e.g. {h['sample'][:150]!r}")
+
+    _section(out, "TOP FAILING HOSTS")
+    if not d["top_failing_hosts"]:
+        out.append("  none")
+    else:
+        out.append(f"  {'host':<40} {'failed':>10} {'success':>10} {'rate':>7} {'left':>9}")
+    for h in d["top_failing_hosts"]:
+        out.append(f"  {h['host'][:40]:<40} {h['failed']:>10,} {h['success']:>10,} "
+                   f"{h['failure_rate'] * 100:6.1f}% {h['work_left']:>9,}")
+
+    _section(out, "HOSTS COOLING DOWN / BREAKER OPEN")
+    if not d["hosts_cooling_down"]:
+        out.append("  none")
+    for h in d["hosts_cooling_down"]:
+        out.append(f"  {h['host']:<40} until {when(h['until'])}  {h['reason'] or ''}  "
+                   f"breaker {h['breaker']}")
+
+    _section(out, "QUARANTINED HOSTS (deprioritised, never failed)")
+    if not d["hosts_quarantined"]:
+        out.append("  none")
+    for h in d["hosts_quarantined"]:
+        out.append(f"  {h['host']:<40} since {when(h['since'])}  failed {h['failed']:,}  "
+                   f"success {h['success']:,}  work left {h['work_left']:,}")
+
+    _section(out, "NOTES")
+    for k, v in d["notes"].items():
+        out.append(f"  {k}: {v}")
+    return "\n".join(out) + "\n"
