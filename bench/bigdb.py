@@ -20,6 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from download_db import states  # noqa: E402
 from download_db.db import schema  # noqa: E402
 
 HOSTS = 2000
@@ -39,7 +40,7 @@ SELECT i, g, i - ((g * 13 + 7) / 8),
        CASE WHEN r < 735 THEN 'success' WHEN r < 935 THEN 'pending'
             WHEN r < 985 THEN 'failed_permanent' ELSE 'failed_transient' END,
        CASE WHEN r BETWEEN 735 AND 934 THEN 0 WHEN r >= 985 THEN r % 4 + 1 ELSE 1 END,
-       CASE WHEN r >= 985 AND r % 4 = 3 THEN {schema.EXHAUSTED}
+       CASE WHEN r >= 985 AND r % 4 = 3 THEN {states.EXHAUSTED}
             WHEN r >= 985 THEN {NOW} + 3600 ELSE 0 END,
        h, h,
        CASE WHEN r < 735 THEN 200 WHEN r < 935 THEN NULL WHEN r < 985 THEN 404 ELSE 503 END,

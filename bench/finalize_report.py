@@ -57,7 +57,7 @@ try:
     with schema.transaction(conn):
         ids = conn.execute(
             "SELECT image_id, gbif_id FROM images WHERE host_id = ? AND next_attempt_at <= ? "
-            f"AND {{schema.TODO_WHERE}} LIMIT 200", (h, time.time())).fetchall()
+            f"AND {{states.TODO_WHERE}} LIMIT 200", (h, time.time())).fetchall()
         now = time.time()
         conn.executemany(
             "UPDATE images SET status = 'success', attempts = attempts + 1, next_attempt_at = 0, "

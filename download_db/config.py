@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .db.gbif_ids import DEFAULT_MAX_ATTEMPTS
 from .errors import UsageError
 from .notify import check_url
+from .states import DEFAULT_LEASE, DEFAULT_MAX_ATTEMPTS
 
 DEFAULT_DB = "download_status.db"
 DEFAULT_INSTALL = "images"
@@ -77,7 +77,7 @@ class DownloadConfig:
     user_agent: str = ""
     max_images: int | None = None
     max_runtime: float | None = None
-    lease: float = 900.0
+    lease: float = DEFAULT_LEASE
     wait_for_retries: float = 300.0
     lock_dir: Path | None = None
     progress_every: float = 10.0

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from download_db import states
 from download_db.arrays import plan
 from download_db.arrays.merge import merge_tasks
 from download_db.cli.main import init_main
@@ -18,8 +19,8 @@ from download_db.db import schema
 from download_db.db.gbif_ids import finalize
 from download_db.db.sqlite import sqlite3
 from download_db.errors import DatabaseError, UsageError
-from download_db.report.check import check
 from download_db.report import collect
+from download_db.report.check import check
 from tests.conftest import generate
 
 # -- shard numbering ---------------------------------------------------------------
@@ -111,7 +112,7 @@ def _work(main: Path) -> set[int]:
     conn = sqlite3.connect(main)
     try:
         return {r[0] for r in conn.execute(
-            f"SELECT image_id FROM images WHERE {schema.EXHAUSTED_WHERE}")}
+            f"SELECT image_id FROM images WHERE {states.EXHAUSTED_WHERE}")}
     finally:
         conn.close()
 
@@ -255,7 +256,7 @@ def test_a_larger_max_attempts_brings_parked_retries_into_the_array(main_db) -> 
     conn = schema.connect(main_db)
     with schema.transaction(conn):
         conn.execute("UPDATE images SET status = 'failed_transient', attempts = 4, "
-                     f"next_attempt_at = {schema.EXHAUSTED}, error_type = 'timeout', "
+                     f"next_attempt_at = {states.EXHAUSTED}, error_type = 'timeout', "
                      "last_attempt_at = 1 WHERE image_id % 10 = 0")
     plan.freeze(conn)
     parked = {r[0] for r in conn.execute("SELECT image_id FROM images WHERE image_id % 10 = 0")}

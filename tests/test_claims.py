@@ -12,18 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from download_db import states
 from download_db.cli.main import init_main
 from download_db.db import claims, runs
 from download_db.db.claims import Result
-from download_db.db.schema import (
-    EXHAUSTED,
-    FAILED_PERMANENT,
-    FAILED_TRANSIENT,
-    PENDING,
-    SUCCESS,
-    connect,
-    transaction,
-)
+from download_db.db.schema import connect, transaction
+from download_db.states import EXHAUSTED, FAILED_PERMANENT, FAILED_TRANSIENT, PENDING, SUCCESS
 from tests.conftest import row, write_multimedia
 
 NOW = 1_700_000_000.0
@@ -420,17 +414,17 @@ class _Fixed:
 
 def test_backoff_grows_and_is_capped():
     one = _Fixed(1.0)
-    seq = [claims.backoff(n, one) for n in range(0, 12)]
+    seq = [states.backoff(n, one) for n in range(0, 12)]
     assert seq[:4] == [120.0, 120.0, 240.0, 480.0]
     assert all(x <= y for x, y in zip(seq, seq[1:], strict=False))
-    assert seq[-1] == claims.BACKOFF_CAP == 6 * 3600
-    assert claims.backoff(1000, one) == claims.BACKOFF_CAP  # no overflow
-    assert claims.backoff(1000, _Fixed(1.5)) == 1.5 * claims.BACKOFF_CAP
+    assert seq[-1] == states.BACKOFF_CAP == 6 * 3600
+    assert states.backoff(1000, one) == states.BACKOFF_CAP  # no overflow
+    assert states.backoff(1000, _Fixed(1.5)) == 1.5 * states.BACKOFF_CAP
 
 
 def test_backoff_jitter_range():
     rnd = random.Random(5)
     for n, base in ((1, 120.0), (2, 240.0), (4, 960.0)):
-        vals = [claims.backoff(n, rnd) for _ in range(200)]
+        vals = [states.backoff(n, rnd) for _ in range(200)]
         assert all(0.5 * base <= v <= 1.5 * base for v in vals)
         assert max(vals) - min(vals) > 0.5 * base  # really jittered

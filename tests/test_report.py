@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from download_db import states
 from download_db.cli.report import status_main
 from download_db.db import schema
 from download_db.db.sqlite import sqlite3
-from download_db.report.check import check
 from download_db.report import collect
+from download_db.report.check import check
 from download_db.report.html import render_html
 from download_db.report.text import render_text
 from tests.conftest import generate
@@ -45,7 +46,7 @@ def _mutate(path: Path, seed: int, n: int = 300) -> None:
         for image_id in rnd.sample(ids, min(n, len(ids))):
             status, etype = rnd.choice(ERRORS)
             attempts = 0 if status == "pending" else rnd.randint(1, 4)
-            nxt = schema.EXHAUSTED if status == "failed_transient" and attempts == 4 else NOW
+            nxt = states.EXHAUSTED if status == "failed_transient" and attempts == 4 else NOW
             conn.execute(
                 "UPDATE images SET status = ?, error_type = ?, attempts = ?, next_attempt_at = ?,"
                 " file_size = ?, last_attempt_at = ?, file_path = ?, error_detail = ? "

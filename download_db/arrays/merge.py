@@ -9,15 +9,15 @@ from pathlib import Path
 from typing import TextIO
 
 from ..db import claims
-from ..db.schema import EXHAUSTED, FLAG_LEGACY, TRIGGERS, get_meta, transaction
+from ..db.schema import TRIGGERS, get_meta, transaction
 from ..db.sqlite import sqlite3
 from ..errors import DatabaseError
 from ..progress import say
+from ..states import ALIVE_WINDOW, EXHAUSTED, FLAG_LEGACY
 from .plan import task_dbs, tasks_dir_for
 
 # A task whose heartbeat is older than this (and not provably dead on this
 # machine) no longer counts as running. The downloader beats every few seconds.
-ALIVE_WINDOW = 600.0
 
 # Only rows the task finished: attempted, and not held by a claim (a dead task's
 # in-flight image, or a success whose file may not have reached its name: those

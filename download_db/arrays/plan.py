@@ -11,9 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..db.schema import (
-    EXHAUSTED,
     POST_LOAD_INDEXES,
-    TODO_WHERE,
     connect,
     create_schema,
     get_meta,
@@ -23,6 +21,7 @@ from ..db.schema import (
 )
 from ..db.sqlite import sqlite3
 from ..errors import DatabaseError, UsageError
+from ..states import EXHAUSTED, TODO_WHERE
 
 # Task databases are written by one process on one node and read from others
 # (report, merge): a rollback journal, never WAL (WAL needs all on one host).

@@ -20,9 +20,9 @@ from ..config import (
     DownloadConfig,
     InitConfig,
 )
-from ..db.gbif_ids import DEFAULT_MAX_ATTEMPTS
 from ..db.sqlite import sqlite3
 from ..errors import DownloadDbError
+from ..states import DEFAULT_MAX_ATTEMPTS
 
 INIT_EXAMPLES = """\
 examples:

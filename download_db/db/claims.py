@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import os
-import random
 import socket
 import time
 from dataclasses import dataclass, field
 
+from ..states import (
+    EXHAUSTED,
+    FAILED_PERMANENT,
+    FAILED_TRANSIENT,
+    PENDING,
+    SUCCESS,
+    TODO_WHERE,
+    backoff,
+)
 from . import runs
-from .schema import EXHAUSTED, FAILED_PERMANENT, FAILED_TRANSIENT, PENDING, SUCCESS, TODO_WHERE
 from .sqlite import sqlite3
-
-BACKOFF_BASE = 120.0  # first retry after ~2 min, doubling, with jitter
-BACKOFF_CAP = 6 * 3600.0
 
 # A claim sets claimed_by and moves next_attempt_at to the lease end: other
 # claimers skip the row until then, so a dead process's claims come back by
@@ -94,12 +98,6 @@ def claim(conn: sqlite3.Connection, token: str, host_id: int, n: int, *, lease: 
 def next_due(conn: sqlite3.Connection, host_id: int) -> float | None:
     row = conn.execute(_NEXT_DUE, (host_id,)).fetchone()
     return row[0] if row and row[0] is not None else None
-
-
-def backoff(attempts: int, rnd: random.Random | None = None) -> float:
-    """Seconds before the next try after ``attempts`` failed tries (full jitter)."""
-    r = (rnd or random).uniform(0.5, 1.5)
-    return min(BACKOFF_BASE * 2 ** max(attempts - 1, 0), BACKOFF_CAP) * r
 
 
 def result_params(r: Result, token: str, max_attempts: int, now: float) -> dict:

@@ -9,10 +9,10 @@ from typing import TextIO
 
 from ..errors import Interrupted
 from ..progress import Progress
-from .schema import GBIF_STATUSES, transaction
+from ..states import DEFAULT_MAX_ATTEMPTS, GBIF_STATUSES
+from .schema import transaction
 from .sqlite import sqlite3
 
-DEFAULT_MAX_ATTEMPTS = 4
 CHUNK_IDS = 500_000  # per transaction: bounds the WAL and the work a kill loses
 
 # A gbifID is done when every distinct image succeeded; failed when nothing is

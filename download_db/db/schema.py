@@ -7,27 +7,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import DatabaseError
+from ..states import FLAG_LEGACY, PARKED, TODO_WHERE
 from .sqlite import sqlite3
 
 SCHEMA_VERSION = 2
-
-# Image statuses (images.status) and gbifID statuses (gbif_ids.status): text so
-# that users' ad hoc SQL reads naturally.
-PENDING = "pending"
-SUCCESS = "success"
-FAILED_TRANSIENT = "failed_transient"
-FAILED_PERMANENT = "failed_permanent"
-IMAGE_STATUSES = (PENDING, SUCCESS, FAILED_TRANSIENT, FAILED_PERMANENT)
-
-GBIF_PENDING = "pending"
-GBIF_PARTIAL = "partial"
-GBIF_DONE = "done"
-GBIF_FAILED = "failed"
-GBIF_STATUSES = (GBIF_PENDING, GBIF_PARTIAL, GBIF_DONE, GBIF_FAILED)
-
-# Flags carried in error_type on success rows.
-FLAG_LEGACY = "legacy_unverified_index"
-FLAG_RAW = "raw_unprocessed"
 
 # Timestamps are epoch seconds (REAL): cheap to compare on hot paths; read them
 # with datetime(col, 'unixepoch').
@@ -127,14 +110,8 @@ _TABLES = [
 INDEX_GBIF_IMAGE = (
     "CREATE UNIQUE INDEX IF NOT EXISTS images_gbif_image ON images(gbif_id, image_no)"
 )
-# The work list: per host, oldest due first. Partial, so it holds only rows
-# with work left and shrinks as the download progresses. Queries must repeat
-# the WHERE term verbatim for SQLite to use it.
-TODO_WHERE = "status IN ('pending', 'failed_transient')"
-# next_attempt_at of a transient failure whose attempts budget is spent: out of
-# the range every claim scans; a larger --max-attempts brings it back.
-EXHAUSTED = 9.0e15
-EXHAUSTED_WHERE = f"{TODO_WHERE} AND next_attempt_at < {EXHAUSTED}"
+# The work list: per host, oldest due first. Partial on states.TODO_WHERE, so it holds
+# only rows with work left and shrinks as the download progresses.
 INDEX_TODO = (
     "CREATE INDEX IF NOT EXISTS images_todo ON images(host_id, next_attempt_at) "
     f"WHERE {TODO_WHERE}"
@@ -181,14 +158,13 @@ _TALLY_TABLES = [
         bytes     INTEGER NOT NULL
     )""",
 ]
-_PARKED = f"next_attempt_at >= {EXHAUSTED}"
 
 
 def _tally_add(row: str, sign: str) -> str:
     return (
         "INSERT INTO image_tally(host_id, status, error_type, attempts, parked, n, bytes) "
         f"VALUES ({row}.host_id, {row}.status, coalesce({row}.error_type, ''), {row}.attempts, "
-        f"{row}.{_PARKED}, {sign}1, {sign}coalesce({row}.file_size, 0)) "
+        f"{row}.{PARKED}, {sign}1, {sign}coalesce({row}.file_size, 0)) "
         "ON CONFLICT DO UPDATE SET n = n + excluded.n, bytes = bytes + excluded.bytes;")
 
 
@@ -202,7 +178,7 @@ _ACTIVITY = (
     "bytes = bytes + excluded.bytes;")
 _TALLY_KEY_CHANGED = " OR ".join(
     f"old.{c} IS NOT new.{c}" for c in ("host_id", "status", "error_type", "attempts",
-                                        "file_size")) + f" OR (old.{_PARKED}) <> (new.{_PARKED})"
+                                        "file_size")) + f" OR (old.{PARKED}) <> (new.{PARKED})"
 TRIGGERS = [
     f"""CREATE TRIGGER IF NOT EXISTS images_tally_ins AFTER INSERT ON images BEGIN
         {_tally_add("new", "+")} END""",
@@ -253,7 +229,7 @@ def install_tallies(conn: sqlite3.Connection, *, fresh_load: bool) -> None:
     else:
         conn.execute(
             "INSERT INTO image_tally SELECT host_id, status, coalesce(error_type, ''), attempts, "
-            f"{_PARKED}, count(*), sum(coalesce(file_size, 0)) FROM images "
+            f"{PARKED}, count(*), sum(coalesce(file_size, 0)) FROM images "
             "GROUP BY 1, 2, 3, 4, 5")
         conn.execute(
             "INSERT INTO activity SELECT CAST(last_attempt_at / 60 AS INTEGER), count(*), "

@@ -9,11 +9,12 @@ import time
 from pathlib import Path
 
 from ..db import claims
-from ..db.gbif_ids import DEFAULT_MAX_ATTEMPTS, ROLLUP_IDS
+from ..db.gbif_ids import ROLLUP_IDS
 from ..db.schema import transaction
 from ..db.sqlite import sqlite3
 from ..files import images, store
 from ..files.layout import image_relpath
+from ..states import DEFAULT_MAX_ATTEMPTS
 
 
 def recover(conn: sqlite3.Connection, root: Path, lease: float,

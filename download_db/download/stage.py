@@ -21,13 +21,14 @@ from ..arrays import task
 from ..arrays.merge import merge_tasks
 from ..config import DownloadConfig
 from ..db import claims, runs
-from ..db.schema import EXHAUSTED_WHERE, connect, get_meta, migrate, transaction
+from ..db.schema import connect, get_meta, migrate, transaction
 from ..db.sqlite import sqlite3
 from ..db.stagelock import stage_lock
 from ..errors import DatabaseError
 from ..files import store
 from ..progress import fmt_secs, say
 from ..signals import stop_on_signals
+from ..states import EXHAUSTED_WHERE
 from ..web import fetch
 from ..web.politeness import HostGate, Politeness, default_lock_dir
 from .recovery import recover

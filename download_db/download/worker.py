@@ -11,9 +11,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ..db.claims import Item, Result
-from ..db.schema import FAILED_PERMANENT, FAILED_TRANSIENT, FLAG_RAW, PENDING, SUCCESS
 from ..files import images, store
 from ..files.layout import prefix_dirs
+from ..states import FAILED_PERMANENT, FAILED_TRANSIENT, FLAG_RAW, PENDING, SUCCESS
 from ..web import fetch, iiif, keys
 from ..web.fetch import FetchError
 from ..web.politeness import HostGate, Slot

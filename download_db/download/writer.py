@@ -13,9 +13,10 @@ from pathlib import Path
 from ..db import claims, runs
 from ..db.claims import Item, Result
 from ..db.gbif_ids import ROLLUP_IDS
-from ..db.schema import SUCCESS, retry_locked, transaction
+from ..db.schema import retry_locked, transaction
 from ..db.sqlite import sqlite3
 from ..files import store
+from ..states import SUCCESS
 
 BATCH = 200  # results per transaction
 MAX_AGE = 0.5  # seconds a result may wait for its commit

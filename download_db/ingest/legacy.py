@@ -11,11 +11,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TextIO
 
-from ..db.schema import FLAG_LEGACY, SUCCESS, get_meta, set_meta, transaction
+from ..db.schema import get_meta, set_meta, transaction
 from ..db.sqlite import sqlite3
 from ..errors import InputError, Interrupted
 from ..files.layout import image_relpath, legacy_relpath
 from ..progress import Progress
+from ..states import FLAG_LEGACY, SUCCESS
 
 BATCH = 50_000
 

@@ -10,10 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..db import claims
-from ..db.schema import EXHAUSTED
 from ..db.sqlite import sqlite3
+from ..states import ALIVE_WINDOW, EXHAUSTED
 
-STALE_CLAIMS_AFTER = 900.0  # the downloader's default --lease
 _NAME = re.compile(r"^(\d+)-(\d{2,})\.[A-Za-z0-9]+$")
 
 
@@ -87,7 +86,7 @@ def _counters(conn: sqlite3.Connection, res: CheckResult) -> None:
 
 def _claims(conn: sqlite3.Connection, res: CheckResult) -> None:
     # the same test a starting downloader applies before it recovers claims
-    live = claims.live_tokens(conn, stale_after=STALE_CLAIMS_AFTER)
+    live = claims.live_tokens(conn, stale_after=ALIVE_WINDOW)
     stale = sum(n for tok, n in conn.execute(
         "SELECT claimed_by, count(*) FROM images WHERE claimed_by IS NOT NULL "
         "GROUP BY claimed_by") if tok not in live)

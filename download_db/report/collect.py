@@ -10,25 +10,22 @@ from pathlib import Path
 
 from ..arrays.plan import task_dbs, tasks_dir_for
 from ..db import runs
-from ..db.schema import (
+from ..db.schema import SCHEMA_VERSION, connect, schema_version, tallies_installed
+from ..db.sqlite import sqlite3
+from ..errors import DatabaseError
+from ..states import (
+    ALIVE_WINDOW,
     FLAG_LEGACY,
     FLAG_RAW,
     GBIF_STATUSES,
     IMAGE_STATUSES,
-    SCHEMA_VERSION,
-    connect,
-    schema_version,
-    tallies_installed,
+    is_transient,
 )
-from ..db.sqlite import sqlite3
-from ..errors import DatabaseError
-from ..web.fetch import is_transient
 from .arrays import add_deltas, read_task, task_summary
 
 REPORT_VERSION = 1
 # A run whose heartbeat is older than this is reported as probably dead (the
 # downloader beats every few seconds, the ingest once per chunk).
-STALE_AFTER = 600.0
 NON_IMAGE = ("invalid_content_type", "not_an_image", "placeholder_image")
 TOP = 20
 # The report tolerates transient read errors of shared filesystems this often.
@@ -184,7 +181,7 @@ def _run_state(r: dict, now: float) -> str:
         return r["outcome"]
     if r["hostname"] == socket.gethostname() and not runs.pid_alive(r["pid"]):
         return "crashed"
-    if (r["heartbeat_at"] or r["started_at"]) < now - STALE_AFTER:
+    if (r["heartbeat_at"] or r["started_at"]) < now - ALIVE_WINDOW:
         return "no heartbeat"
     return "running"
 

@@ -13,15 +13,9 @@ from requests.adapters import HTTPAdapter
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from .. import __version__
+from ..states import is_transient
 from . import sniff
 from .politeness import DEFAULT_COOLDOWN, parse_retry_after
-
-TRANSIENT = frozenset({"rate_limited", "timeout", "server_error", "connection_broken", "truncated",
-                       "empty_response", "tls_error", "dns_error"})
-
-
-def is_transient(error_type: str) -> bool:
-    return error_type in TRANSIENT
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,74 @@
+"""One vocabulary: statuses, error types, what counts as work left, retries, liveness."""
+
+from __future__ import annotations
+
+import random
+
+# Image statuses (images.status) and gbifID statuses (gbif_ids.status): text so
+# that users' ad hoc SQL reads naturally.
+PENDING = "pending"
+SUCCESS = "success"
+FAILED_TRANSIENT = "failed_transient"
+FAILED_PERMANENT = "failed_permanent"
+IMAGE_STATUSES = (PENDING, SUCCESS, FAILED_TRANSIENT, FAILED_PERMANENT)
+
+GBIF_PENDING = "pending"
+GBIF_PARTIAL = "partial"
+GBIF_DONE = "done"
+GBIF_FAILED = "failed"
+GBIF_STATUSES = (GBIF_PENDING, GBIF_PARTIAL, GBIF_DONE, GBIF_FAILED)
+
+# Flags carried in error_type on success rows.
+FLAG_LEGACY = "legacy_unverified_index"
+FLAG_RAW = "raw_unprocessed"
+
+# Error types worth another attempt (with backoff, within the attempts budget);
+# every other error_type is permanent.
+TRANSIENT_ERRORS = frozenset({
+    "rate_limited", "timeout", "server_error", "connection_broken", "truncated",
+    "empty_response", "tls_error", "dns_error",
+})
+
+
+def is_transient(error_type: str | None) -> bool:
+    return error_type in TRANSIENT_ERRORS
+
+
+# --- work left -------------------------------------------------------------------
+# An image has work left while it is pending or failed transiently, unless its
+# attempts budget is spent. The work-list index (images_todo) is partial on
+# TODO_WHERE: queries must repeat the term verbatim for SQLite to use it.
+TODO_WHERE = "status IN ('pending', 'failed_transient')"
+# next_attempt_at of a transient failure whose attempts budget is spent ("parked"):
+# out of the range every claim scans; a larger --max-attempts brings it back.
+EXHAUSTED = 9.0e15
+PARKED = f"next_attempt_at >= {EXHAUSTED}"
+EXHAUSTED_WHERE = f"{TODO_WHERE} AND next_attempt_at < {EXHAUSTED}"
+# The same rule for a gbifID roll-up over its images (SQL aggregate over rows).
+WORK_LEFT_SQL = ("(status = 'pending' OR (status = 'failed_transient' "
+                 "AND attempts < :max_attempts))")
+
+
+def has_work_left(status: str, attempts: int, max_attempts: int) -> bool:
+    """The Python form of WORK_LEFT_SQL (for rows already read)."""
+    return status == PENDING or (status == FAILED_TRANSIENT and attempts < max_attempts)
+
+
+# --- retries -----------------------------------------------------------------------
+DEFAULT_MAX_ATTEMPTS = 4
+BACKOFF_BASE = 120.0  # first retry after ~2 min, doubling, with jitter
+BACKOFF_CAP = 6 * 3600.0
+
+
+def backoff(attempts: int, rnd: random.Random | None = None) -> float:
+    """Seconds before the next try after ``attempts`` failed tries (full jitter)."""
+    r = (rnd or random).uniform(0.5, 1.5)
+    return min(BACKOFF_BASE * 2 ** max(attempts - 1, 0), BACKOFF_CAP) * r
+
+
+# --- liveness ------------------------------------------------------------------------
+# A claim holds its rows for the lease (the downloader's --lease default); a run
+# whose heartbeat is older than that is not alive, wherever it ran. Every "is
+# this run alive" question (report, merge, check, recovery) uses this window.
+DEFAULT_LEASE = 900.0
+ALIVE_WINDOW = DEFAULT_LEASE
