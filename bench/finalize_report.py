@@ -38,15 +38,16 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import bigdb  # noqa: E402
 
-from download_db.db import schema  # noqa: E402
+from download_db.db import connection  # noqa: E402
 from download_db.db.gbif_ids import _ROLLUP_TEMPLATE, ROLLUP_IDS, finalize  # noqa: E402
+from download_db.progress import RunContext  # noqa: E402
 
 _WRITER = r"""
 import json, random, sys, time
 sys.path.insert(0, {root!r})
-from download_db.db import schema
+from download_db.db import connection
 from download_db.db.gbif_ids import ROLLUP_IDS
-conn = schema.connect({db!r})
+conn = connection.connect({db!r})
 rnd = random.Random(1)
 hosts = [h for (h,) in conn.execute("SELECT host_id FROM hosts")]
 n = 0
@@ -54,7 +55,7 @@ t0 = time.monotonic()
 try:
   while time.monotonic() - t0 < {seconds}:
     h = rnd.choice(hosts)
-    with schema.transaction(conn):
+    with connection.transaction(conn):
         ids = conn.execute(
             "SELECT image_id, gbif_id FROM images WHERE host_id = ? AND next_attempt_at <= ? "
             f"AND {{states.TODO_WHERE}} LIMIT 200", (h, time.time())).fetchall()
@@ -74,9 +75,9 @@ print(json.dumps({{"images": n, "seconds": time.monotonic() - t0}}))
 
 
 def _reset_gbif(db: Path) -> float:
-    conn = schema.connect(db)
+    conn = connection.connect(db)
     t = time.monotonic()
-    with schema.transaction(conn):
+    with connection.transaction(conn):
         conn.execute("UPDATE gbif_ids SET status = 'pending', n_success = 0, completed_at = NULL "
                      "WHERE status <> 'pending' OR n_success <> 0 OR completed_at IS NOT NULL")
     conn.close()
@@ -85,16 +86,16 @@ def _reset_gbif(db: Path) -> float:
 
 def bench_finalize(db: Path) -> dict:
     print(f"reset gbif_ids to pending: {_reset_gbif(db):.0f}s", flush=True)
-    conn = schema.connect(db)
-    st = finalize(conn, out=sys.stdout, bar=False, every=15)
-    again = finalize(conn, out=open("/dev/null", "w"), bar=False)
+    conn = connection.connect(db)
+    st = finalize(conn, RunContext(out=sys.stdout, bar=False, every=15))
+    again = finalize(conn, RunContext(out=open("/dev/null", "w"), bar=False))
     conn.close()
     print(f"finalize: {st.gbif_ids:,} gbifIDs in {st.seconds:.1f}s ({st.changed:,} changed); "
           f"re-run {again.seconds:.1f}s ({again.changed:,} changed)", flush=True)
     print(f"reset gbif_ids to pending: {_reset_gbif(db):.0f}s", flush=True)
-    conn = schema.connect(db)
+    conn = connection.connect(db)
     t = time.monotonic()
-    with schema.transaction(conn):
+    with connection.transaction(conn):
         cur = conn.execute(_ROLLUP_TEMPLATE.format(which="1"),
                            {"now": time.time(), "max_attempts": 4})
     one = time.monotonic() - t
@@ -120,7 +121,7 @@ def bench_report(db: Path) -> dict:
     js = [_timed(base + ["--json"]) for _ in range(5)]
     print(f"report under a writer: text median {statistics.median(text):.2f}s max "
           f"{max(text):.2f}s; --json median {statistics.median(js):.2f}s", flush=True)
-    ro = schema.connect(db, readonly=True)
+    ro = connection.open_readonly(db)
     t = time.monotonic()
     ro.execute("SELECT status, count(*) FROM images GROUP BY status").fetchall()
     scan = time.monotonic() - t
@@ -141,7 +142,7 @@ def bench_triggers(images: int = 1_000_000, batches: int = 250) -> dict:
         bigdb.build(db, images)
         out = {}
         for label in ("with triggers", "without triggers"):
-            conn = schema.connect(db)
+            conn = connection.connect(db)
             if label == "without triggers":
                 for (name,) in conn.execute("SELECT name FROM sqlite_master "
                                             "WHERE type = 'trigger'").fetchall():
@@ -156,7 +157,7 @@ def bench_triggers(images: int = 1_000_000, batches: int = 250) -> dict:
             for b in range(batches):
                 chunk = ids[b * 200:(b + 1) * 200]
                 now = time.time()
-                with schema.transaction(conn):
+                with connection.transaction(conn):
                     conn.executemany(
                         "UPDATE images SET status = 'success', attempts = attempts + 1, "
                         "last_attempt_at = ?, file_size = 1000, error_type = NULL "
@@ -182,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip", default="", help="comma list of finalize,report,triggers")
     a = ap.parse_args(argv)
     skip = set(a.skip.split(","))
-    n = schema.connect(a.db, readonly=True).execute("SELECT sum(n) FROM image_tally").fetchone()
+    n = connection.open_readonly(a.db).execute("SELECT sum(n) FROM image_tally").fetchone()
     print(f"database: {a.db} ({n[0]:,} images, {a.db.stat().st_size / 1e9:.1f} GB)", flush=True)
     res = {}
     if "finalize" not in skip:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import io
 import random
 import time
 from pathlib import Path
@@ -15,13 +15,14 @@ from download_db import states
 from download_db.arrays import plan
 from download_db.arrays.merge import merge_tasks
 from download_db.cli.main import init_main
-from download_db.db import schema
+from download_db.db import connection
 from download_db.db.gbif_ids import finalize
 from download_db.db.sqlite import sqlite3
 from download_db.errors import DatabaseError, UsageError
+from download_db.progress import RunContext
 from download_db.report import collect
 from download_db.report.check import check
-from tests.conftest import generate
+from tests.helpers import generate
 
 # -- shard numbering ---------------------------------------------------------------
 
@@ -129,8 +130,8 @@ def test_tasks_partition_the_work(main_db, n) -> None:
 
 def _simulate_results(path: Path, seed: int) -> None:
     rnd = random.Random(seed)
-    conn = schema.connect(path, wal=False)
-    with schema.transaction(conn):
+    conn = connection.connect(path, wal=False)
+    with connection.transaction(conn):
         for (image_id,) in conn.execute("SELECT image_id FROM images").fetchall():
             r = rnd.random()
             if r < 0.6:
@@ -168,7 +169,7 @@ def test_merge_folds_results_and_counters_agree(main_db, tmp_path) -> None:
     ro.close()
     assert len(before["array"]["tasks"]) == 3
 
-    conn = schema.connect(main_db)
+    conn = connection.connect(main_db)
     st = merge_tasks(conn, main_db)
     assert st.tasks == 3 and st.images == len(expected)
     got = {r[0]: r[1:] for r in conn.execute("SELECT image_id, status, error_type FROM images "
@@ -179,7 +180,7 @@ def test_merge_folds_results_and_counters_agree(main_db, tmp_path) -> None:
     # gbifIDs are finalize's job: the merge leaves them, finalize rolls them up
     assert conn.execute("SELECT count(*) FROM gbif_ids WHERE status <> 'pending'"
                         ).fetchone()[0] == 0
-    finalize(conn, out=open(os.devnull, "w"), bar=False)
+    finalize(conn, RunContext(out=io.StringIO(), bar=False))
     assert conn.execute("SELECT count(*) FROM gbif_ids WHERE status = 'done'").fetchone()[0]
     conn.close()
     ro = collect.open_readonly(main_db)
@@ -197,7 +198,7 @@ def test_merge_twice_is_idempotent(main_db) -> None:
     (path,) = _make_tasks(main_db, 1)
     _simulate_results(path, 1)
     copy = path.read_bytes()
-    conn = schema.connect(main_db)
+    conn = connection.connect(main_db)
     merge_tasks(conn, main_db)
     first = conn.execute("SELECT * FROM images ORDER BY image_id").fetchall()
     path.write_bytes(copy)  # a kill between the merge's commit and the delete
@@ -208,7 +209,7 @@ def test_merge_twice_is_idempotent(main_db) -> None:
 
 
 def test_array_tasks_refuse_a_main_db_in_wal_mode(main_db) -> None:
-    conn = schema.connect(main_db)  # any writer switches it to WAL
+    conn = connection.connect(main_db)  # any writer switches it to WAL
     conn.execute("UPDATE meta SET value = value WHERE key = 'schema_version'")
     with pytest.raises(DatabaseError, match="--merge-only"):
         plan.open_frozen(main_db)
@@ -226,8 +227,8 @@ def test_changing_n_is_refused_before_a_merge_allowed_after(main_db, capsys) -> 
 
 def test_writing_stages_refuse_while_a_task_runs(main_db, capsys) -> None:
     (path,) = _make_tasks(main_db, 1)
-    conn = schema.connect(path, wal=False)
-    with schema.transaction(conn):
+    conn = connection.connect(path, wal=False)
+    with connection.transaction(conn):
         conn.execute("INSERT INTO runs(stage, started_at, heartbeat_at, hostname, pid, outcome) "
                      "VALUES ('download', ?, ?, 'othernode', 4242, 'running')",
                      (time.time(), time.time()))
@@ -246,15 +247,15 @@ def test_task_db_from_another_build_is_refused(main_db, tmp_path, build) -> None
     conn.execute("UPDATE meta SET value = 'other' WHERE key = 'build_id'")
     conn.commit()
     conn.close()
-    conn = schema.connect(main_db)
+    conn = connection.connect(main_db)
     with pytest.raises(DatabaseError, match="another build"):
         merge_tasks(conn, main_db)
     conn.close()
 
 
 def test_a_larger_max_attempts_brings_parked_retries_into_the_array(main_db) -> None:
-    conn = schema.connect(main_db)
-    with schema.transaction(conn):
+    conn = connection.connect(main_db)
+    with connection.transaction(conn):
         conn.execute("UPDATE images SET status = 'failed_transient', attempts = 4, "
                      f"next_attempt_at = {states.EXHAUSTED}, error_type = 'timeout', "
                      "last_attempt_at = 1 WHERE image_id % 10 = 0")

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import time
 
+from download_db.db.connection import connect
 from download_db.db.gbif_ids import finalize
-from download_db.db.schema import connect
 from download_db.db.sqlite import sqlite3
-from tests.conftest import row, write_multimedia
+from download_db.progress import RunContext
+from tests.helpers import row, write_multimedia
+
+QUIET = RunContext(out=io.StringIO(), bar=False)
 
 
 def _db(build, tmp_path):
@@ -39,7 +43,7 @@ def test_rollup_rules(build, tmp_path) -> None:
     _set(conn, 5, 0, "success")  # partial: image 1 pending
     _set(conn, 6, 0, "failed_transient", 1)  # partial
     # 7 untouched: pending
-    st = finalize(conn, max_attempts=4, chunk_ids=3, out=open("/dev/null", "w"), bar=False)
+    st = finalize(conn, QUIET, max_attempts=4, chunk_ids=3)
     got = dict(conn.execute("SELECT gbif_id, status || '/' || n_success FROM gbif_ids"))
     assert got == {
         1: "done/2",
@@ -58,7 +62,7 @@ def test_rollup_rules(build, tmp_path) -> None:
 
     # idempotent, and completed_at is never overwritten
     time.sleep(0.01)
-    st2 = finalize(conn, max_attempts=4, chunk_ids=2, out=open("/dev/null", "w"), bar=False)
+    st2 = finalize(conn, QUIET, max_attempts=4, chunk_ids=2)
     assert st2.changed == 0
     assert (
         dict(
@@ -69,7 +73,7 @@ def test_rollup_rules(build, tmp_path) -> None:
         == stamped
     )
     # a bigger attempts budget re-opens exhausted transient failures
-    finalize(conn, max_attempts=5, out=open("/dev/null", "w"), bar=False)
+    finalize(conn, QUIET, max_attempts=5)
     assert conn.execute("SELECT status FROM gbif_ids WHERE gbif_id = 4").fetchone() == ("partial",)
     conn.close()
 

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass, field
-from typing import TextIO
 
-from ..errors import Interrupted
-from ..progress import Progress
+from ..progress import RunContext
 from ..states import DEFAULT_MAX_ATTEMPTS, GBIF_STATUSES
-from .schema import transaction
+from .connection import transaction
 from .sqlite import sqlite3
 
 CHUNK_IDS = 500_000  # per transaction: bounds the WAL and the work a kill loses
@@ -54,16 +51,16 @@ class FinalizeStats:
     by_status: dict[str, int] = field(default_factory=dict)
 
 
-def finalize(conn: sqlite3.Connection, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
-             chunk_ids: int = CHUNK_IDS, every: float = 0.0, out: TextIO | None = None,
-             bar: bool | None = None, stop: threading.Event | None = None) -> FinalizeStats:
+def finalize(conn: sqlite3.Connection, ctx: RunContext | None = None, *,
+             max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+             chunk_ids: int = CHUNK_IDS) -> FinalizeStats:
     """Recompute n_success/status of every gbifID; safe to kill and re-run. One
-    transaction and (by default) one progress line per chunk of gbifIDs."""
+    transaction and (with ctx.every 0, the default) one progress line per chunk."""
+    ctx = ctx or RunContext(every=0.0)
     t0 = time.monotonic()
     stats = FinalizeStats()
     total = conn.execute("SELECT count(*) FROM gbif_ids").fetchone()[0]
-    progress = Progress("finalize", total, item="gbifIDs", every=every, stream=out, bar=bar,
-                        counting=True)
+    progress = ctx.progress("finalize", total, item="gbifIDs", counting=True)
     lo = -1
     done = 0
     try:
@@ -81,8 +78,7 @@ def finalize(conn: sqlite3.Connection, *, max_attempts: int = DEFAULT_MAX_ATTEMP
             progress.update(done, n)  # counting: done_bytes is the item count
             if row is None:
                 break
-            if stop is not None and stop.is_set():
-                raise Interrupted("stopped by a signal")
+            ctx.check_stop()
             lo = hi
     finally:
         progress.close()

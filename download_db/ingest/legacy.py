@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TextIO
 
-from ..db.schema import get_meta, set_meta, transaction
+from ..db.connection import transaction
+from ..db.meta import get_meta, set_meta
 from ..db.sqlite import sqlite3
-from ..errors import InputError, Interrupted
+from ..errors import InputError
 from ..files.layout import image_relpath, legacy_relpath
-from ..progress import Progress
+from ..progress import RunContext
 from ..states import FLAG_LEGACY, SUCCESS
 
 BATCH = 50_000
@@ -45,11 +44,11 @@ def _ids(path: Path, skip: int) -> Iterator[str]:
 
 
 def import_legacy(conn: sqlite3.Connection, install_path: str | Path, processed: str | Path,
-                  failed: str | Path | None = None, *, every: float = 10.0,
-                  out: TextIO | None = None, bar: bool | None = None,
-                  stop: threading.Event | None = None) -> LegacyStats:
+                  failed: str | Path | None = None,
+                  ctx: RunContext | None = None) -> LegacyStats:
     """Mark image 0 of each processed gbifID success (flag legacy_unverified_index),
     renaming <id>.jpg to <id>-00.jpg. Chunked commits; resumes where it stopped."""
+    ctx = ctx or RunContext()
     root = Path(install_path)
     processed = Path(processed)
     for p in (processed, failed):
@@ -63,7 +62,7 @@ def import_legacy(conn: sqlite3.Connection, install_path: str | Path, processed:
     if get_meta(conn, "legacy_source") == fp:
         skip = int(get_meta(conn, "legacy_lines") or 0)
         stats = LegacyStats(**json.loads(get_meta(conn, "legacy_stats") or "{}"))
-    progress = Progress("legacy", st.st_size, item="IDs", every=every, stream=out, bar=bar)
+    progress = ctx.progress("legacy", st.st_size, item="IDs")
     batch: list[str] = []
 
     def flush() -> None:
@@ -83,8 +82,7 @@ def import_legacy(conn: sqlite3.Connection, install_path: str | Path, processed:
             batch.append(s)
             if len(batch) >= BATCH:
                 flush()
-                if stop is not None and stop.is_set():
-                    raise Interrupted("stopped by a signal")
+                ctx.check_stop()
         if batch or skip == 0:
             flush()
     finally:

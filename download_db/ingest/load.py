@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import threading
 import uuid
 from collections import deque
 from collections.abc import Iterator
@@ -14,19 +12,14 @@ from typing import TextIO
 
 import numpy as np
 
+from ..db.connection import transaction
+from ..db.meta import get_meta, set_meta
 from ..db.runs import heartbeat
-from ..db.schema import (
-    INDEX_CLAIMED,
-    INDEX_GBIF_IMAGE,
-    INDEX_TODO,
-    get_meta,
-    install_tallies,
-    set_meta,
-    transaction,
-)
+from ..db.schema import INDEX_CLAIMED, INDEX_GBIF_IMAGE, INDEX_TODO
 from ..db.sqlite import sqlite3
-from ..errors import DatabaseError, Interrupted
-from ..progress import Progress, say
+from ..db.tallies import install_tallies
+from ..errors import DatabaseError
+from ..progress import RunContext, say
 from ..web import keys
 from .group import Grouped, group_chunk
 from .reader import CHUNK_BYTES, Chunk, ParsedChunk, Source, parse_chunk
@@ -80,10 +73,10 @@ def source_fingerprint(source: Source) -> dict:
 
 
 def ingest(conn: sqlite3.Connection, source: Source, *, run_id: int,
-           chunk_bytes: int = CHUNK_BYTES, workers: int = 2, every: float = 10.0,
-           out: TextIO | None = None, bar: bool | None = None,
-           stop: threading.Event | None = None) -> IngestStats:
+           chunk_bytes: int = CHUNK_BYTES, workers: int = 2,
+           ctx: RunContext | None = None) -> IngestStats:
     """Load (or continue loading) ``source`` into an open database, then index it."""
+    ctx = ctx or RunContext()
     phase = get_meta(conn, "ingest_phase")
     fp = source_fingerprint(source)
     if phase is None:
@@ -107,14 +100,14 @@ def ingest(conn: sqlite3.Connection, source: Source, *, run_id: int,
             # the legacy import or finalize that follow, or just before): nothing to redo.
             return IngestStats.from_json(get_meta(conn, "ingest_stats"))
         offset = int(get_meta(conn, "ingest_offset") or 0)
-        say(f"ingest: resuming {source.path} at byte {offset:,}", out)
+        ctx.say(f"ingest: resuming {source.path} at byte {offset:,}")
     stats = IngestStats.from_json(get_meta(conn, "ingest_stats"))
     if phase == PHASE_LOADING:
         _load(conn, source, stats, run_id=run_id, chunk_bytes=chunk_bytes, workers=workers,
-              every=every, out=out, bar=bar, stop=stop)
+              ctx=ctx)
         with transaction(conn):
             set_meta(conn, "ingest_phase", PHASE_INDEXING)
-    _post_load(conn, stats, out)
+    _post_load(conn, stats, ctx.out)
     return stats
 
 
@@ -144,13 +137,11 @@ def _transformed(source: Source, start: int, chunk_bytes: int,
 
 
 def _load(conn: sqlite3.Connection, source: Source, stats: IngestStats, *, run_id: int,
-          chunk_bytes: int, workers: int, every: float, out: TextIO | None,
-          bar: bool | None, stop: threading.Event | None = None) -> None:
+          chunk_bytes: int, workers: int, ctx: RunContext) -> None:
     start = int(get_meta(conn, "ingest_offset") or source.header.data_offset)
     host_ids: dict[str, int] = dict(conn.execute("SELECT host, host_id FROM hosts"))
     next_host = max(host_ids.values(), default=0) + 1
-    progress = Progress("ingest", source.total_bytes, start_bytes=start, item="rows",
-                        every=every, stream=out, bar=bar)
+    progress = ctx.progress("ingest", source.total_bytes, start_bytes=start, item="rows")
     try:
         for chunk, parsed, g in _transformed(source, start, chunk_bytes, workers):
             new_hosts = []
@@ -179,8 +170,7 @@ def _load(conn: sqlite3.Connection, source: Source, stats: IngestStats, *, run_i
                 set_meta(conn, "ingest_stats", stats.to_json())
                 heartbeat(conn, run_id)
             progress.update(chunk.end, parsed.lines)
-            if stop is not None and stop.is_set():
-                raise Interrupted("stopped by a signal")
+            ctx.check_stop()
     finally:
         progress.close()
 
@@ -259,11 +249,3 @@ def _merge_one(conn: sqlite3.Connection, gid: int) -> int:
             conn.executemany("DELETE FROM images WHERE image_id = ?", gone)
             removed += len(dups)
     return removed
-
-
-def remove_database(path: str | os.PathLike) -> None:
-    """Delete a database and its journal/WAL side files (for --reset)."""
-    for suffix in ("", "-wal", "-shm", "-journal"):
-        p = f"{os.fspath(path)}{suffix}"
-        if os.path.exists(p):
-            os.remove(p)

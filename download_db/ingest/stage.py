@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
@@ -11,15 +12,17 @@ from ..arrays.merge import MergeStats, merge_tasks, refuse_if_tasks_running
 from ..arrays.plan import freeze, task_dbs, tasks_dir_for
 from ..config import MODE_BUILD, MODE_FINALIZE, MODE_LEGACY, MODE_MERGE, MODE_RESET, InitConfig
 from ..db import runs
+from ..db.connection import connect, remove_database, transaction
 from ..db.gbif_ids import FinalizeStats, finalize
-from ..db.schema import connect, create_schema, get_meta, migrate, set_meta, transaction
+from ..db.meta import get_meta, set_meta
+from ..db.schema import create_schema, migrate
 from ..db.sqlite import sqlite3
 from ..db.stagelock import stage_lock
 from ..errors import DatabaseError, DownloadDbError, Interrupted
-from ..progress import say
+from ..progress import RunContext, say
 from ..signals import stop_on_signals
 from .legacy import LegacyStats, import_legacy
-from .load import IngestStats, ingest, remove_database
+from .load import IngestStats, ingest
 from .reader import Source
 
 
@@ -33,6 +36,7 @@ def run_init(cfg: InitConfig, out: TextIO | None = None) -> dict:
 
 def _run(cfg: InitConfig, out: TextIO | None, stop: threading.Event) -> dict:
     t0 = time.monotonic()
+    ctx = RunContext(out=out, bar=cfg.bar, every=cfg.progress_every, stop=stop)
     state = _db_state(cfg.db)
     source = None
     if cfg.mode in (MODE_LEGACY, MODE_FINALIZE, MODE_MERGE):
@@ -54,8 +58,7 @@ def _run(cfg: InitConfig, out: TextIO | None, stop: threading.Event) -> dict:
             # results of arrays over the old build: their image ids mean nothing
             # now (their files are adopted by the next download)
             for path in task_dbs(tasks_dir_for(cfg.db)):
-                for suffix in ("", "-journal", ".lock"):
-                    Path(f"{path}{suffix}").unlink(missing_ok=True)
+                remove_database(path, lock_file=True)
         elif state == "complete":
             raise DatabaseError(f"database already exists: {cfg.db}; use --reset to rebuild it, "
                                 "--legacy-only to import legacy files, or --finalize-only")
@@ -72,17 +75,16 @@ def _run(cfg: InitConfig, out: TextIO | None, stop: threading.Event) -> dict:
         if source is not None:
             say(f"ingest: {source.path} -> {cfg.db}", out)
             st = ingest(conn, source, run_id=run_id, chunk_bytes=cfg.chunk_mb << 20,
-                        workers=cfg.workers, every=cfg.progress_every, out=out, bar=cfg.bar,
-                        stop=stop)
+                        workers=cfg.workers, ctx=ctx)
             counts["ingest"] = _ingest_summary(st, out)
         if cfg.processed_file is not None and cfg.mode not in (MODE_FINALIZE, MODE_MERGE):
             lst = import_legacy(conn, cfg.install_path, cfg.processed_file, cfg.failed_file,
-                                every=cfg.progress_every, out=out, bar=cfg.bar, stop=stop)
+                                ctx)
             counts["legacy"] = _legacy_summary(lst, out)
         # A fresh build has every gbifID pending by construction: nothing to roll up.
         if cfg.mode not in (MODE_BUILD, MODE_RESET, MODE_MERGE) or "legacy" in counts:
-            fst = finalize(conn, max_attempts=cfg.max_attempts,
-                           out=out, bar=cfg.bar, stop=stop)
+            # a line per chunk, not per --progress-every: a chunk is seconds of work
+            fst = finalize(conn, replace(ctx, every=0.0), max_attempts=cfg.max_attempts)
             counts["finalize"] = _finalize_summary(fst, out)
         if source is not None:
             with transaction(conn):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from html import escape
 
-from ..progress import fmt_secs
-from .text import human_bytes, when
+from ..progress import fmt_secs, human_bytes
+from .text import when
 
 COLORS = {"success": "#2e7d32", "done": "#2e7d32", "pending": "#9e9e9e", "partial": "#f9a825",
           "failed_transient": "#ef6c00", "failed_permanent": "#c62828", "failed": "#c62828"}

@@ -4,21 +4,13 @@ from __future__ import annotations
 
 import time
 
-from ..progress import fmt_secs
+from ..progress import fmt_secs, human_bytes
 
 WIDTH = 78
 
 
 def when(ts: float | None) -> str:
     return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
-        n /= 1000
-    return f"{n:,.1f} TB"
 
 
 def _section(out: list[str], title: str) -> None:
