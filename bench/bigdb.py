@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from download_db import states  # noqa: E402
-from download_db.db import schema  # noqa: E402
+from download_db.db import connection, meta, schema, tallies  # noqa: E402
 
 HOSTS = 2000
 CHUNK = 1_000_000
@@ -65,9 +65,9 @@ SELECT i, g, i - ((g * 13 + 7) / 8),
 
 def build(db: Path, images: int) -> None:
     t0 = time.monotonic()
-    conn = schema.connect(db, bulk=True)
+    conn = connection.connect(db, bulk=True)
     schema.create_schema(conn)
-    with schema.transaction(conn):
+    with connection.transaction(conn):
         conn.executemany("INSERT INTO hosts(host_id, host) VALUES (?, ?)",
                          [(h, f"host{h}.example.org") for h in range(1, HOSTS + 1)])
         conn.executemany(
@@ -75,25 +75,25 @@ def build(db: Path, images: int) -> None:
             [(h, f"Herbarium {h}", f"Collector {h}") for h in range(1, HOSTS + 1)])
     for lo in range(1, images + 1, CHUNK):
         hi = min(lo + CHUNK - 1, images)
-        with schema.transaction(conn):
+        with connection.transaction(conn):
             conn.execute(_INSERT, {"lo": lo, "hi": hi})
         rate = hi / (time.monotonic() - t0)
         print(f"  rows {hi:>12,}  {rate:,.0f} rows/s", flush=True)
     print(f"  insert {time.monotonic() - t0:.0f}s; building indexes", flush=True)
     for ddl in schema.POST_LOAD_INDEXES:
         conn.execute(ddl)
-    with schema.transaction(conn):
+    with connection.transaction(conn):
         conn.execute("INSERT INTO gbif_ids(gbif_id, n_images) "
                      "SELECT gbif_id, count(*) FROM images GROUP BY gbif_id")
         t1 = time.monotonic()
-        schema.install_tallies(conn, fresh_load=False)
+        tallies.install_tallies(conn, fresh_load=False)
         print(f"  counters by one scan (the v2 migration of a built DB): "
               f"{time.monotonic() - t1:.0f}s", flush=True)
         conn.execute("UPDATE hosts SET n_images = (SELECT coalesce(sum(n), 0) FROM image_tally t "
                      "WHERE t.host_id = hosts.host_id)")
-        schema.set_meta(conn, "ingest_phase", "done")
-        schema.set_meta(conn, "build_complete", "1")
-    schema.use_wal(conn)
+        meta.set_meta(conn, "ingest_phase", "done")
+        meta.set_meta(conn, "build_complete", "1")
+    connection.use_wal(conn)
     conn.execute("PRAGMA optimize")
     conn.close()
     print(f"  built {images:,} images in {time.monotonic() - t0:.0f}s "

@@ -30,15 +30,15 @@ import bigdb  # noqa: E402
 
 from download_db.arrays import plan  # noqa: E402
 from download_db.arrays.merge import _IMAGES, merge_tasks  # noqa: E402
-from download_db.db import schema  # noqa: E402
+from download_db.db import connection  # noqa: E402
 
 
 def prepare(workdir: Path, results: int, tasks: int) -> Path:
     main = workdir / "main.db"
     t = time.monotonic()
     bigdb.build(main, results)
-    conn = schema.connect(main)
-    with schema.transaction(conn):  # a fresh download: everything pending, never tried
+    conn = connection.connect(main)
+    with connection.transaction(conn):  # a fresh download: everything pending, never tried
         conn.execute("UPDATE images SET status = 'pending', attempts = 0, next_attempt_at = 0, "
                      "error_type = NULL, file_size = NULL, file_path = NULL, sha256 = NULL, "
                      "last_attempt_at = NULL, http_status = NULL")
@@ -50,8 +50,8 @@ def prepare(workdir: Path, results: int, tasks: int) -> Path:
         shard = plan.Shard(k, tasks)
         path = plan.task_db_path(plan.tasks_dir_for(main), shard)
         n = plan.create_task_db(main, path, shard, max_parts=4)
-        c = schema.connect(path, wal=False)
-        with schema.transaction(c):
+        c = connection.connect(path, wal=False)
+        with connection.transaction(c):
             c.execute("UPDATE images SET status = CASE WHEN image_id % 5 = 0 "
                       "THEN 'failed_permanent' ELSE 'success' END, attempts = 1, "
                       "last_attempt_at = 1790000000 + image_id % 86400, "
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     base = a.workdir / "baseline"
     base.mkdir()
     shutil.copy(main_db, base / "main.db")
-    conn = schema.connect(base / "main.db")
+    conn = connection.connect(base / "main.db")
     for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'"
                                 ).fetchall():
         conn.execute(f"DROP TRIGGER {name}")
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     n_base = 0
     for path in plan.task_dbs(plan.tasks_dir_for(main_db)):
         conn.execute("ATTACH DATABASE ? AS task", (str(path),))
-        with schema.transaction(conn):
+        with connection.transaction(conn):
             n_base += conn.execute(_IMAGES).rowcount
         conn.execute("DETACH DATABASE task")
     baseline = time.monotonic() - t
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"baseline bare UPDATE ... FROM: {n_base:,} rows in {baseline:.1f}s "
           f"({n_base / baseline:,.0f} rows/s)", flush=True)
 
-    conn = schema.connect(main_db)
+    conn = connection.connect(main_db)
     t = time.monotonic()
     st = merge_tasks(conn, main_db, out=sys.stdout)
     ours = time.monotonic() - t

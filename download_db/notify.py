@@ -13,11 +13,8 @@ import urllib.error
 import urllib.request
 from collections import deque
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from urllib.parse import urlsplit
 
-from .db.schema import connect
-from .db.sqlite import sqlite3
 from .errors import UsageError
 from .progress import fmt_secs
 
@@ -205,7 +202,8 @@ class RunNotes:
         self.clock = clock
         self.t0 = clock()
         self.todo = 0
-        # set by the first process: others(fresh=False) -> counts of the other processes
+        # set by the first process: others(fresh=False) -> counts of the other processes,
+        # handed in by the stage (which reads them from the runs table)
         self.others: Callable[..., dict] | None = None
         self._milestone = 0
         self._done = -1
@@ -317,34 +315,6 @@ class RunNotes:
 
     def close(self, wait: float = FLUSH_WAIT) -> None:
         self.n.close(wait)
-
-
-def others_counts(db: Path | str, pids: list[int], since: float) -> Callable[..., dict]:
-    """The summed counts of the --processes copies, read from their runs rows
-    (at most every 5 s unless fresh), so the first process reports for all."""
-    cache: dict = {}
-    read_at = -1e9
-
-    def others(fresh: bool = False) -> dict:
-        nonlocal cache, read_at
-        if not fresh and time.monotonic() - read_at < 5:
-            return cache
-        read_at = time.monotonic()
-        try:
-            conn = connect(db, readonly=True, busy_timeout_s=1.0)
-            try:
-                rows = conn.execute(
-                    "SELECT counts FROM runs WHERE stage = 'download' AND hostname = ? "
-                    "AND started_at >= ? AND pid IN (SELECT value FROM json_each(?))",
-                    (socket.gethostname(), since, json.dumps(pids))).fetchall()
-            finally:
-                conn.close()
-            cache = add_counts(*(json.loads(r[0]) for r in rows if r[0]))
-        except (sqlite3.Error, ValueError):
-            pass  # a busy database only delays the numbers
-        return cache
-
-    return others
 
 
 def label_for(db: os.PathLike | str) -> str:

@@ -16,9 +16,9 @@ from download_db import states
 from download_db.cli.main import init_main
 from download_db.db import claims, runs
 from download_db.db.claims import Result
-from download_db.db.schema import connect, transaction
+from download_db.db.connection import connect, transaction
 from download_db.states import EXHAUSTED, FAILED_PERMANENT, FAILED_TRANSIENT, PENDING, SUCCESS
-from tests.conftest import row, write_multimedia
+from tests.helpers import row, write_multimedia
 
 NOW = 1_700_000_000.0
 LEASE = 60.0

@@ -15,13 +15,13 @@ import pytest
 
 from download_db import states
 from download_db.cli.report import status_main
-from download_db.db import schema
+from download_db.db import connection, meta, schema, tallies
 from download_db.db.sqlite import sqlite3
 from download_db.report import collect
 from download_db.report.check import check
 from download_db.report.html import render_html
 from download_db.report.text import render_text
-from tests.conftest import generate
+from tests.helpers import generate
 
 NOW = time.time()
 ERRORS = [("failed_permanent", "http_404"), ("failed_permanent", "invalid_content_type"),
@@ -40,9 +40,9 @@ def db(build, tmp_path) -> Path:
 def _mutate(path: Path, seed: int, n: int = 300) -> None:
     """Random result writes the way the downloader and users make them."""
     rnd = random.Random(seed)
-    conn = schema.connect(path)
+    conn = connection.connect(path)
     ids = [r[0] for r in conn.execute("SELECT image_id FROM images")]
-    with schema.transaction(conn):
+    with connection.transaction(conn):
         for image_id in rnd.sample(ids, min(n, len(ids))):
             status, etype = rnd.choice(ERRORS)
             attempts = 0 if status == "pending" else rnd.randint(1, 4)
@@ -78,8 +78,8 @@ def _collect(path: Path) -> dict:
 def test_counters_follow_every_write(db, seed) -> None:
     _mutate(db, seed)
     _mutate(db, seed + 10)  # changes of already changed rows
-    conn = schema.connect(db)
-    with schema.transaction(conn):  # deletes and user SQL go through the triggers too
+    conn = connection.connect(db)
+    with connection.transaction(conn):  # deletes and user SQL go through the triggers too
         conn.execute("DELETE FROM images WHERE image_id IN (SELECT image_id FROM images "
                      "ORDER BY image_id DESC LIMIT 3)")
         conn.execute("UPDATE hosts SET n_images = (SELECT count(*) FROM images i "
@@ -120,7 +120,7 @@ def test_migration_from_v1_recounts_once(db) -> None:
     conn.close()
     with pytest.raises(Exception, match="without the report's counters"):
         collect.open_readonly(db)
-    conn = schema.connect(db)
+    conn = connection.connect(db)
     assert schema.migrate(conn) == 2
     conn.close()
     assert check(collect.open_readonly(db), None, files=False).ok
@@ -149,7 +149,7 @@ def test_report_never_writes(db, tmp_path, capsys) -> None:
 
 
 def test_report_reads_while_a_writer_holds_the_lock(db, capsys) -> None:
-    writer = schema.connect(db)
+    writer = connection.connect(db)
     writer.execute("BEGIN IMMEDIATE")
     writer.execute("UPDATE images SET status = 'success' WHERE image_id = 1")
     t = time.monotonic()
@@ -215,8 +215,8 @@ def _run(conn, stage, outcome, pid, hb, message=None):
     ("ok", "idle", "finished ok"),
 ])
 def test_pipeline_state_is_first_and_loud(db, case, state, words) -> None:
-    conn = schema.connect(db)
-    with schema.transaction(conn):
+    conn = connection.connect(db)
+    with connection.transaction(conn):
         conn.execute("DELETE FROM runs WHERE stage = 'ingest' AND run_id > 1")
         if case == "alive":
             _run(conn, "download", "running", os.getpid(), NOW)
@@ -236,11 +236,11 @@ def test_pipeline_state_is_first_and_loud(db, case, state, words) -> None:
 
 def test_pipeline_state_empty(tmp_path) -> None:
     path = tmp_path / "e.db"
-    conn = schema.connect(path)
+    conn = connection.connect(path)
     schema.create_schema(conn)
-    with schema.transaction(conn):
-        schema.set_meta(conn, "ingest_phase", "done")
-        schema.install_tallies(conn, fresh_load=True)
+    with connection.transaction(conn):
+        meta.set_meta(conn, "ingest_phase", "done")
+        tallies.install_tallies(conn, fresh_load=True)
     conn.close()
     d = _collect(path)
     assert d["pipeline"]["state"] == "empty" and "nothing ingested yet" in d["pipeline"]["headline"]
@@ -343,8 +343,8 @@ def _files_for_success_rows(db: Path, root: Path) -> None:
 
 def test_check_clean_then_each_disagreement(db, tmp_path, capsys) -> None:
     root = tmp_path / "images"
-    conn = schema.connect(db)
-    with schema.transaction(conn):
+    conn = connection.connect(db)
+    with connection.transaction(conn):
         for i, (gid, no) in enumerate(conn.execute(
                 "SELECT gbif_id, image_no FROM images LIMIT 20").fetchall()):
             rel = f"{str(gid)[:3]}/{str(gid)[3:6]}/{gid}-{no:02d}.jpg"

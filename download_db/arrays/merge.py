@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
 from ..db import claims
-from ..db.schema import TRIGGERS, get_meta, transaction
+from ..db.connection import open_readonly, readonly_uri, remove_database, transaction
+from ..db.meta import get_meta
 from ..db.sqlite import sqlite3
+from ..db.tallies import IMAGE_TRIGGERS, merge_sql
 from ..errors import DatabaseError
 from ..progress import say
-from ..states import ALIVE_WINDOW, EXHAUSTED, FLAG_LEGACY
+from ..states import ALIVE_WINDOW
 from .plan import task_dbs, tasks_dir_for
 
 # A task whose heartbeat is older than this (and not provably dead on this
@@ -53,27 +54,7 @@ SELECT stage, started_at, finished_at, heartbeat_at, hostname, pid, argv,
 # are dropped and re-created inside the same transaction, so no one sees a gap).
 _CHANGED = (f"FROM task.images AS t JOIN images AS i ON i.image_id = t.image_id "
             f"WHERE {_DONE} AND t.last_attempt_at IS NOT i.last_attempt_at")
-_UPSERT = " ON CONFLICT DO UPDATE SET n = n + excluded.n, bytes = bytes + excluded.bytes"
-_TALLY_OLD = (
-    "INSERT INTO image_tally(host_id, status, error_type, attempts, parked, n, bytes) "
-    "SELECT i.host_id, i.status, coalesce(i.error_type, ''), i.attempts, "
-    f"i.next_attempt_at >= {EXHAUSTED}, -count(*), -coalesce(sum(i.file_size), 0) "
-    f"{_CHANGED} GROUP BY 1, 2, 3, 4, 5" + _UPSERT)
-_TALLY_NEW = (
-    "INSERT INTO image_tally(host_id, status, error_type, attempts, parked, n, bytes) "
-    "SELECT i.host_id, t.status, coalesce(t.error_type, ''), t.attempts, "
-    f"t.next_attempt_at >= {EXHAUSTED}, count(*), coalesce(sum(t.file_size), 0) "
-    f"{_CHANGED} GROUP BY 1, 2, 3, 4, 5" + _UPSERT)
-_ACTIVITY = (
-    "INSERT INTO activity(minute, attempts, successes, failures, bytes) "
-    "SELECT CAST(t.last_attempt_at / 60 AS INTEGER), count(*), sum(t.status = 'success'), "
-    "sum(t.status LIKE 'failed%'), sum(CASE WHEN t.status = 'success' "
-    f"THEN coalesce(t.file_size, 0) ELSE 0 END) {_CHANGED} "
-    f"AND t.error_type IS NOT '{FLAG_LEGACY}' GROUP BY 1 "
-    "ON CONFLICT DO UPDATE SET attempts = attempts + excluded.attempts, "
-    "successes = successes + excluded.successes, failures = failures + excluded.failures, "
-    "bytes = bytes + excluded.bytes")
-_IMAGE_TRIGGERS = [t for t in TRIGGERS if re.search(r"\bON images\s", t)]
+_TALLIES = merge_sql(_CHANGED, old="i", new="t")
 
 
 @dataclass
@@ -87,7 +68,7 @@ class MergeStats:
 def task_liveness(path: Path, now: float | None = None) -> str | None:
     """Why the task may still be writing (a run a downloader would not recover:
     recent heartbeat, and alive if it ran on this machine), or None."""
-    conn = sqlite3.connect(f"file:{path.resolve().as_posix()}?mode=ro", uri=True, timeout=30)
+    conn = open_readonly(path)
     try:
         live = claims.live_tokens(conn, stale_after=ALIVE_WINDOW, now=now)
     finally:
@@ -107,10 +88,6 @@ def refuse_if_tasks_running(db: Path, what: str) -> None:
                 "with it. Wait for the array to finish (or qdel/scancel it), or pass --force")
 
 
-def _trigger_names(ddls: list[str]) -> list[str]:
-    return [d.split("EXISTS", 1)[1].split()[0] for d in ddls]
-
-
 def merge_tasks(conn: sqlite3.Connection, db: Path, *, force: bool = False,
                 out: TextIO | None = None) -> MergeStats:
     """Fold every task database beside ``db`` into it, one transaction per task;
@@ -127,8 +104,7 @@ def merge_tasks(conn: sqlite3.Connection, db: Path, *, force: bool = False,
     build = get_meta(conn, "build_id")
     for path in paths:
         t1 = time.monotonic()
-        uri = f"file:{path.resolve().as_posix()}?mode=ro"
-        conn.execute("ATTACH DATABASE ? AS task", (uri,))
+        conn.execute("ATTACH DATABASE ? AS task", (readonly_uri(path),))
         try:
             task_build = conn.execute(
                 "SELECT value FROM task.meta WHERE key = 'build_id'").fetchone()
@@ -138,19 +114,18 @@ def merge_tasks(conn: sqlite3.Connection, db: Path, *, force: bool = False,
             shard = conn.execute(
                 "SELECT value FROM task.meta WHERE key = 'task_shard'").fetchone()
             with transaction(conn):
-                for stmt in (_TALLY_OLD, _TALLY_NEW, _ACTIVITY):
+                for stmt in _TALLIES:
                     conn.execute(stmt)
-                for name in _trigger_names(_IMAGE_TRIGGERS):
+                for name, _ in IMAGE_TRIGGERS:
                     conn.execute(f"DROP TRIGGER {name}")
                 n = conn.execute(_IMAGES).rowcount
-                for ddl in _IMAGE_TRIGGERS:
+                for _, ddl in IMAGE_TRIGGERS:
                     conn.execute(ddl)
                 conn.execute(_HOSTS)
                 conn.execute(_RUNS, (shard[0] if shard else None,))
         finally:
             conn.execute("DETACH DATABASE task")
-        for suffix in ("", "-journal", ".lock"):
-            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        remove_database(path, lock_file=True)
         st.tasks += 1
         st.images += max(n, 0)
         st.merged.append(path.name)

@@ -10,16 +10,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..db.schema import (
-    POST_LOAD_INDEXES,
-    connect,
-    create_schema,
-    get_meta,
-    install_tallies,
-    set_meta,
-    transaction,
-)
+from ..db.connection import connect, open_readonly, readonly_uri, remove_database, transaction
+from ..db.meta import get_meta, set_meta
+from ..db.schema import POST_LOAD_INDEXES, create_schema
 from ..db.sqlite import sqlite3
+from ..db.tallies import install_tallies
 from ..errors import DatabaseError, UsageError
 from ..states import EXHAUSTED, TODO_WHERE
 
@@ -124,8 +119,7 @@ def open_frozen(db: Path) -> sqlite3.Connection:
             f"{db} is in WAL mode (written since its last freeze), so array tasks on other "
             "hosts cannot read it safely; run `init_download_db.py --merge-only` on one "
             "machine first (it merges finished tasks and freezes the database)")
-    uri = f"file:{db.resolve().as_posix()}?mode=ro&immutable=1"
-    return sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    return open_readonly(db, immutable=True)
 
 
 # -- the plan: hosts to tasks ---------------------------------------------------------
@@ -187,12 +181,10 @@ def create_task_db(main_db: Path, path: Path, shard: Shard, max_parts: int,
         main.close()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".building")
-    for suffix in ("", "-journal"):
-        Path(f"{tmp}{suffix}").unlink(missing_ok=True)
+    remove_database(tmp)
     conn = connect(tmp, bulk=True)
     create_schema(conn)
-    uri = f"file:{main_db.resolve().as_posix()}?mode=ro&immutable=1"
-    conn.execute("ATTACH DATABASE ? AS main_db", (uri,))
+    conn.execute("ATTACH DATABASE ? AS main_db", (readonly_uri(main_db, immutable=True),))
     with transaction(conn):
         conn.execute("INSERT INTO hosts SELECT * FROM main_db.hosts")
         conn.execute("INSERT INTO attributions SELECT * FROM main_db.attributions")

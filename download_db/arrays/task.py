@@ -6,7 +6,7 @@ from dataclasses import replace
 from typing import TextIO
 
 from ..config import DownloadConfig
-from ..db.schema import connect
+from ..db.connection import connect
 from ..errors import DatabaseError
 from ..progress import say
 from . import plan

@@ -8,7 +8,7 @@ import socket
 import sys
 import time
 
-from .schema import transaction
+from .connection import transaction
 from .sqlite import sqlite3
 
 RUNNING = "running"
@@ -59,3 +59,13 @@ def pid_alive(pid: int | None) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def download_counts(conn: sqlite3.Connection, pids: list[int], since: float) -> list[dict]:
+    """The counts of this machine's download runs by these processes, started since
+    ``since`` (the --processes copies of a run, for the first process to report)."""
+    rows = conn.execute(
+        "SELECT counts FROM runs WHERE stage = 'download' AND hostname = ? "
+        "AND started_at >= ? AND pid IN (SELECT value FROM json_each(?))",
+        (socket.gethostname(), since, json.dumps(pids))).fetchall()
+    return [json.loads(r[0]) for r in rows if r[0]]

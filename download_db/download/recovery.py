@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 from ..db import claims
+from ..db.connection import transaction
 from ..db.gbif_ids import ROLLUP_IDS
-from ..db.schema import transaction
 from ..db.sqlite import sqlite3
 from ..files import images, store
 from ..files.layout import image_relpath

@@ -21,7 +21,9 @@ from ..arrays import task
 from ..arrays.merge import merge_tasks
 from ..config import DownloadConfig
 from ..db import claims, runs
-from ..db.schema import connect, get_meta, migrate, transaction
+from ..db.connection import connect, transaction
+from ..db.meta import get_meta
+from ..db.schema import migrate
 from ..db.sqlite import sqlite3
 from ..db.stagelock import stage_lock
 from ..errors import DatabaseError

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from ..db import claims, runs
 from ..db.claims import Item, Result
+from ..db.connection import retry_locked, transaction
 from ..db.gbif_ids import ROLLUP_IDS
-from ..db.schema import retry_locked, transaction
 from ..db.sqlite import sqlite3
 from ..files import store
 from ..states import SUCCESS
@@ -33,13 +33,11 @@ class Writer(threading.Thread):
     """
 
     def __init__(self, conn: sqlite3.Connection, *, token: str, run_id: int, root: Path,
-                 max_attempts: int, lease: float, on_commit=None,
-                 on_host_state=None) -> None:
+                 max_attempts: int, lease: float, on_commit=None) -> None:
         super().__init__(name="db-writer", daemon=True)
         self.conn, self.token, self.run_id, self.root = conn, token, run_id, root
         self.max_attempts, self.lease = max_attempts, lease
         self.on_commit = on_commit  # callback(list[Result]) after each commit
-        self.on_host_state = on_host_state  # callback(host, fields) in the caller's thread
         self.q: queue.Queue = queue.Queue()
         self.error: BaseException | None = None
         self.counts: dict[str, int] = {}
@@ -70,8 +68,6 @@ class Writer(threading.Thread):
     def host_state(self, host: str, **fields) -> None:
         """Persist politeness state (cooldown_until, breaker_state, ...) for a host."""
         self.q.put(("host", (host, fields), None))
-        if self.on_host_state is not None:
-            self.on_host_state(host, fields)
 
     def stop(self) -> None:
         fut: Future = Future()

@@ -229,16 +229,16 @@ def _merge_one(conn: sqlite3.Connection, gid: int) -> int:
     removed = 0
     for image_no, key in enumerate(order):
         image_id, cands, attr, ids = by_key[key]
-        parsed = [(keys.parse_identifier(u), a) for u, a in cands]
-        good = [(c, a) for c, a in parsed if isinstance(c, keys.Candidate)]
-        ranked_idx = sorted(range(len(good)), key=lambda j: keys.rank_key(good[j][0], j))
-        seen: set[str] = set()
-        urls_out = []
-        for j in ranked_idx:
-            if good[j][0].url not in seen:
-                seen.add(good[j][0].url)
-                urls_out.append(good[j][0].url)
-        best_attr = good[ranked_idx[0]][1] if good else attr
+        good: list[keys.Candidate] = []
+        attr_of: dict[str, int | None] = {}  # a URL's attribution where it first appears
+        for u, a in cands:
+            c = keys.parse_identifier(u)
+            if isinstance(c, keys.Candidate):
+                good.append(c)
+                attr_of.setdefault(c.url, a)
+        ranked = keys.rank_candidates(good)
+        urls_out = [c.url for c in ranked]
+        best_attr = attr_of[ranked[0].url] if ranked else attr
         conn.execute("UPDATE images SET image_no = ?, urls = ?, attribution_id = ? "
                      "WHERE image_id = ?", (image_no, "\n".join(urls_out), best_attr, image_id))
         dups = [x for x in ids if x != image_id]

@@ -6,14 +6,14 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from ..db.connection import open_readonly
 from ..db.sqlite import sqlite3
 
 
 def read_task(path: Path) -> dict | None:
     """One task database's progress since it was made (it may vanish: merged)."""
     try:
-        conn = sqlite3.connect(f"file:{path.resolve().as_posix()}?mode=ro", uri=True,
-                               timeout=30, isolation_level=None)
+        conn = open_readonly(path)
     except sqlite3.OperationalError:
         return None
     try:

@@ -6,12 +6,16 @@ import json
 import socket
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from ..arrays.plan import task_dbs, tasks_dir_for
-from ..db import runs
-from ..db.schema import SCHEMA_VERSION, connect, schema_version, tallies_installed
+from ..db import connection, runs
+from ..db.connection import READ_ERRORS, retry_locked
+from ..db.schema import SCHEMA_VERSION, schema_version
 from ..db.sqlite import sqlite3
+from ..db.tallies import tallies_installed
 from ..errors import DatabaseError
 from ..states import (
     ALIVE_WINDOW,
@@ -23,6 +27,7 @@ from ..states import (
 )
 from .arrays import add_deltas, read_task, task_summary
 
+T = TypeVar("T")
 REPORT_VERSION = 1
 # A run whose heartbeat is older than this is reported as probably dead (the
 # downloader beats every few seconds, the ingest once per chunk).
@@ -52,7 +57,7 @@ def open_readonly(db: Path) -> sqlite3.Connection:
     """The report's only way in: mode=ro by construction, never created or migrated."""
     if not db.is_file():
         raise DatabaseError(f"database not found: {db}")
-    conn = connect(db, readonly=True, busy_timeout_s=30.0)
+    conn = connection.open_readonly(db, busy_timeout_s=30.0)
     version = _retry(lambda: schema_version(conn))
     if version == 0:
         raise DatabaseError(f"{db} is not a download database (built by init_download_db.py?)")
@@ -66,17 +71,9 @@ def open_readonly(db: Path) -> sqlite3.Connection:
     return conn
 
 
-def _retry(fn):
+def _retry(fn: Callable[[], T]) -> T:
     """Retry a read on errors a busy or network filesystem produces transiently."""
-    for delay in (*READ_RETRIES, None):
-        try:
-            return fn()
-        except sqlite3.OperationalError as e:
-            msg = str(e).lower()
-            if delay is None or not any(s in msg for s in ("locked", "busy", "disk i/o")):
-                raise
-            time.sleep(delay)
-    return None
+    return retry_locked(fn, delays=READ_RETRIES, errors=READ_ERRORS)
 
 
 def collect(conn: sqlite3.Connection, *, db: Path | None = None, now: float | None = None,

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from download_db.cli.main import init_main
-from tests.conftest import dump, generate, row, write_multimedia
+from tests.helpers import dump, generate, q, row, write_multimedia
 from tests.imageserver import ImageServer
 from tests.reliability._support import (
     PY,
@@ -38,7 +38,6 @@ from tests.reliability._support import (
     images_dump,
     init_cmd,
     integrity,
-    q,
     quiesce,
     run,
     run_and_kill,
@@ -174,7 +173,7 @@ def test_a_build_killed_after_its_load_finishes_when_rerun(tmp_path) -> None:
           "'legacy_stats')")
     r = run(cmd)
     assert r.returncode == 0, r.stderr
-    assert "legacy: 10 lines read" in r.stdout or "legacy: 10 IDs read" in r.stdout, r.stdout
+    assert "legacy: 10 lines read:" in r.stdout, r.stdout
     assert q(db, "SELECT value FROM meta WHERE key = 'build_complete'") == [("1",)]
     again = run(cmd)
     assert again.returncode == 3 and "database already exists" in again.stderr
@@ -358,7 +357,7 @@ def test_a_download_killed_before_it_claimed_anything_is_marked_crashed(tmp_path
     # a downloader whose run row exists but that dies before its first claim: stand in for
     # it with a process that registers a download run and is SIGKILLed
     code = ("import sys, os, signal; from download_db.db import runs; "
-            "from download_db.db.schema import connect; c = connect(sys.argv[1]); "
+            "from download_db.db.connection import connect; c = connect(sys.argv[1]); "
             "runs.start_run(c, 'download'); os.kill(os.getpid(), signal.SIGKILL)")
     r = run([PY, "-c", code, str(db)])
     assert r.returncode == -9
@@ -438,7 +437,7 @@ def test_a_recovery_killed_before_its_commit_leaves_no_final_file_without_its_ro
 
     from PIL import Image
 
-    from download_db.db.schema import connect
+    from download_db.db.connection import connect
     from download_db.download import recovery
 
     a, _ = two_hosts

@@ -1,0 +1,208 @@
+"""Counter tables the report reads instead of scanning images, and every rule that keeps them.
+
+A GROUP BY status over 52M rows takes 16-48 s; these tables hold a few thousand
+rows. Each counter is described once (a `Tally`: key and sum columns as
+expressions over one row); the triggers, the full recount and the merge's bulk
+SQL are all generated from that description, so they cannot disagree. Triggers
+keep the counters exact in the same transaction as every change, whoever writes:
+the downloader, the legacy import, a merge or a user's ad hoc UPDATE. They are
+installed after the bulk load, so the load itself pays nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ..states import FLAG_LEGACY, PARKED
+from .sqlite import sqlite3
+
+
+@dataclass(frozen=True)
+class Tally:
+    """One counter table: rows of ``source`` grouped by ``key``, adding up ``sums``.
+
+    Expressions are written over a row ``{r}`` (new/old in a trigger, an alias in
+    bulk SQL). ``signed``: rows enter and leave the counter (inserts, deletes,
+    changes of a key); unsigned counters count events and only grow.
+    """
+
+    table: str
+    ddl: str
+    source: str
+    trigger: str  # trigger name prefix
+    key: tuple[tuple[str, str], ...]
+    sums: tuple[tuple[str, str], ...]
+    where: str = ""  # which rows count (over {r}); empty: all (a signed tally's must be)
+    signed: bool = True
+    on_update_of: str = ""  # unsigned: the column whose change is the event
+
+    def keys(self, r: str) -> list[str]:
+        return [e.format(r=r) for _, e in self.key]
+
+    def values(self, r: str) -> list[str]:
+        return [e.format(r=r) for _, e in self.sums]
+
+    def columns(self) -> list[str]:
+        return [c for c, _ in self.key + self.sums]
+
+    def upsert(self) -> str:
+        sets = ", ".join(f"{c} = {c} + excluded.{c}" for c, _ in self.sums)
+        return f" ON CONFLICT DO UPDATE SET {sets}"
+
+    def filter(self, r: str) -> str:
+        return self.where.format(r=r) if self.where else "1"
+
+
+IMAGE_TALLY = Tally(
+    # images per (host, status, error_type, attempts, parked): the source of
+    # every status, error, retry-histogram and per-host figure. parked = 1 for a
+    # transient failure whose attempts budget is spent (next_attempt_at parked).
+    table="image_tally",
+    ddl="""CREATE TABLE IF NOT EXISTS image_tally (
+        host_id    INTEGER NOT NULL,
+        status     TEXT    NOT NULL,
+        error_type TEXT    NOT NULL,
+        attempts   INTEGER NOT NULL,
+        parked     INTEGER NOT NULL,
+        n          INTEGER NOT NULL,
+        bytes      INTEGER NOT NULL,
+        PRIMARY KEY (host_id, status, error_type, attempts, parked)
+    ) WITHOUT ROWID""",
+    source="images",
+    trigger="images_tally",
+    key=(("host_id", "{r}.host_id"), ("status", "{r}.status"),
+         ("error_type", "coalesce({r}.error_type, '')"), ("attempts", "{r}.attempts"),
+         ("parked", "({r}." + PARKED + ")")),
+    sums=(("n", "1"), ("bytes", "coalesce({r}.file_size, 0)")),
+)
+ACTIVITY = Tally(
+    # Finished attempts per minute (by last_attempt_at): throughput, ETA and the
+    # progress-over-time chart. Legacy adoptions are not downloads.
+    table="activity",
+    ddl="""CREATE TABLE IF NOT EXISTS activity (
+        minute    INTEGER PRIMARY KEY,
+        attempts  INTEGER NOT NULL,
+        successes INTEGER NOT NULL,
+        failures  INTEGER NOT NULL,
+        bytes     INTEGER NOT NULL
+    )""",
+    source="images",
+    trigger="images_activity",
+    key=(("minute", "CAST({r}.last_attempt_at / 60 AS INTEGER)"),),
+    sums=(("attempts", "1"), ("successes", "{r}.status = 'success'"),
+          ("failures", "{r}.status LIKE 'failed%'"),
+          ("bytes", "CASE WHEN {r}.status = 'success' THEN coalesce({r}.file_size, 0) ELSE 0 END")),
+    where=f"{{r}}.last_attempt_at IS NOT NULL AND {{r}}.error_type IS NOT '{FLAG_LEGACY}'",
+    signed=False,
+    on_update_of="last_attempt_at",
+)
+GBIF_TALLY = Tally(
+    table="gbif_tally",
+    ddl="""CREATE TABLE IF NOT EXISTS gbif_tally (
+        status TEXT PRIMARY KEY,
+        n      INTEGER NOT NULL
+    ) WITHOUT ROWID""",
+    source="gbif_ids",
+    trigger="gbif_tally",
+    key=(("status", "{r}.status"),),
+    sums=(("n", "1"),),
+)
+TALLIES = (IMAGE_TALLY, GBIF_TALLY, ACTIVITY)
+TALLY_TABLES = [t.ddl for t in TALLIES]
+
+
+def _add(t: Tally, r: str, sign: str) -> str:
+    values = t.keys(r) + [f"{sign}({v})" for v in t.values(r)]
+    return (f"INSERT INTO {t.table}({', '.join(t.columns())}) "
+            f"VALUES ({', '.join(values)}){t.upsert()};")
+
+
+def _columns_read(exprs: list[str]) -> list[str]:
+    """Columns of the row that the expressions read, in order of appearance."""
+    return list(dict.fromkeys(c for e in exprs for c in re.findall(r"\{r\}\.(\w+)", e)))
+
+
+def triggers(t: Tally) -> list[tuple[str, str]]:
+    """(name, DDL) of the triggers that keep ``t`` exact."""
+    if not t.signed:
+        name = t.trigger
+        return [(name, f"""CREATE TRIGGER IF NOT EXISTS {name}
+        AFTER UPDATE OF {t.on_update_of} ON {t.source}
+        WHEN new.{t.on_update_of} IS NOT old.{t.on_update_of} AND {t.filter("new")} BEGIN
+        {_add(t, "new", "+")} END""")]
+    exprs = [e for _, e in t.key + t.sums if "{r}" in e]
+    # WHEN keeps the many updates that change no counted value (claims, leases) cheap.
+    changed = " OR ".join(f"{e.format(r='old')} IS NOT {e.format(r='new')}" for e in exprs)
+    return [
+        (f"{t.trigger}_ins", f"""CREATE TRIGGER IF NOT EXISTS {t.trigger}_ins
+        AFTER INSERT ON {t.source} BEGIN
+        {_add(t, "new", "+")} END"""),
+        (f"{t.trigger}_del", f"""CREATE TRIGGER IF NOT EXISTS {t.trigger}_del
+        AFTER DELETE ON {t.source} BEGIN
+        {_add(t, "old", "-")} END"""),
+        (f"{t.trigger}_upd", f"""CREATE TRIGGER IF NOT EXISTS {t.trigger}_upd
+        AFTER UPDATE OF {', '.join(_columns_read(exprs))} ON {t.source}
+        WHEN {changed} BEGIN
+        {_add(t, "old", "-")}
+        {_add(t, "new", "+")} END"""),
+    ]
+
+
+TRIGGERS = [ddl for t in TALLIES for _, ddl in triggers(t)]
+IMAGE_TRIGGERS = [nd for t in TALLIES if t.source == "images" for nd in triggers(t)]
+
+
+def _aggregate(e: str) -> str:
+    return "count(*)" if e == "1" else f"sum({e})"
+
+
+def bulk_sql(t: Tally, r: str, from_where: str, sign: str = "") -> str:
+    """Add the rows ``from_where`` selects (a FROM ... WHERE ... over alias ``r``)
+    to the counter in one statement, ``sign`` "-" to take them out."""
+    keys = t.keys(r)
+    group = ", ".join(str(i + 1) for i in range(len(keys)))
+    aggs = [f"{sign}{_aggregate(v)}" for v in t.values(r)]
+    return (f"INSERT INTO {t.table}({', '.join(t.columns())}) "
+            f"SELECT {', '.join(keys + aggs)} {from_where} AND {t.filter(r)} "
+            f"GROUP BY {group}{t.upsert()}")
+
+
+def merge_sql(from_where: str, old: str, new: str) -> list[str]:
+    """The counters' change when the images rows ``from_where`` selects go from
+    their state under alias ``old`` to that under ``new`` (a merge, which drops the
+    per-row triggers for speed and applies this instead, in the same transaction)."""
+    out = []
+    for t in TALLIES:
+        if t.source != "images":
+            continue
+        if t.signed:
+            out.append(bulk_sql(t, old, from_where, "-"))
+        out.append(bulk_sql(t, new, from_where))
+    return out
+
+
+def tallies_installed(conn: sqlite3.Connection) -> bool:
+    return conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'trigger' "
+                        "AND name = 'images_tally_upd'").fetchone()[0] == 1
+
+
+def install_tallies(conn: sqlite3.Connection, *, fresh_load: bool) -> None:
+    """Fill the counters and install their triggers (inside the caller's transaction).
+
+    ``fresh_load``: every image is still as the load left it (pending, never
+    tried), so hosts.n_images and a gbif_ids count are exact and nothing needs a
+    scan. Otherwise (an upgraded database) one full scan recounts from the rows.
+    """
+    for t in TALLIES:
+        conn.execute(t.ddl)
+        conn.execute(f"DELETE FROM {t.table}")
+    for t in TALLIES:
+        if t.source == "images" and fresh_load:
+            continue
+        conn.execute(bulk_sql(t, "r", f"FROM {t.source} AS r WHERE 1"))
+    if fresh_load:
+        conn.execute("INSERT INTO image_tally SELECT host_id, 'pending', '', 0, 0, n_images, 0 "
+                     "FROM hosts WHERE n_images > 0")
+    for ddl in TRIGGERS:
+        conn.execute(ddl)
