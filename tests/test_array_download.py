@@ -17,7 +17,7 @@ import pytest
 
 from download_db.arrays import plan
 from download_db.cli.main import init_main
-from tests.conftest import row, write_multimedia
+from tests.helpers import row, write_multimedia
 from tests.imageserver import ImageServer
 
 pytestmark = pytest.mark.timeout(240)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from download_db.cli.main import init_main
-from tests.conftest import PSILOCYBE, row, write_multimedia
+from tests.helpers import PSILOCYBE, row, write_multimedia
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -173,7 +173,7 @@ def test_sigterm_stops_at_a_chunk_boundary_and_the_rerun_finishes(tmp_path) -> N
     import signal
     import time
 
-    from tests.conftest import dump, generate
+    from tests.helpers import dump, generate
 
     mm = generate(tmp_path / "m.txt", 40_000, seed=11)
     db = tmp_path / "x.db"

@@ -16,7 +16,7 @@ from download_db.cli.main import init_main
 from download_db.config import DownloadConfig
 from download_db.download.stage import run_download
 from download_db.files.layout import image_relpath
-from tests.conftest import row, write_multimedia
+from tests.helpers import row, write_multimedia
 from tests.imageserver import ImageServer
 
 pytestmark = pytest.mark.timeout(120)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from download_db.cli.main import init_main
-from tests.conftest import row, write_multimedia
+from tests.helpers import q, row, write_multimedia
 from tests.imageserver import ImageServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,14 +40,6 @@ def cmd(tmp_path: Path, db: Path, *extra: str) -> list[str]:
             "--per-host-rate", "0", "--timeout", "2,2", "--deadline", "5", "--lease", "30",
             "--wait-for-retries", "0", "--progress-every", "1000", "--contact", "tests@example.org",
             *extra]
-
-
-def q(db: Path, sql: str) -> list[tuple]:
-    c = stdlib_sqlite3.connect(db, timeout=30)
-    try:
-        return c.execute(sql).fetchall()
-    finally:
-        c.close()
 
 
 def final_files(root: Path) -> dict[str, Path]:

@@ -13,7 +13,7 @@ from PIL import Image, TiffImagePlugin
 from download_db.files import images
 from download_db.files.images import ImageError
 from download_db.web import sniff
-from tests.conftest import make_dng
+from tests.helpers import make_dng
 
 DATA = Path(__file__).parent / "data" / "images"
 HERBARIUM = sorted(DATA.glob("herbarium_sheet_*.jpg"))

@@ -7,7 +7,7 @@ import sqlite3 as stdlib_sqlite3
 
 from download_db.cli.main import init_main
 from download_db.files.layout import image_relpath, legacy_relpath, prefix_dirs
-from tests.conftest import row, write_multimedia
+from tests.helpers import row, write_multimedia
 
 
 def test_prefix_layout() -> None:

@@ -20,11 +20,9 @@ from download_db import notify
 from download_db.cli.main import download_main, init_main
 from download_db.config import DownloadConfig
 from download_db.db.claims import Item, Result
-from download_db.download.stage import _quarantine_reporter
-from download_db.download.writer import Writer
 from download_db.errors import UsageError
 from download_db.web.politeness import HostGate, Politeness
-from tests.conftest import row, write_multimedia
+from tests.helpers import row, write_multimedia
 from tests.imageserver import ImageServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -367,22 +365,18 @@ def test_processes_send_one_start_and_one_end_for_all(tmp_path, images, hook) ->
 
 def test_quarantine_is_reported_once_when_the_breaker_reaches_it(tmp_path, hook) -> None:
     policy = Politeness(concurrency=2, min_requests=2, open_seconds=10, quarantine_after=2)
-    gate = HostGate(tmp_path / "locks", policy)
     notes = notify.RunNotes(notify.Notifier(hook.url, "n d.db"))
-    # never started: host_state() only queues, and calls the hook
-    writer = Writer(None, token="t", run_id=1, root=tmp_path,  # type: ignore[arg-type]
-                    max_attempts=4, lease=30, on_host_state=_quarantine_reporter(gate, notes))
+    gate = HostGate(tmp_path / "locks", policy, on_quarantine=notes.quarantined)
     host, t = "dead.example.org", 1000.0
     slot = gate.acquire(host, now=t)
     changes = [gate.record(slot, True, now=t), gate.record(slot, True, now=t)]  # opens = 1
     slot.release()
-    for k in range(3):  # failed probes: opens 2 (quarantine), 3, 4 (still quarantine)
+    for _ in range(3):  # failed probes: opens 2 (quarantine), 3, 4 (still quarantine)
         t = gate.state(host)["open_until"] + 1
         probe = gate.acquire(host, now=t)
         changes.append(gate.record(probe, True, now=t))
         probe.release()
-        writer.host_state(host, breaker_state="open", quarantined=1, quarantined_at=t + k)
-    writer.host_state(host, cooldown_until=t)  # other host updates say nothing
+    gate.cool_down(host, 30, now=t)  # other state changes say nothing
     gate.close()
     notes.close()
     assert changes == [None, "opened", "quarantine", "quarantine", "quarantine"]

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image, ImageStat
 
 from download_db.cli.report import status_main
-from tests.conftest import generate
+from tests.helpers import generate
 from tests.test_report import _mutate
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

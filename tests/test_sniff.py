@@ -10,7 +10,7 @@ import pytest
 from PIL import Image, TiffImagePlugin
 
 from download_db.web import sniff
-from tests.conftest import make_dng
+from tests.helpers import make_dng
 
 
 def _encode(fmt: str, mode: str = "RGB", size: tuple[int, int] = (64, 48), **kw) -> bytes:

@@ -13,7 +13,6 @@ import os
 import re
 import shlex
 import shutil
-import sqlite3 as stdlib_sqlite3
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import row, write_multimedia
+from tests.helpers import q, row, write_multimedia
 from tests.imageserver import servers
 
 pytestmark = pytest.mark.timeout(240)
@@ -222,14 +221,6 @@ def markers(pipeline: Path) -> dict[str, tuple[str, str]]:
 def log_of(log_dir: Path, prefix: str, jid: str) -> str:
     logs = [p for p in log_dir.iterdir() if p.name.startswith(prefix) and jid in p.name]
     return "\n".join(p.read_text(errors="replace") for p in logs)
-
-
-def q(db: Path, sql: str) -> list[tuple]:
-    c = stdlib_sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
-    try:
-        return c.execute(sql).fetchall()
-    finally:
-        c.close()
 
 
 def test_pipeline_with_a_killed_task_finishes_every_image_once(sched, tmp_path) -> None:

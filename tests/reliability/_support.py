@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.helpers import q
 from tests.imageserver import ImageServer, _Handler, _Server, _Server6
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -141,14 +142,6 @@ class Campaign:
 
 
 # --------------------------------------------------------------------------- database
-
-
-def q(db: Path, sql: str, args: tuple = ()) -> list[tuple]:
-    c = stdlib_sqlite3.connect(db, timeout=30)
-    try:
-        return c.execute(sql, args).fetchall()
-    finally:
-        c.close()
 
 
 def execute(db: Path, sql: str, args: tuple = ()) -> int:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from download_db.cli.main import init_main
-from tests.conftest import row, write_multimedia
+from tests.helpers import q, row, write_multimedia
 from tests.imageserver import ImageServer
 from tests.reliability._support import (
     PY,
@@ -28,7 +28,6 @@ from tests.reliability._support import (
     download_cmd,
     final_files,
     integrity,
-    q,
     temp_files,
 )
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from download_db.cli.main import init_main
-from tests.conftest import row, write_multimedia
+from tests.helpers import q, row, write_multimedia
 from tests.imageserver import ImageServer
 from tests.reliability._support import (
     PY,
@@ -33,7 +33,6 @@ from tests.reliability._support import (
     error_lines,
     final_files,
     integrity,
-    q,
     run,
     temp_files,
 )

@@ -22,8 +22,8 @@ import pytest
 from download_db.cli.main import init_main
 from download_db.config import DownloadConfig
 from download_db.download.stage import run_download
-from tests.conftest import row, write_multimedia
-from tests.reliability._support import SOAK, HostileServer, execute, q
+from tests.helpers import q, row, write_multimedia
+from tests.reliability._support import SOAK, HostileServer, execute
 
 pytestmark = pytest.mark.timeout(120 * SOAK)
 

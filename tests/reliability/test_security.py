@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import row, write_multimedia
+from tests.helpers import q, row, write_multimedia
 from tests.reliability._support import (
     PY,
     ROOT,
@@ -24,7 +24,6 @@ from tests.reliability._support import (
     HostileServer,
     download_cmd,
     init_cmd,
-    q,
     run,
     temp_files,
     tree,

@@ -1,0 +1,181 @@
+"""Plain test helpers (fixtures stay in conftest.py): multimedia writers, generator, DNG, reads."""
+
+from __future__ import annotations
+
+import random
+import sqlite3 as stdlib_sqlite3
+from pathlib import Path
+
+import numpy as np
+
+HEADER = [
+    "gbifID",
+    "type",
+    "format",
+    "identifier",
+    "references",
+    "title",
+    "description",
+    "source",
+    "audience",
+    "created",
+    "creator",
+    "contributor",
+    "publisher",
+    "license",
+    "rightsHolder",
+]
+DATA = Path(__file__).parent / "data"
+MULTIMEDIA = DATA / "multimedia"
+GHANA = MULTIMEDIA / "gbif_2017_oldcolumnorder_ghana_herbaria_multimedia.txt"
+NORWAY = MULTIMEDIA / "gbif_2021_norway_birds_multimedia.txt"
+PSILOCYBE = MULTIMEDIA / "gbif_2023_psilocybe_mixed_hosts_iiif_multimedia.txt"
+
+
+def row(
+    gbif_id: object,
+    identifier: str,
+    *,
+    type_: str = "StillImage",
+    fmt: str = "image/jpeg",
+    license_: str = "CC BY 4.0",
+    rights: str = "",
+    creator: str = "",
+) -> list[str]:
+    r = [""] * len(HEADER)
+    r[0], r[1], r[2], r[3] = str(gbif_id), type_, fmt, identifier
+    r[10], r[13], r[14] = creator, license_, rights
+    return r
+
+
+def write_multimedia(path: Path, rows: list[list[str]], header: list[str] = HEADER) -> Path:
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        f.write("\t".join(header) + "\n")
+        for r in rows:
+            f.write("\t".join(r) + "\n")
+    return path
+
+
+def generate(path: Path, n_records: int, seed: int = 1, hosts: int = 12) -> Path:
+    """A realistic multimedia.txt: 1-4 images per gbifID, IIIF variants and manifests,
+    duplicate rows, bad rows, unsorted gbifIDs and a few non-contiguous gbifIDs."""
+    rnd = random.Random(seed)
+    rows: list[list[str]] = []
+    ids = rnd.sample(range(1_000_000_000, 4_000_000_000), n_records)
+    img = 0
+    for gid in ids:
+        h = f"h{rnd.randrange(hosts)}.example.org"
+        lic = rnd.choice(["CC BY 4.0", "CC0", "", "All rights reserved"])
+        who = rnd.choice(["", "A. Botanist", "B. Curator", "Imaging team"])
+        mine = []
+        for _ in range(rnd.choice([1, 1, 1, 2, 2, 3, 4])):
+            img += 1
+            u = rnd.random()
+            if u < 0.6:
+                mine.append(row(gid, f"https://{h}/img/{img}.jpg", license_=lic, creator=who))
+            elif u < 0.75:
+                base = f"https://{h}/iiif/{img}"
+                mine.append(row(gid, f"{base}/full/!600,600/0/default.jpg", license_=lic))
+                mine.append(
+                    row(
+                        gid,
+                        f"{base}/manifest",
+                        fmt="application/ld+json",
+                        type_="InteractiveResource",
+                    )
+                )
+                mine.append(row(gid, f"{base}/full/max/0/default.jpg", license_=lic))
+            elif u < 0.8:
+                mine.append(row(gid, f"HTTPS://{h.upper()}:443/img/{img}.JPG#x"))
+            elif u < 0.85:
+                mine.append(
+                    row(
+                        gid, rnd.choice(["", "ftp://x/y.jpg", f"https://{h}/None", "not available"])
+                    )
+                )
+            elif u < 0.9:
+                mine.append(row(gid, f"https://{h}/snd/{img}.mp3", type_="Sound", fmt="audio/mpeg"))
+            else:
+                mine.append(row(gid, f"https://{h}/img/{img}.png", fmt="image/png"))
+        if rnd.random() < 0.05:
+            mine.append(list(mine[0]))  # exact duplicate row
+        rows.extend(mine)
+    # a few gbifIDs whose rows reappear later in the file
+    for _ in range(max(1, n_records // 200)):
+        src = rnd.randrange(len(rows))
+        rows.append(row(rows[src][0], f"https://late.example.org/extra/{rnd.randrange(10**9)}.jpg"))
+        rows.append(list(rows[src]))
+    return write_multimedia(path, rows)
+
+
+def make_dng(tmp_path: Path, w: int = 256, h: int = 192, value: int | None = None) -> bytes:
+    """A real, rawpy-decodable DNG (12-bit BGGR CFA, uncompressed) written by pidng."""
+    from pidng.core import RAW2DNG, DNGTags, Tag
+    from pidng.defs import (
+        CalibrationIlluminant,
+        CFAPattern,
+        DNGVersion,
+        Orientation,
+        PhotometricInterpretation,
+        PreviewColorSpace,
+    )
+
+    t = DNGTags()
+    t.set(Tag.ImageWidth, w)
+    t.set(Tag.ImageLength, h)
+    t.set(Tag.TileWidth, w)
+    t.set(Tag.TileLength, h)
+    t.set(Tag.Orientation, Orientation.Horizontal)
+    t.set(Tag.PhotometricInterpretation, PhotometricInterpretation.Color_Filter_Array)
+    t.set(Tag.SamplesPerPixel, 1)
+    t.set(Tag.BitsPerSample, 12)
+    t.set(Tag.CFARepeatPatternDim, [2, 2])
+    t.set(Tag.CFAPattern, CFAPattern.BGGR)
+    t.set(Tag.WhiteLevel, 4095)
+    t.set(Tag.BlackLevel, 0)
+    t.set(Tag.ColorMatrix1, [[1, 1], [0, 1], [0, 1], [0, 1], [1, 1], [0, 1], [0, 1], [0, 1],
+                             [1, 1]])
+    t.set(Tag.CalibrationIlluminant1, CalibrationIlluminant.D65)
+    t.set(Tag.AsShotNeutral, [[1, 1], [1, 1], [1, 1]])
+    t.set(Tag.BaselineExposure, [[0, 100]])
+    t.set(Tag.Make, "Test")
+    t.set(Tag.Model, "Herbarium Cam")
+    t.set(Tag.DNGVersion, DNGVersion.V1_4)
+    t.set(Tag.DNGBackwardVersion, DNGVersion.V1_2)
+    t.set(Tag.PreviewColorSpace, PreviewColorSpace.sRGB)
+    if value is None:
+        arr = np.random.default_rng(0).integers(500, 3500, (h, w)).astype(np.uint16)
+    else:
+        arr = np.full((h, w), value, dtype=np.uint16)
+    r = RAW2DNG()
+    r.options(t, path=str(tmp_path), compress=False)
+    r.convert(arr, filename="t")
+    return (tmp_path / "t.dng").read_bytes()
+
+
+def dump(db: Path) -> dict[str, list[tuple]]:
+    """Everything the ingest decides, in a comparable form (read with the stdlib driver)."""
+    conn = stdlib_sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return {
+            "images": conn.execute(
+                "SELECT i.image_id, i.gbif_id, i.image_no, i.status, h.host, i.image_key, i.urls, "
+                "a.license, a.rights_holder, a.creator FROM images i "
+                "JOIN hosts h USING (host_id) LEFT JOIN attributions a USING (attribution_id) "
+                "ORDER BY i.gbif_id, i.image_no"
+            ).fetchall(),
+            "gbif_ids": conn.execute("SELECT * FROM gbif_ids ORDER BY gbif_id").fetchall(),
+            "hosts": conn.execute("SELECT host, n_images FROM hosts ORDER BY host").fetchall(),
+        }
+    finally:
+        conn.close()
+
+
+def q(db: Path, sql: str, args: tuple = ()) -> list[tuple]:
+    """One read-only query with the stdlib driver: a test never writes by accident, and
+    waits (rather than fails) while a process under test holds the write lock."""
+    conn = stdlib_sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+    try:
+        return conn.execute(sql, args).fetchall()
+    finally:
+        conn.close()
