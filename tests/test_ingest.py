@@ -16,17 +16,9 @@ import pytest
 
 from download_db.ingest.group import MAX_IDENTIFIER
 from download_db.web import keys
-from tests.conftest import GHANA, NORWAY, PSILOCYBE, dump, generate, row, write_multimedia
+from tests.helpers import GHANA, NORWAY, PSILOCYBE, dump, generate, q, row, write_multimedia
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def q(db: Path, sql: str, args: tuple = ()) -> list[tuple]:
-    conn = stdlib_sqlite3.connect(db)
-    try:
-        return conn.execute(sql, args).fetchall()
-    finally:
-        conn.close()
 
 
 def run_counts(db: Path) -> dict:
@@ -106,6 +98,27 @@ def test_grouping_ranking_and_attribution(build, tmp_path) -> None:
         ),
     ]
     assert q(db, "SELECT gbif_id, n_images FROM gbif_ids ORDER BY gbif_id") == [(7, 3), (8, 1)]
+
+
+def test_candidates_largest_first_direct_before_manifest_then_file_order(build, tmp_path) -> None:
+    base = "https://iiif.example.org/iiif/E00699064"
+    urls = [
+        f"{base}/full/600,/0/default.jpg",
+        f"{base}/manifest",
+        f"{base}/full/max/0/default.jpg",
+        f"{base}/full/1600,/0/default.jpg",
+        f"{base}/info.json",
+        f"{base}/full/600,/0/default.jpg",  # the same URL again: kept once
+    ]
+    code, db = build(write_multimedia(tmp_path / "m.txt", [row(9, u) for u in urls]))
+    assert code == 0
+    assert q(db, "SELECT urls FROM images") == [("\n".join([
+        f"{base}/full/max/0/default.jpg",
+        f"{base}/info.json",
+        f"{base}/manifest",
+        f"{base}/full/1600,/0/default.jpg",
+        f"{base}/full/600,/0/default.jpg",
+    ]),)]
 
 
 def test_skip_reasons_are_counted(build, tmp_path) -> None:

@@ -16,6 +16,11 @@ GID = 1234567890
 DATA = b"\xff\xd8\xff\xe0 not really a jpeg \xff\xd9"
 
 
+def _commit(root: Path, w: store.Written) -> None:
+    """What the writer does once the image's row is committed."""
+    store.place(root, w.temp, w.relpath)
+
+
 def test_write_temp_next_to_final_path(tmp_path):
     w = store.write_temp(tmp_path, GID, 3, "jpg", DATA)
     assert w.relpath == "123/456/1234567890-03.jpg" == image_relpath(GID, 3, "jpg")
@@ -50,20 +55,20 @@ def test_short_gbif_ids_use_padded_prefix(tmp_path):
     assert Path(w.temp).parent == tmp_path / "42" / "000"
 
 
-def test_commit_file_renames(tmp_path):
+def test_place_renames_the_temp_to_its_final_name(tmp_path):
     w = store.write_temp(tmp_path, GID, 1, "jpg", DATA)
-    store.commit_file(tmp_path, w)
+    store.place(tmp_path, w.temp, w.relpath)
     final = tmp_path / w.relpath
     assert final.read_bytes() == DATA
     assert not Path(w.temp).exists()
     assert store.temp_candidates(tmp_path, GID, 1) == []
 
 
-def test_commit_file_replaces_an_existing_final(tmp_path):
+def test_place_replaces_an_existing_final(tmp_path):
     first = store.write_temp(tmp_path, GID, 1, "jpg", b"old")
-    store.commit_file(tmp_path, first)
+    store.place(tmp_path, first.temp, first.relpath)
     second = store.write_temp(tmp_path, GID, 1, "jpg", b"new")
-    store.commit_file(tmp_path, second)
+    store.place(tmp_path, second.temp, second.relpath)
     assert (tmp_path / second.relpath).read_bytes() == b"new"
 
 
@@ -108,14 +113,14 @@ def test_glob_characters_in_root_are_literal(tmp_path):
     root = tmp_path / "imgs[1]*?"
     w = store.write_temp(root, GID, 1, "jpg", DATA)
     assert store.temp_candidates(root, GID, 1) == [w.temp]
-    store.commit_file(root, w)
+    store.place(root, w.temp, w.relpath)
     assert store.existing_final(root, GID, 1, None) == root / w.relpath
     assert store.existing_final(root, GID, 1, "jpg") == root / w.relpath
 
 
 def test_existing_final_with_extension(tmp_path):
     assert store.existing_final(tmp_path, GID, 1, "jpg") is None
-    store.commit_file(tmp_path, store.write_temp(tmp_path, GID, 1, "png", DATA))
+    _commit(tmp_path, store.write_temp(tmp_path, GID, 1, "png", DATA))
     assert store.existing_final(tmp_path, GID, 1, "jpg") is None  # other extension
     assert store.existing_final(tmp_path, GID, 1, "png") == tmp_path / image_relpath(GID, 1, "png")
     (tmp_path / image_relpath(GID, 2, "jpg")).mkdir()  # a directory is not a file
@@ -127,9 +132,9 @@ def test_existing_final_any_extension(tmp_path):
     store.write_temp(tmp_path, GID, 1, "dng", DATA)  # only a temp: not final
     assert store.existing_final(tmp_path, GID, 1, None) is None
     _fake_temp(tmp_path, GID, 10, "1-1")
-    store.commit_file(tmp_path, store.write_temp(tmp_path, GID, 10, "jpg", DATA))
+    _commit(tmp_path, store.write_temp(tmp_path, GID, 10, "jpg", DATA))
     assert store.existing_final(tmp_path, GID, 1, None) is None  # image 10 is not image 1
-    store.commit_file(tmp_path, store.write_temp(tmp_path, GID, 1, "dng", DATA))
+    _commit(tmp_path, store.write_temp(tmp_path, GID, 1, "dng", DATA))
     assert store.existing_final(tmp_path, GID, 1, None) == tmp_path / image_relpath(GID, 1, "dng")
 
 

@@ -52,11 +52,6 @@ def write_temp(root: Path, gbif_id: int, image_no: int, ext: str, data: bytes) -
     return Written(rel, str(tmp), len(data), hashlib.sha256(data).hexdigest())
 
 
-def commit_file(root: Path, w: Written) -> None:
-    """Move a written temp file to its final name (atomic within a directory)."""
-    place(root, w.temp, w.relpath)
-
-
 def place(root: Path, temp: str, relpath: str) -> None:
     """Rename ``temp`` to ``root/relpath`` (same directory, so atomic)."""
     os.replace(temp, root / relpath)
