@@ -39,7 +39,7 @@ NICE=0
 PROGRESS_EVERY=60
 
 # Extra flags per stage (bash arrays). Flags given on the qsub/sbatch command line after the
-# script name come later and win. See README.md for every flag.
+# script name come later and win. See docs/commands.md for every flag.
 INGEST_ARGS=()                              # e.g. (--chunk-mb 16)
 DOWNLOAD_ARGS=()                            # e.g. (--threads 32 --per-host-rate 2)
 FINALIZE_ARGS=()                            # e.g. (--max-attempts 6)
