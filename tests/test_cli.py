@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from download_db.cli.main import init_main
-from tests.helpers import PSILOCYBE, row, write_multimedia
+from tests.helpers import PSILOCYBE, q, row, write_multimedia
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -171,31 +171,38 @@ def test_second_build_on_the_same_database_is_refused(tmp_path) -> None:
 
 def test_sigterm_stops_at_a_chunk_boundary_and_the_rerun_finishes(tmp_path) -> None:
     import signal
-    import time
+    import sqlite3 as stdlib_sqlite3
 
     from tests.helpers import dump, generate
 
-    mm = generate(tmp_path / "m.txt", 40_000, seed=11)
+    mm = generate(tmp_path / "m.txt", 40_000, seed=11)  # ~11 chunks of 1 MB
     db = tmp_path / "x.db"
     args = [sys.executable, str(ROOT / "init_download_db.py"), "--db", str(db), "--multimedia",
             str(mm), "--chunk-mb", "1", "--no-bar"]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and (not db.exists() or db.stat().st_size < 1 << 20):
-        time.sleep(0.01)
-    time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
+    # "ingest: ..." is printed (flushed) once the run row is committed, before the load.
+    out = ""
+    while not out.startswith("ingest: "):
+        out = proc.stdout.readline()  # type: ignore[union-attr]
+        assert out, proc.communicate()[1]
+    # Holding the write lock, the ingest cannot commit a chunk: the signal is certain to
+    # land while chunks are left, and the ingest stops after the one it is loading.
+    lock = stdlib_sqlite3.connect(db, timeout=60, isolation_level=None)
+    try:
+        lock.execute("BEGIN IMMEDIATE")
+        meta = dict(lock.execute("SELECT key, value FROM meta"))
+        assert meta.get("ingest_phase", "loading") == "loading"
+        assert int(meta.get("ingest_offset", 0)) < mm.stat().st_size
+        proc.send_signal(signal.SIGTERM)
+    finally:
+        lock.close()  # rolls back: nothing was written
     _, err = proc.communicate(timeout=60)
-    if proc.returncode == 0:
-        pytest.skip("the ingest finished before the signal arrived")
     assert proc.returncode == 75, err
     assert "run the same command again" in err and "Traceback" not in err
-    import sqlite3 as stdlib_sqlite3
-
-    c = stdlib_sqlite3.connect(db)
-    assert c.execute("SELECT outcome FROM runs").fetchall() == [("interrupted",)]
-    c.close()
+    assert q(db, "SELECT outcome FROM runs") == [("interrupted",)]
+    stopped_at = int(q(db, "SELECT value FROM meta WHERE key = 'ingest_offset'")[0][0])
+    assert 0 < stopped_at < mm.stat().st_size
     assert subprocess.run(args, cwd=ROOT, capture_output=True).returncode == 0
     clean = tmp_path / "clean.db"
     subprocess.run([*args[:3], str(clean), *args[4:]], cwd=ROOT, check=True, capture_output=True)
