@@ -1,0 +1,1 @@
+"""Hand-over stage: a manifest of saved images with licences, and the files to cite them."""

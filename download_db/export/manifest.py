@@ -1,0 +1,320 @@
+"""The manifest of saved images: one query streamed in bounded Arrow batches, with the filters."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from ..db import occurrences
+from ..db.sqlite import sqlite3
+from ..errors import DatabaseError, StorageError, UsageError
+from ..states import SUCCESS
+from . import licences
+
+# Names and types are a contract (docs/export.md): scripts rely on them.
+SCHEMA = pa.schema([
+    ("gbif_id", pa.int64()),
+    ("image_no", pa.int32()),
+    ("path", pa.string()),
+    ("width", pa.int32()),
+    ("height", pa.int32()),
+    ("bytes", pa.int64()),
+    ("sha256", pa.string()),
+    ("phash", pa.string()),
+    ("dhash", pa.string()),
+    ("dup_group", pa.int64()),
+    ("near_group", pa.int64()),
+    ("placeholder", pa.bool_()),
+    ("url", pa.string()),
+    ("license", pa.string()),
+    ("license_short", pa.string()),
+    ("rights_holder", pa.string()),
+    ("creator", pa.string()),
+    ("publisher", pa.string()),
+    ("dataset_key", pa.string()),
+    ("occurrence_id", pa.string()),
+    ("downloaded_at", pa.timestamp("ms", tz="UTC")),
+])
+
+BATCH_ROWS = 65536  # rows per query and per Arrow batch: memory stays flat at any size
+
+# Columns the identity stage and the fetched-URL record add to images when they
+# exist; until then the manifest carries them as typed nulls.
+_OPTIONAL = ("phash", "dhash", "dup_group", "near_group", "placeholder", "fetched_url")
+# Before the fetched URL was recorded, an image with a single candidate URL was
+# fetched from that URL (an IIIF manifest: the manifest's URL); otherwise unknown.
+_SINGLE_URL = "CASE WHEN instr(i.urls, char(10)) = 0 THEN i.urls END"
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What to export. Empty lists mean no restriction."""
+
+    licenses: Sequence[str] = ()  # short forms (licences.SHORT_FORMS)
+    hosts: Sequence[str] = ()
+    since: float | None = None  # epoch seconds: downloaded at or after
+    exclude_duplicates: bool = False
+    exclude_placeholders: bool = False
+
+
+@dataclass
+class Source:
+    """What the query needs to know about one database, read once up front."""
+
+    columns: set[str]
+    has_occurrences: bool
+    host_ids: list[int] = field(default_factory=list)
+    attr_ids: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    attr: dict[str, pa.Array] = field(default_factory=dict)
+    duplicates: pa.Array | None = None
+
+
+def parse_since(text: str) -> float:
+    """``--since``: a date or an ISO date-time (UTC unless it says otherwise)."""
+    try:
+        when = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise UsageError(f"--since {text!r}: not a date (use YYYY-MM-DD or an ISO date-time)"
+                         ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    return when.timestamp()
+
+
+def make_filters(*, license: str | Sequence[str] | None = None,
+                 host: str | Sequence[str] | None = None,
+                 since: str | dt.date | float | None = None, exclude_duplicates: bool = False,
+                 exclude_placeholders: bool = False) -> Filters:
+    """Filters from user-level values (the CLI's flags, read_manifest's keywords)."""
+    names = [license] if isinstance(license, str) else list(license or [])
+    try:
+        shorts = [s for n in names for s in licences.parse_filter(n)]
+    except ValueError as e:
+        raise UsageError(f"--license: {e}") from None
+    hosts = [host] if isinstance(host, str) else list(host or [])
+    if isinstance(since, dt.datetime):
+        since_s: float | None = (since if since.tzinfo else
+                                 since.replace(tzinfo=dt.timezone.utc)).timestamp()
+    elif isinstance(since, dt.date):
+        since_s = parse_since(since.isoformat())
+    elif isinstance(since, str):
+        since_s = parse_since(since)
+    else:
+        since_s = float(since) if since is not None else None
+    return Filters(licenses=shorts, hosts=[h.strip().lower() for h in hosts if h.strip()],
+                   since=since_s, exclude_duplicates=exclude_duplicates,
+                   exclude_placeholders=exclude_placeholders)
+
+
+def prepare(conn: sqlite3.Connection, f: Filters) -> Source:
+    """Check the database can be exported and read the small lookup tables."""
+    phase = conn.execute("SELECT value FROM meta WHERE key = 'ingest_phase'").fetchone()
+    if not phase or phase[0] != "done":
+        raise DatabaseError("the database is still being built (ingest not finished): run the "
+                            "ingest to the end before exporting")
+    src = Source(columns={r[1] for r in conn.execute("PRAGMA table_info(images)")},
+                 has_occurrences=occurrences.present(conn))
+    for host in f.hosts:
+        row = conn.execute("SELECT host_id FROM hosts WHERE host = ?", (host,)).fetchone()
+        if row is None:
+            raise UsageError(f"--host {host}: no images from that host in this database")
+        src.host_ids.append(int(row[0]))
+    rows = conn.execute("SELECT attribution_id, license, rights_holder, creator "
+                        "FROM attributions ORDER BY attribution_id").fetchall()
+    src.attr_ids = np.array([r[0] for r in rows], dtype=np.int64)
+    for k, name in enumerate(("license", "rights_holder", "creator"), start=1):
+        src.attr[name] = pa.array([r[k] or None for r in rows], pa.string())
+    src.attr["license_short"] = pa.array([licences.normalise(r[1]) for r in rows], pa.string())
+    if f.exclude_duplicates:
+        src.duplicates = _duplicates(conn, f, src)
+    return src
+
+
+def _where(f: Filters, src: Source) -> str:
+    parts = [f"i.status = '{SUCCESS}'", "i.file_path IS NOT NULL"]
+    if src.host_ids:
+        parts.append(f"i.host_id IN ({', '.join(str(h) for h in src.host_ids)})")
+    if f.since is not None:
+        parts.append(f"i.last_attempt_at >= {float(f.since)!r}")
+    if f.exclude_placeholders and "placeholder" in src.columns:
+        parts.append("coalesce(i.placeholder, 0) = 0")
+    return " AND ".join(parts)
+
+
+def _duplicates(conn: sqlite3.Connection, f: Filters, src: Source) -> pa.Array:
+    """image_ids that repeat an earlier exported image's bytes (same sha256).
+
+    One sort of the selected rows by sha256 (SQLite spills it to temp files);
+    memory holds only the duplicates, not every row.
+    """
+    sql = (f"SELECT image_id FROM (SELECT i.image_id, row_number() OVER "
+           f"(PARTITION BY i.sha256 ORDER BY i.image_id) AS rn FROM images i "
+           f"WHERE {_where(f, src)} AND i.sha256 IS NOT NULL) WHERE rn > 1")
+    return pa.array(np.fromiter((r[0] for r in conn.execute(sql)), dtype=np.int64), pa.int64())
+
+
+def query(f: Filters, src: Source) -> str:
+    """One page of the manifest, in (gbif_id, image_no) order from after :g/:n.
+
+    Keyset pages on the unique (gbif_id, image_no) index: each page is its own
+    short read, and a gbifID's images are adjacent, so records are counted
+    without remembering gbifIDs.
+    """
+    opt = ", ".join(f"i.{c}" if c in src.columns else "NULL" for c in _OPTIONAL[:-1])
+    url = (f"coalesce(i.fetched_url, {_SINGLE_URL})" if "fetched_url" in src.columns
+           else _SINGLE_URL)
+    occ = ("o.dataset_key, o.occurrence_id, o.institution_code" if src.has_occurrences
+           else "NULL, NULL, NULL")
+    join = "LEFT JOIN occurrences o ON o.gbif_id = i.gbif_id" if src.has_occurrences else ""
+    return (f"SELECT i.image_id, i.gbif_id, i.image_no, i.file_path, i.width, i.height, "
+            f"i.file_size, i.sha256, {opt}, {url}, i.attribution_id, {occ}, i.last_attempt_at "
+            f"FROM images i INDEXED BY images_gbif_image {join} "
+            f"WHERE (i.gbif_id, i.image_no) > (:g, :n) AND {_where(f, src)} "
+            f"ORDER BY i.gbif_id, i.image_no LIMIT {BATCH_ROWS}")
+
+
+def batches(conn: sqlite3.Connection, f: Filters, src: Source) -> Iterator[pa.RecordBatch]:
+    """The manifest as RecordBatches of SCHEMA, at most BATCH_ROWS rows each."""
+    sql = query(f, src)
+    g, n = -(2 ** 63), -1
+    while True:
+        rows = conn.execute(sql, {"g": g, "n": n}).fetchall()
+        if not rows:
+            return
+        g, n = rows[-1][1], rows[-1][2]
+        batch = _to_batch(rows, f, src)
+        if batch.num_rows:
+            yield batch
+        if len(rows) < BATCH_ROWS:
+            return
+
+
+def _take(values: pa.Array, idx: np.ndarray, found: np.ndarray) -> pa.Array:
+    return values.take(pa.array(idx, pa.int64(), mask=~found))
+
+
+def _to_batch(rows: list[tuple], f: Filters, src: Source) -> pa.RecordBatch:
+    cols = list(zip(*rows, strict=True))
+    image_id = pa.array(cols[0], pa.int64())
+    attr = np.array([-1 if a is None else a for a in cols[14]], dtype=np.int64)
+    idx = np.searchsorted(src.attr_ids, attr).clip(0, max(len(src.attr_ids) - 1, 0))
+    found = (src.attr_ids[idx] == attr) if len(src.attr_ids) else np.zeros(len(attr), bool)
+    short = _take(src.attr["license_short"], idx, found) if len(src.attr_ids) else None
+    # an image without an attribution row states no licence
+    short = (pc.fill_null(short, licences.UNKNOWN) if short is not None
+             else pa.array([licences.UNKNOWN] * len(rows), pa.string()))
+    seconds = pa.array(cols[18], pa.float64())
+    millis = pc.cast(pc.round(pc.multiply(seconds, 1000.0)), pa.int64())
+    arrays = [
+        pa.array(cols[1], pa.int64()), pa.array(cols[2], pa.int32()),
+        pa.array(cols[3], pa.string()), pa.array(cols[4], pa.int32()),
+        pa.array(cols[5], pa.int32()), pa.array(cols[6], pa.int64()),
+        pa.array(cols[7], pa.string()), pa.array(cols[8], pa.string()),
+        pa.array(cols[9], pa.string()), pa.array(cols[10], pa.int64()),
+        pa.array(cols[11], pa.int64()), pc.cast(pa.array(cols[12], pa.int64()), pa.bool_()),
+        pa.array(cols[13], pa.string()),
+        _attr(src, "license", idx, found, len(rows)), short,
+        _attr(src, "rights_holder", idx, found, len(rows)),
+        _attr(src, "creator", idx, found, len(rows)),
+        pa.array(cols[17], pa.string()), pa.array(cols[15], pa.string()),
+        pa.array(cols[16], pa.string()), millis.cast(pa.timestamp("ms", tz="UTC")),
+    ]
+    batch = pa.RecordBatch.from_arrays(arrays, schema=SCHEMA)
+    keep = None
+    if f.licenses:
+        keep = pc.is_in(short, pa.array(list(f.licenses), pa.string()))
+    if src.duplicates is not None and len(src.duplicates):
+        fresh = pc.invert(pc.is_in(image_id, src.duplicates))
+        keep = fresh if keep is None else pc.and_(keep, fresh)
+    return batch if keep is None else batch.filter(keep)
+
+
+def _attr(src: Source, name: str, idx: np.ndarray, found: np.ndarray, n: int) -> pa.Array:
+    if not len(src.attr_ids):
+        return pa.nulls(n, pa.string())
+    return _take(src.attr[name], idx, found)
+
+
+# -- files -----------------------------------------------------------------------------
+FORMATS = ("parquet", "csv", "jsonl")
+ROW_GROUP_ROWS = 4 * BATCH_ROWS  # ~256k rows a row group: readers can skip and parallelise
+
+
+def temp_path(path: Path) -> Path:
+    """Where a file is written before its rename: same folder, hidden, this process's."""
+    return path.with_name(f".{path.name}.{os.getpid()}.part")
+
+
+def open_temp(path: Path, flag: str = "--out") -> tuple[Path, BinaryIO]:
+    """Open the temp file of ``path``; an unwritable place is one line naming the flag."""
+    if path.is_dir():
+        raise StorageError(f"{flag} {path}: is a directory; give a file name")
+    if not path.parent.is_dir():
+        raise StorageError(f"{flag} {path}: folder {path.parent} does not exist")
+    tmp = temp_path(path)
+    try:
+        return tmp, open(tmp, "wb")  # noqa: SIM115 - closed by the caller, then renamed
+    except OSError as e:
+        raise StorageError(f"{flag} {path}: cannot write there ({e.strerror})") from None
+
+
+def write_stream(fh: BinaryIO, fmt: str, stream: Iterable[pa.RecordBatch]) -> int:
+    """Write the batches to an open file in ``fmt``; returns the rows written."""
+    n = 0
+    if fmt == "parquet":
+        buf: list[pa.RecordBatch] = []
+        held = 0
+        with pq.ParquetWriter(fh, SCHEMA, compression="zstd") as w:
+            for b in stream:
+                buf.append(b)
+                held += b.num_rows
+                if held >= ROW_GROUP_ROWS:
+                    w.write_table(pa.Table.from_batches(buf, SCHEMA), row_group_size=held)
+                    n, buf, held = n + held, [], 0
+            if buf or not n:
+                w.write_table(pa.Table.from_batches(buf, SCHEMA), row_group_size=max(held, 1))
+                n += held
+    elif fmt == "csv":
+        with pacsv.CSVWriter(fh, SCHEMA) as w:
+            for b in stream:
+                w.write_batch(b)
+                n += b.num_rows
+    elif fmt == "jsonl":
+        for b in stream:
+            fh.write("".join(json.dumps(r, default=_iso, ensure_ascii=False) + "\n"
+                             for r in b.to_pylist()).encode())
+            n += b.num_rows
+    else:
+        raise UsageError(f"--format {fmt}: use one of {', '.join(FORMATS)}")
+    return n
+
+
+def _iso(v: object) -> str:
+    if isinstance(v, dt.datetime):
+        return v.isoformat().replace("+00:00", "Z")
+    raise TypeError(type(v).__name__)
+
+
+def publish(tmp: Path, fh: BinaryIO, path: Path) -> None:
+    """Close and rename a finished temp file onto its final name."""
+    fh.flush()
+    os.fsync(fh.fileno())
+    fh.close()
+    os.replace(tmp, path)
+
+
+def discard(tmp: Path, fh: BinaryIO) -> None:
+    """An export that did not finish leaves nothing behind."""
+    fh.close()
+    tmp.unlink(missing_ok=True)

@@ -1,0 +1,123 @@
+"""The export stage: the manifest and its citation files, each renamed into place whole."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+import pyarrow as pa
+
+from ..arrays.merge import refuse_if_tasks_running
+from ..db import occurrences, schema
+from ..db.connection import open_readonly
+from ..db.meta import get_meta
+from ..db.sqlite import sqlite3
+from ..errors import DatabaseError, UsageError
+from ..progress import say
+from . import citation, manifest
+from .manifest import Filters
+
+
+@dataclass
+class ExportSummary:
+    out: Path
+    fmt: str
+    images: int
+    records: int
+    datasets: int
+    doi: str | None
+
+
+def format_for(out: Path, fmt: str | None) -> str:
+    """--format, else the file's suffix (.csv, .jsonl), else Parquet."""
+    if fmt:
+        if fmt not in manifest.FORMATS:
+            raise UsageError(f"--format {fmt}: use one of {', '.join(manifest.FORMATS)}")
+        return fmt
+    suffix = out.suffix.lower().lstrip(".")
+    return {"csv": "csv", "jsonl": "jsonl", "ndjson": "jsonl"}.get(suffix, "parquet")
+
+
+def _open(db: Path, force: bool) -> sqlite3.Connection:
+    if not db.is_file():
+        raise DatabaseError(f"--db {db}: no such database")
+    if not force:
+        # the main database lacks an array's results until they are merged
+        refuse_if_tasks_running(db, "exporting")
+    conn = open_readonly(db)
+    if schema.schema_version(conn) == 0:
+        conn.close()
+        raise DatabaseError(f"--db {db}: not a download database (no schema version)")
+    return conn
+
+
+def _describe(f: Filters) -> str:
+    parts = []
+    if f.licenses:
+        parts.append(f"--license {','.join(f.licenses)}")
+    parts += [f"--host {h}" for h in f.hosts]
+    if f.since is not None:
+        when = dt.datetime.fromtimestamp(f.since, dt.timezone.utc)
+        parts.append(f"--since {when:%Y-%m-%dT%H:%M:%SZ}")
+    if f.exclude_duplicates:
+        parts.append("--exclude-duplicates")
+    if f.exclude_placeholders:
+        parts.append("--exclude-placeholders")
+    return " ".join(parts)
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp, fh = manifest.open_temp(path, "--out")
+    try:
+        fh.write(text.encode())
+    except BaseException:
+        manifest.discard(tmp, fh)
+        raise
+    manifest.publish(tmp, fh, path)
+
+
+def run_export(db: Path, out: Path, *, fmt: str | None = None, filters: Filters = Filters(),
+               force: bool = False, echo: TextIO | None = None) -> ExportSummary:
+    """Write the manifest of ``db``'s saved images to ``out`` and the citation files beside it."""
+    fmt = format_for(out, fmt)
+    conn = _open(db, force)
+    try:
+        tmp, fh = manifest.open_temp(out)
+        try:
+            src = manifest.prepare(conn, filters)
+            tally = citation.Tally()
+
+            def counted() -> Iterator[pa.RecordBatch]:
+                for batch in manifest.batches(conn, filters, src):
+                    tally.add(batch)
+                    yield batch
+
+            manifest.write_stream(fh, fmt, counted())
+            doi = get_meta(conn, occurrences.META_DOI)
+        except BaseException:
+            manifest.discard(tmp, fh)
+            raise
+    finally:
+        conn.close()
+    _write_text(out.with_name(citation.DERIVED_NAME), citation.derived_dataset_csv(tally))
+    _write_text(out.with_name(citation.CITATION_NAME),
+                citation.citation_text(tally, doi=doi, manifest_name=out.name,
+                                       filters=_describe(filters)))
+    manifest.publish(tmp, fh, out)
+    say(f"export: {tally.images:,} images of {tally.records:,} records "
+        f"({len(tally.records_by_dataset):,} datasets) -> {out} ({fmt}), "
+        f"{citation.DERIVED_NAME}, {citation.CITATION_NAME}", echo)
+    return ExportSummary(out, fmt, tally.images, tally.records, len(tally.records_by_dataset), doi)
+
+
+def read_table(db: Path, filters: Filters = Filters()) -> pa.Table:
+    """The manifest as one Arrow table (for read_manifest: the caller asked for all of it)."""
+    conn = _open(Path(db), force=False)
+    try:
+        src = manifest.prepare(conn, filters)
+        return pa.Table.from_batches(list(manifest.batches(conn, filters, src)), manifest.SCHEMA)
+    finally:
+        conn.close()
