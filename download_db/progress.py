@@ -6,7 +6,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TextIO
 
 from tqdm import tqdm
@@ -118,7 +118,7 @@ class RunContext:
     out: TextIO | None = None
     bar: bool | None = None
     every: float = 10.0
-    stop: threading.Event | None = None
+    stop: threading.Event = field(default_factory=threading.Event)
 
     def progress(self, label: str, total: int | None, **kw) -> Progress:
         return Progress(label, total, every=self.every, stream=self.out, bar=self.bar, **kw)
@@ -126,12 +126,9 @@ class RunContext:
     def say(self, msg: str) -> None:
         say(msg, self.out)
 
-    def stopped(self) -> bool:
-        return self.stop is not None and self.stop.is_set()
-
     def check_stop(self) -> None:
         """Raise Interrupted at a safe point (after a commit) once a stop was asked for."""
-        if self.stopped():
+        if self.stop.is_set():
             raise Interrupted("stopped by a signal")
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import subprocess
@@ -14,31 +13,25 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
-from tqdm import tqdm
-
 from .. import notify
 from ..arrays import task
 from ..arrays.merge import merge_tasks
 from ..config import DownloadConfig
 from ..db import claims, runs
-from ..db.connection import connect, transaction
+from ..db import hosts as host_table
+from ..db.connection import connect, open_readonly, transaction
 from ..db.meta import get_meta
 from ..db.schema import migrate
 from ..db.sqlite import sqlite3
 from ..db.stagelock import stage_lock
 from ..errors import DatabaseError
-from ..files import store
-from ..progress import fmt_secs, say
+from ..progress import RunContext
 from ..signals import stop_on_signals
 from ..states import EXHAUSTED_WHERE
-from ..web import fetch
 from ..web.politeness import HostGate, Politeness, default_lock_dir
 from .recovery import recover
-from .scheduler import Scheduler
-from .worker import Worker, WorkerConfig
+from .run import Run, fetch_all
 from .writer import Writer
-
-log = logging.getLogger(__name__)
 
 
 def run_download(cfg: DownloadConfig, out: TextIO | None = None) -> dict:
@@ -56,7 +49,7 @@ def run_download(cfg: DownloadConfig, out: TextIO | None = None) -> dict:
         since = time.time()
         children = _spawn_children(cfg, shares[1:]) if cfg.processes > 1 else []
         if children and notes.leader:
-            notes.others = notify.others_counts(cfg.db, [p.pid for p in children], since)
+            notes.others = _others_counts(cfg.db, [p.pid for p in children], since)
         with stage_lock(cfg.db, exclusive=False, what="image_install_db.py"), \
                 stop_on_signals() as stop:
             try:
@@ -138,15 +131,15 @@ def _open(cfg: DownloadConfig) -> sqlite3.Connection:
 def _download(cfg: DownloadConfig, stop: threading.Event, out: TextIO | None,
               notes: notify.RunNotes) -> dict:
     t0 = time.monotonic()
+    ctx = RunContext(out=out, bar=cfg.bar, every=cfg.progress_every, stop=stop)
     root = cfg.install_path.resolve()
     conn = _open(cfg)
     if cfg.main_db is None:  # the main DB: fold finished array tasks in first
         mst = merge_tasks(conn, cfg.db, force=cfg.force, out=out)
         if mst.tasks:
-            say(f"download: merged {mst.tasks} array task databases "
-                f"({mst.images:,} image results) first", out)
+            ctx.say(f"download: merged {mst.tasks} array task databases "
+                    f"({mst.images:,} image results) first")
     run_id = runs.start_run(conn, "download")
-    token = claims.make_token(run_id)
     counts: dict = {}
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -155,18 +148,21 @@ def _download(cfg: DownloadConfig, stop: threading.Event, out: TextIO | None,
             reopened = claims.reopen_exhausted(conn, cfg.max_attempts)
             parked = claims.park_exhausted(conn, cfg.max_attempts)
         if rec["claims"] or reopened or parked:
-            say(f"download: recovered {rec['claims']:,} claims of dead runs "
-                f"({rec['renamed']:,} files finished, {rec['adopted']:,} downloads adopted, "
-                f"{rec['lost']:,} lost, {rec['temps']:,} temp files removed); "
-                f"{reopened:,} retries re-opened, {parked:,} parked", out)
+            ctx.say(f"download: recovered {rec['claims']:,} claims of dead runs "
+                    f"({rec['renamed']:,} files finished, {rec['adopted']:,} downloads "
+                    f"adopted, {rec['lost']:,} lost, {rec['temps']:,} temp files removed); "
+                    f"{reopened:,} retries re-opened, {parked:,} parked")
         todo = conn.execute(f"SELECT count(*) FROM images INDEXED BY images_todo WHERE "
                             f"{EXHAUSTED_WHERE}").fetchone()[0]
-        hosts = conn.execute("SELECT host_id, host, quarantined FROM hosts "
-                             "WHERE n_images > 0 ORDER BY n_images DESC").fetchall()
-        say(f"download: {todo:,} images with work left on {len(hosts):,} hosts -> {root}", out)
+        hosts = host_table.with_images(conn)
+        ctx.say(f"download: {todo:,} images with work left on {len(hosts):,} hosts -> {root}")
         notes.set_hosts(hosts)
         notes.start(todo, len(hosts), cfg.processes)
-        counts = _fetch_all(cfg, conn, run_id, token, root, hosts, todo, stop, out, t0, notes)
+        writer = Writer(conn, token=claims.make_token(run_id), run_id=run_id, root=root,
+                        max_attempts=cfg.max_attempts, lease=cfg.lease,
+                        on_commit=notes.committed if notes.enabled else None)
+        counts = fetch_all(Run(cfg, ctx, notes, _gate(cfg, conn, notes), writer, hosts, todo,
+                               t0))
     except BaseException as e:
         runs.finish_run(conn, run_id, runs.FAILED, counts, f"{type(e).__name__}: {e}"[:500])
         raise
@@ -178,152 +174,39 @@ def _download(cfg: DownloadConfig, stop: threading.Event, out: TextIO | None,
     return counts
 
 
-def _fetch_all(cfg: DownloadConfig, conn: sqlite3.Connection, run_id: int, token: str,
-               root: Path, hosts: list, todo: int, stop: threading.Event,
-               out: TextIO | None, t0: float, notes: notify.RunNotes) -> dict:
+def _gate(cfg: DownloadConfig, conn: sqlite3.Connection, notes: notify.RunNotes) -> HostGate:
+    """The per-host gate, its shared state seeded from the hosts table; it tells
+    Slack itself when it quarantines a host."""
     policy = Politeness(concurrency=cfg.per_host_concurrency, rate=cfg.per_host_rate)
     gate = HostGate(cfg.lock_dir or default_lock_dir(cfg.db), policy,
-                    split={h: (j, k) for h, j, k in cfg.split})
+                    split={h: (j, k) for h, j, k in cfg.split},
+                    on_quarantine=notes.quarantined if notes.enabled else None)
     now = time.time()
-    for host, cooldown, opened in conn.execute(
-            "SELECT host, cooldown_until, CASE WHEN breaker_state = 'open' "
-            "THEN breaker_opened_at END FROM hosts WHERE cooldown_until > ? OR "
-            "breaker_state = 'open'", (now,)):
+    for host, cooldown, opened in host_table.blocked(conn, now):
         gate.restore(host, cooldown if cooldown and cooldown > now else None,
                      opened + policy.open_seconds if opened else None)
-    writer = Writer(conn, token=token, run_id=run_id, root=root, max_attempts=cfg.max_attempts,
-                    lease=cfg.lease, on_commit=notes.committed if notes.enabled else None,
-                    on_host_state=_quarantine_reporter(gate, notes) if notes.enabled else None)
-    writer.start()
-    sched = Scheduler(writer, gate, hosts, per_host=cfg.per_host_concurrency, stop=stop,
-                      max_items=cfg.max_images, wait_for_retries=cfg.wait_for_retries)
-    limits = fetch.Limits(cfg.connect_timeout, cfg.read_timeout, cfg.deadline, cfg.max_bytes,
-                          user_agent=cfg.user_agent)
-    wcfg = WorkerConfig(root, limits, cfg.max_size, cfg.jpeg_quality, cfg.keep_original,
-                        cfg.max_pixels)
-    session = fetch.new_session(limits, pool_size=cfg.per_host_concurrency)
-    new_dirs: set[int] = set()
-    fatal: list[BaseException] = []
-    workers: list[Worker] = []
+    return gate
 
-    def loop() -> None:
-        w = Worker(wcfg, gate, writer, stop, session, on_release=sched.slot_released,
-                   new_dirs=new_dirs)
-        workers.append(w)
-        while True:
-            got = sched.next()
-            if got is None:
-                return
-            item, slot = got
-            retry_at = None
+
+def _others_counts(db: Path, pids: list[int], since: float) -> Callable[..., dict]:
+    """The summed counts of the --processes copies, read from their runs rows
+    (at most every 5 s unless fresh), so the first process reports for all."""
+    cache: dict = {}
+    read_at = -1e9
+
+    def others(fresh: bool = False) -> dict:
+        nonlocal cache, read_at
+        if not fresh and time.monotonic() - read_at < 5:
+            return cache
+        read_at = time.monotonic()
+        try:
+            conn = open_readonly(db, busy_timeout_s=1.0)
             try:
-                result = w.process(item, slot)
-            except store.StoreError as e:
-                fatal.append(e)
-                stop.set()
-                result = claims.Result(item, "pending", attempted=False)
-            except Exception as e:  # noqa: BLE001 - a bug must not kill the run or lose the claim
-                log.exception("unexpected error on image %s", item.image_id)
-                result = claims.Result(item, "failed_transient", error_type="other",
-                                       error_detail=f"{type(e).__name__}: {e}")
-            if result.status in ("pending", "failed_transient"):
-                retry_at = result.retry_at or time.time()
-            writer.put(result)
-            sched.done(item, retry_at)
+                cache = notify.add_counts(*runs.download_counts(conn, pids, since))
+            finally:
+                conn.close()
+        except (sqlite3.Error, ValueError):
+            pass  # a busy database only delays the numbers
+        return cache
 
-    threads = [threading.Thread(target=loop, name=f"worker-{i}", daemon=True)
-               for i in range(cfg.threads)]
-    for t in threads:
-        t.start()
-    limit_hit = _watch(cfg, threads, writer, workers, stop, todo, out, t0, notes)
-    if stop.is_set():
-        fetch.abort_all()  # in-flight downloads end now, not at their deadline
-    for t in threads:
-        t.join(timeout=cfg.deadline + 5)
-    writer.release(sched.remaining())
-    writer.stop()
-    gate.close()
-    if writer.error is not None:
-        raise writer.error
-    if fatal:
-        raise fatal[0]
-    counts = dict(writer.counts)
-    counts["bytes_fetched"] = sum(w.bytes for w in workers)
-    if limit_hit:
-        counts["limit"] = limit_hit
-    _summary(counts, out, time.monotonic() - t0)
-    return counts
-
-
-def _quarantine_reporter(gate: HostGate, notes: notify.RunNotes) -> Callable[[str, dict], None]:
-    """Writer.host_state hook: tell Slack when a host gets quarantined."""
-    def on_host_state(host: str, fields: dict) -> None:
-        # Every failed probe after the quarantine says "quarantine" again, in any
-        # process: report only the one that reaches the threshold.
-        if fields.get("quarantined") == 1:
-            opens = int(gate.state(host)["opens"])
-            if opens == gate.policy.quarantine_after:
-                notes.quarantined(host, opens)
-
-    return on_host_state
-
-
-def _watch(cfg: DownloadConfig, threads: list[threading.Thread], writer: Writer,
-           workers: list[Worker], stop: threading.Event, todo: int, out: TextIO | None,
-           t0: float, notes: notify.RunNotes) -> str | None:
-    """Main thread: progress, limits, writer health; returns which limit ended the run."""
-    stream = out or sys.stdout
-    bar = tqdm(total=todo, unit="img", desc="download", file=stream, dynamic_ncols=True) \
-        if (cfg.bar if cfg.bar is not None else stream.isatty()) else None
-    last_log = time.monotonic()
-    shown = done = 0
-    limit = None
-    try:
-        while any(t.is_alive() for t in threads):
-            time.sleep(0.25)
-            done = sum(writer.counts.get(k, 0) for k in
-                       ("success", "failed_transient", "failed_permanent"))
-            if notes.leader:
-                notes.tick(dict(writer.counts))  # a copy: the writer thread adds keys
-            if bar is not None:
-                bar.update(done - shown)
-                shown = done
-                bar.set_postfix_str(_rates(writer.counts, workers, t0), refresh=False)
-            elif time.monotonic() - last_log >= cfg.progress_every:
-                last_log = time.monotonic()
-                eta = ""
-                rate = done / max(time.monotonic() - t0, 1e-9)
-                if rate > 0 and todo > done:
-                    eta = f", ETA {fmt_secs((todo - done) / rate)}"
-                say(f"download: {done:,}/{todo:,} done; {_rates(writer.counts, workers, t0)}{eta}",
-                    stream)
-            if writer.error is not None:
-                stop.set()
-            if cfg.max_runtime is not None and time.monotonic() - t0 >= cfg.max_runtime:
-                limit = "max_runtime"
-                stop.set()
-            if stop.is_set():
-                return limit
-        done = sum(writer.counts.get(k, 0) for k in
-                   ("success", "failed_transient", "failed_permanent"))
-        return "max_images" if cfg.max_images is not None and done >= cfg.max_images else None
-    finally:
-        if bar is not None:
-            bar.close()
-
-
-def _rates(counts: dict, workers: list[Worker], t0: float) -> str:
-    dt = max(time.monotonic() - t0, 1e-9)
-    ok = counts.get("success", 0)
-    bad = counts.get("failed_transient", 0) + counts.get("failed_permanent", 0)
-    mb = sum(w.bytes for w in workers) / 1e6
-    return (f"{ok:,} ok, {bad:,} failed, {counts.get('deferred', 0):,} deferred, "
-            f"{ok / dt:,.1f} img/s, {mb / dt:,.1f} MB/s")
-
-
-def _summary(counts: dict, out: TextIO | None, seconds: float) -> None:
-    say(f"download: finished in {fmt_secs(seconds)}: {counts.get('success', 0):,} saved, "
-        f"{counts.get('failed_transient', 0):,} failed (will retry), "
-        f"{counts.get('failed_permanent', 0):,} failed permanently, "
-        f"{counts.get('deferred', 0):,} deferred (host cooling down / busy), "
-        f"{counts.get('bytes_fetched', 0) / 1e6:,.1f} MB fetched", out)
+    return others

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 from ..db.claims import Item, Result
 from ..files import images, store
-from ..files.layout import prefix_dirs
+from ..files.layout import image_dir
 from ..states import FAILED_PERMANENT, FAILED_TRANSIENT, FLAG_RAW, PENDING, SUCCESS
 from ..web import fetch, iiif, keys
 from ..web.fetch import FetchError
@@ -56,7 +56,7 @@ class Worker:
     """Processes claimed images; one per worker thread."""
 
     def __init__(self, cfg: WorkerConfig, gate: HostGate, writer, stop: threading.Event,
-                 session, on_release=None, new_dirs: set[int] | None = None) -> None:
+                 session, on_release=None, new_dirs: set[str] | None = None) -> None:
         self.cfg, self.gate, self.writer, self.stop = cfg, gate, writer, stop
         # directories that did not exist when this run first looked (shared by all
         # workers): they cannot hold files from before, so no adoption check there
@@ -222,12 +222,11 @@ class Worker:
     def _adopt(self, item: Item) -> Result | None:
         """An existing valid final file (an earlier run's, a copied tree) is
         recorded instead of fetched again; an invalid one is fetched over."""
-        p1, p2 = prefix_dirs(item.gbif_id)
-        key = int(p1) * 1000 + int(p2)
-        if key in self.new_dirs:
+        where = image_dir(item.gbif_id)
+        if where in self.new_dirs:
             return None
-        if not (self.cfg.root / p1 / p2).is_dir():
-            self.new_dirs.add(key)
+        if not (self.cfg.root / where).is_dir():
+            self.new_dirs.add(where)
             return None
         path = store.existing_final(self.cfg.root, item.gbif_id, item.image_no,
                                     None if self.cfg.keep_original else "jpg")
@@ -244,7 +243,6 @@ class Worker:
                       error_detail="adopted existing file", file_path=rel, file_size=len(data),
                       sha256=hashlib.sha256(data).hexdigest(), width=out.width or None,
                       height=out.height or None)
-
 
     def _save(self, item: Item, data: bytes) -> Result:
         try:

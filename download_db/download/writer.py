@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import queue
 import threading
 import time
@@ -10,10 +9,9 @@ from concurrent.futures import Future
 from functools import partial
 from pathlib import Path
 
-from ..db import claims, runs
+from ..db import claims, gbif_ids, hosts, runs
 from ..db.claims import Item, Result
 from ..db.connection import retry_locked, transaction
-from ..db.gbif_ids import ROLLUP_IDS
 from ..db.sqlite import sqlite3
 from ..files import store
 from ..states import SUCCESS
@@ -129,19 +127,18 @@ class Writer(threading.Thread):
         all in one transaction; then rename the committed files."""
         batch, self._pending = self._pending, []
         settle, self._settle = self._settle, []
-        hosts, self._host_updates = self._host_updates, {}
+        host_updates, self._host_updates = self._host_updates, {}
         out = {}
 
         def txn():
             with transaction(self.conn):
                 kept = claims.record(self.conn, batch, self.token, self.max_attempts)
                 claims.settle(self.conn, settle, self.token)
-                for host, fields in hosts.items():
-                    _save_host(self.conn, host, fields)
+                for host, fields in host_updates.items():
+                    hosts.save_state(self.conn, host, fields)
                 if kept:
-                    ids = sorted({r.item.gbif_id for r in kept})
-                    self.conn.execute(ROLLUP_IDS, {"now": time.time(), "ids": json.dumps(ids),
-                                                      "max_attempts": self.max_attempts})
+                    gbif_ids.rollup(self.conn, {r.item.gbif_id for r in kept},
+                                    max_attempts=self.max_attempts)
                 runs.heartbeat(self.conn, self.run_id, self.counts)
                 out["value"] = fn()
                 out["kept"] = kept
@@ -163,16 +160,3 @@ class Writer(threading.Thread):
         if self.on_commit is not None and kept:
             self.on_commit(kept)
         return out["value"]
-
-
-_HOST_COLUMNS = {"cooldown_until", "cooldown_reason", "breaker_state", "breaker_opened_at",
-                 "quarantined", "quarantined_at", "last_error", "sample_detail"}
-
-
-def _save_host(conn: sqlite3.Connection, host: str, fields: dict) -> None:
-    cols = {k: v for k, v in fields.items() if k in _HOST_COLUMNS}
-    conn.execute("INSERT OR IGNORE INTO hosts(host) VALUES (?)", (host,))
-    if cols:
-        sets = ", ".join(f"{k} = ?" for k in cols)
-        conn.execute(f"UPDATE hosts SET {sets}, updated_at = ? WHERE host = ?",
-                     (*cols.values(), time.time(), host))

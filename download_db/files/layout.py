@@ -12,13 +12,16 @@ def prefix_dirs(gbif_id: int) -> tuple[str, str]:
     return p1, p2
 
 
+def image_dir(gbif_id: int) -> str:
+    """The directory, relative to the root, that holds a gbifID's images."""
+    return "/".join(prefix_dirs(gbif_id))
+
+
 def image_relpath(gbif_id: int, image_no: int, ext: str) -> str:
     """Relative path of an image file; names come from the gbifID and image number only."""
-    p1, p2 = prefix_dirs(gbif_id)
-    return f"{p1}/{p2}/{int(gbif_id)}-{int(image_no):02d}.{ext}"
+    return f"{image_dir(gbif_id)}/{int(gbif_id)}-{int(image_no):02d}.{ext}"
 
 
 def legacy_relpath(gbif_id: int) -> str:
     """Where the older flat-file downloader saved a gbifID's single image."""
-    p1, p2 = prefix_dirs(gbif_id)
-    return f"{p1}/{p2}/{int(gbif_id)}.jpg"
+    return f"{image_dir(gbif_id)}/{int(gbif_id)}.jpg"

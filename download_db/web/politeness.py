@@ -9,6 +9,7 @@ import struct
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,8 +81,11 @@ class HostGate:
     """acquire(host) -> Slot or a time to come back; record() outcomes for the breaker."""
 
     def __init__(self, lock_dir: str | os.PathLike, policy: Politeness,
-                 split: dict[str, tuple[int, int]] | None = None) -> None:
+                 split: dict[str, tuple[int, int]] | None = None,
+                 on_quarantine: Callable[[str, int], None] | None = None) -> None:
         self.dir = Path(lock_dir)
+        # told (host, opens) once per quarantine, by the gate that decides it
+        self.on_quarantine = on_quarantine
         self.dir.mkdir(parents=True, exist_ok=True)
         self.policy = policy
         # Hosts shared with other array tasks: host -> (part, parts). This task
@@ -247,6 +251,7 @@ class HostGate:
         image's fault, not the host's); None for outcomes that say nothing.
         Returns 'opened', 'closed' or 'quarantine' on a state change."""
         now = time.time() if now is None else now
+        opens = 0.0
         if host_failure is None:
             if slot.probe:
                 self._update(slot.host, lambda st: st.__setitem__(3, 0.0))
@@ -266,6 +271,7 @@ class HostGate:
             return None
 
         def f(st: list[float]) -> str | None:
+            nonlocal opens
             if slot.probe or st[2] > 0:
                 if not host_failure and slot.probe:
                     st[2] = st[3] = st[4] = 0.0
@@ -274,6 +280,7 @@ class HostGate:
                     st[4] += 1  # opens in a row; the period doubles with each
                     st[2] = now + min(p.open_seconds * 2 ** (st[4] - 1), p.max_open_seconds)
                     st[3] = 0.0
+                    opens = st[4]
                     return "quarantine" if st[4] >= p.quarantine_after else "opened"
                 return None
             if total >= p.min_requests and fails / total >= p.failure_rate:
@@ -288,6 +295,10 @@ class HostGate:
         if change == "opened" or change == "quarantine":
             with self._local:
                 w.clear()
+        # Every failed probe after the quarantine says "quarantine" again, in any
+        # process: only the one that reaches the threshold tells.
+        if change == "quarantine" and opens == p.quarantine_after and self.on_quarantine:
+            self.on_quarantine(slot.host, int(opens))
         return change  # type: ignore[return-value]
 
     def close(self) -> None:

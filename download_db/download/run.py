@@ -1,0 +1,168 @@
+"""The fetch phase of a download process: worker threads, the writer, the main thread watching."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import requests
+
+from .. import notify
+from ..config import DownloadConfig
+from ..db import claims
+from ..files import store
+from ..progress import RunContext, fmt_secs
+from ..states import FAILED_PERMANENT, FAILED_TRANSIENT, PENDING, SUCCESS
+from ..web import fetch
+from ..web.politeness import HostGate
+from .scheduler import Scheduler
+from .worker import Worker, WorkerConfig
+from .writer import Writer
+
+log = logging.getLogger(__name__)
+
+TICK = 0.25  # seconds between the main thread's looks at the workers and the limits
+
+
+@dataclass
+class Run:
+    """What the download stage hands the fetch phase, built once."""
+
+    cfg: DownloadConfig
+    ctx: RunContext  # output, bar or log lines, the log interval, the stop flag
+    notes: notify.RunNotes
+    gate: HostGate  # restored from the hosts table; closed at the end
+    writer: Writer  # not started yet
+    hosts: list[tuple[int, str, bool]]  # (host_id, host, quarantined), busiest first
+    todo: int
+    t0: float  # monotonic start of the run: --max-runtime and the rates count from it
+
+
+@dataclass
+class _Crew:
+    """What the worker threads share, and what they hand back."""
+
+    wcfg: WorkerConfig
+    session: requests.Session  # one pool per host bounds the open connections
+    sched: Scheduler
+    workers: list[Worker] = field(default_factory=list)
+    # directories found missing: they cannot hold files of earlier runs to adopt
+    new_dirs: set[str] = field(default_factory=set)
+    fatal: list[BaseException] = field(default_factory=list)
+
+
+def fetch_all(run: Run) -> dict:
+    """Fetch until the work, a limit or a stop ends it; returns the run's counts."""
+    cfg, writer, stop = run.cfg, run.writer, run.ctx.stop
+    writer.start()
+    limits = fetch.Limits(cfg.connect_timeout, cfg.read_timeout, cfg.deadline, cfg.max_bytes,
+                          user_agent=cfg.user_agent)
+    crew = _Crew(WorkerConfig(writer.root, limits, cfg.max_size, cfg.jpeg_quality,
+                              cfg.keep_original, cfg.max_pixels),
+                 fetch.new_session(limits, pool_size=cfg.per_host_concurrency),
+                 Scheduler(writer, run.gate, run.hosts, per_host=cfg.per_host_concurrency,
+                           stop=stop, max_items=cfg.max_images,
+                           wait_for_retries=cfg.wait_for_retries))
+    threads = [threading.Thread(target=_work, args=(run, crew), name=f"worker-{i}", daemon=True)
+               for i in range(cfg.threads)]
+    for t in threads:
+        t.start()
+    limit_hit = _watch(run, crew, threads)
+    if stop.is_set():
+        fetch.abort_all()  # in-flight downloads end now, not at their deadline
+    for t in threads:
+        t.join(timeout=cfg.deadline + 5)
+    writer.release(crew.sched.remaining())
+    writer.stop()
+    run.gate.close()
+    if writer.error is not None:
+        raise writer.error
+    if crew.fatal:
+        raise crew.fatal[0]
+    counts = dict(writer.counts)
+    counts["bytes_fetched"] = _bytes(crew)
+    if limit_hit:
+        counts["limit"] = limit_hit
+    run.ctx.say(summary(counts, time.monotonic() - run.t0))
+    return counts
+
+
+def _work(run: Run, crew: _Crew) -> None:
+    """One worker thread: take an item from the scheduler, process it, hand the result on."""
+    w = Worker(crew.wcfg, run.gate, run.writer, run.ctx.stop, crew.session,
+               on_release=crew.sched.slot_released, new_dirs=crew.new_dirs)
+    crew.workers.append(w)
+    while True:
+        got = crew.sched.next()
+        if got is None:
+            return
+        item, slot = got
+        retry_at = None
+        try:
+            result = w.process(item, slot)
+        except store.StoreError as e:
+            crew.fatal.append(e)
+            run.ctx.stop.set()
+            result = claims.Result(item, PENDING, attempted=False)
+        except Exception as e:  # noqa: BLE001 - a bug must not kill the run or lose the claim
+            log.exception("unexpected error on image %s", item.image_id)
+            result = claims.Result(item, FAILED_TRANSIENT, error_type="other",
+                                   error_detail=f"{type(e).__name__}: {e}")
+        if result.status in (PENDING, FAILED_TRANSIENT):
+            retry_at = result.retry_at or time.time()
+        run.writer.put(result)
+        crew.sched.done(item, retry_at)
+
+
+def _watch(run: Run, crew: _Crew, threads: list[threading.Thread]) -> str | None:
+    """Main thread: progress, limits, writer health; returns which limit ended the run."""
+    cfg, writer, stop = run.cfg, run.writer, run.ctx.stop
+    progress = run.ctx.progress("download", run.todo, item="img", counting=True)
+    try:
+        while any(t.is_alive() for t in threads):
+            time.sleep(TICK)
+            counts = dict(writer.counts)  # a copy: the writer thread adds keys
+            if run.notes.leader:
+                run.notes.tick(counts)
+            done = _done(counts)
+            progress.update(done, done - progress.done_bytes,
+                            rates(counts, _bytes(crew), time.monotonic() - run.t0))
+            if writer.error is not None:
+                stop.set()
+            if cfg.max_runtime is not None and time.monotonic() - run.t0 >= cfg.max_runtime:
+                stop.set()
+                return "max_runtime"
+            if stop.is_set():
+                return None
+        limited = cfg.max_images is not None and _done(writer.counts) >= cfg.max_images
+        return "max_images" if limited else None
+    finally:
+        progress.close()
+
+
+def _done(counts: dict) -> int:
+    return sum(counts.get(k, 0) for k in (SUCCESS, FAILED_TRANSIENT, FAILED_PERMANENT))
+
+
+def _bytes(crew: _Crew) -> int:
+    return sum(w.bytes for w in list(crew.workers))
+
+
+def rates(counts: dict, fetched: int, seconds: float) -> str:
+    """The download's figures for its progress line."""
+    dt = max(seconds, 1e-9)
+    ok = counts.get(SUCCESS, 0)
+    bad = counts.get(FAILED_TRANSIENT, 0) + counts.get(FAILED_PERMANENT, 0)
+    return (f"{ok:,} ok, {bad:,} failed, {counts.get('deferred', 0):,} deferred, "
+            f"{ok / dt:,.1f} img/s, {fetched / 1e6 / dt:,.1f} MB/s")
+
+
+def summary(counts: dict, seconds: float) -> str:
+    """The line a download process ends with."""
+    return (f"download: finished in {fmt_secs(seconds)}: {counts.get(SUCCESS, 0):,} saved, "
+            f"{counts.get(FAILED_TRANSIENT, 0):,} failed (will retry), "
+            f"{counts.get(FAILED_PERMANENT, 0):,} failed permanently, "
+            f"{counts.get('deferred', 0):,} deferred (host cooling down / busy), "
+            f"{counts.get('bytes_fetched', 0) / 1e6:,.1f} MB fetched")
