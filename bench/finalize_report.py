@@ -38,15 +38,16 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import bigdb  # noqa: E402
 
-from download_db.db import connection  # noqa: E402
-from download_db.db.gbif_ids import _ROLLUP_TEMPLATE, ROLLUP_IDS, finalize  # noqa: E402
+from download_db import states  # noqa: E402
+from download_db.db import connection, gbif_ids  # noqa: E402
+from download_db.db.gbif_ids import _ROLLUP_TEMPLATE, finalize  # noqa: E402
 from download_db.progress import RunContext  # noqa: E402
 
 _WRITER = r"""
 import json, random, sys, time
 sys.path.insert(0, {root!r})
-from download_db.db import connection
-from download_db.db.gbif_ids import ROLLUP_IDS
+from download_db import states
+from download_db.db import connection, gbif_ids
 conn = connection.connect({db!r})
 rnd = random.Random(1)
 hosts = [h for (h,) in conn.execute("SELECT host_id FROM hosts")]
@@ -64,8 +65,7 @@ try:
             "UPDATE images SET status = 'success', attempts = attempts + 1, next_attempt_at = 0, "
             "last_attempt_at = ?, file_size = 200000, file_path = 'x.jpg', error_type = NULL "
             "WHERE image_id = ?", [(now, i) for i, _ in ids])
-        conn.execute(ROLLUP_IDS, {{"now": now, "max_attempts": 4,
-                                  "ids": json.dumps(sorted({{g for _, g in ids}}))}})
+        gbif_ids.rollup(conn, {{g for _, g in ids}}, max_attempts=4, now=now)
     n += len(ids)
     time.sleep(0.05)
 except KeyboardInterrupt:
@@ -96,7 +96,7 @@ def bench_finalize(db: Path) -> dict:
     conn = connection.connect(db)
     t = time.monotonic()
     with connection.transaction(conn):
-        cur = conn.execute(_ROLLUP_TEMPLATE.format(which="1"),
+        cur = conn.execute(_ROLLUP_TEMPLATE.format(which="1", work_left=states.WORK_LEFT_SQL),
                            {"now": time.time(), "max_attempts": 4})
     one = time.monotonic() - t
     conn.close()
@@ -162,8 +162,7 @@ def bench_triggers(images: int = 1_000_000, batches: int = 250) -> dict:
                         "UPDATE images SET status = 'success', attempts = attempts + 1, "
                         "last_attempt_at = ?, file_size = 1000, error_type = NULL "
                         "WHERE image_id = ?", [(now, i) for i in chunk])
-                    conn.execute(ROLLUP_IDS, {"now": now, "max_attempts": 4, "ids": json.dumps(
-                        sorted({gids[i] for i in chunk}))})
+                    gbif_ids.rollup(conn, {gids[i] for i in chunk}, max_attempts=4, now=now)
                     # undo, so that both labels write the same rows
                     conn.executemany("UPDATE images SET status = 'pending', attempts = 0, "
                                      "last_attempt_at = NULL, file_size = NULL "

@@ -35,23 +35,34 @@ def is_transient(error_type: str | None) -> bool:
 
 
 # --- work left -------------------------------------------------------------------
-# An image has work left while it is pending or failed transiently, unless its
-# attempts budget is spent. The work-list index (images_todo) is partial on
-# TODO_WHERE: queries must repeat the term verbatim for SQLite to use it.
+# The one rule: an image has work left while it is pending, or failed transiently
+# with attempts left in the budget. Its forms below all say that:
+#   WORK_LEFT_SQL     over images or image_tally rows, for a budget :max_attempts
+#                     (roll-up, array plan, re-opening or parking retries);
+#   EXHAUSTED_WHERE   over images as stored: the last run parked what its budget
+#                     spent (next_attempt_at >= EXHAUSTED), so no budget is needed;
+#   has_work_left     in Python, either way (a tally row carries a parked flag).
+# The work-list index (images_todo) is partial on TODO_WHERE: queries must repeat
+# the term verbatim for SQLite to use it.
 TODO_WHERE = "status IN ('pending', 'failed_transient')"
 # next_attempt_at of a transient failure whose attempts budget is spent ("parked"):
 # out of the range every claim scans; a larger --max-attempts brings it back.
 EXHAUSTED = 9.0e15
 PARKED = f"next_attempt_at >= {EXHAUSTED}"
 EXHAUSTED_WHERE = f"{TODO_WHERE} AND next_attempt_at < {EXHAUSTED}"
-# The same rule for a gbifID roll-up over its images (SQL aggregate over rows).
 WORK_LEFT_SQL = ("(status = 'pending' OR (status = 'failed_transient' "
                  "AND attempts < :max_attempts))")
 
 
-def has_work_left(status: str, attempts: int, max_attempts: int) -> bool:
-    """The Python form of WORK_LEFT_SQL (for rows already read)."""
-    return status == PENDING or (status == FAILED_TRANSIENT and attempts < max_attempts)
+def has_work_left(status: str, attempts: int, max_attempts: int | None = None, *,
+                  parked: bool = False) -> bool:
+    """WORK_LEFT_SQL for a row already read; without ``max_attempts``, as stored
+    (EXHAUSTED_WHERE: ``parked`` says the row's budget is spent)."""
+    if status == PENDING:
+        return True
+    if status != FAILED_TRANSIENT:
+        return False
+    return not parked if max_attempts is None else attempts < max_attempts
 
 
 # --- retries -----------------------------------------------------------------------

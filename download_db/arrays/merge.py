@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from ..db import claims
+from ..db import claims, hosts
 from ..db.connection import open_readonly, readonly_uri, remove_database, transaction
 from ..db.meta import get_meta
 from ..db.sqlite import sqlite3
@@ -33,14 +33,6 @@ UPDATE images SET status = t.status, attempts = t.attempts, next_attempt_at = t.
   FROM task.images AS t
  WHERE t.image_id = images.image_id AND {_DONE}
    AND t.last_attempt_at IS NOT images.last_attempt_at
-"""
-_HOSTS = """
-UPDATE hosts SET cooldown_until = t.cooldown_until, cooldown_reason = t.cooldown_reason,
-       breaker_state = t.breaker_state, breaker_opened_at = t.breaker_opened_at,
-       quarantined = t.quarantined, quarantined_at = t.quarantined_at, last_error = t.last_error,
-       sample_detail = coalesce(t.sample_detail, hosts.sample_detail), updated_at = t.updated_at
-  FROM task.hosts AS t
- WHERE t.host_id = hosts.host_id AND t.updated_at > coalesce(hosts.updated_at, 0)
 """
 _RUNS = """
 INSERT INTO runs(stage, started_at, finished_at, heartbeat_at, hostname, pid, argv, outcome,
@@ -121,7 +113,7 @@ def merge_tasks(conn: sqlite3.Connection, db: Path, *, force: bool = False,
                 n = conn.execute(_IMAGES).rowcount
                 for _, ddl in IMAGE_TRIGGERS:
                     conn.execute(ddl)
-                conn.execute(_HOSTS)
+                hosts.merge_from(conn, "task")
                 conn.execute(_RUNS, (shard[0] if shard else None,))
         finally:
             conn.execute("DETACH DATABASE task")

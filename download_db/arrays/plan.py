@@ -10,13 +10,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..db import hosts
 from ..db.connection import connect, open_readonly, readonly_uri, remove_database, transaction
 from ..db.meta import get_meta, set_meta
 from ..db.schema import POST_LOAD_INDEXES, create_schema
 from ..db.sqlite import sqlite3
 from ..db.tallies import install_tallies
 from ..errors import DatabaseError, UsageError
-from ..states import EXHAUSTED, TODO_WHERE
+from ..states import TODO_WHERE, WORK_LEFT_SQL
 
 # Task databases are written by one process on one node and read from others
 # (report, merge): a rollback journal, never WAL (WAL needs all on one host).
@@ -162,8 +163,8 @@ def work_by_host(conn: sqlite3.Connection, max_attempts: int) -> dict[int, int]:
     """Images with work left per host, from the counters (no scan). Parked retries
     count when this array's --max-attempts gives them attempts again."""
     return dict(conn.execute(
-        "SELECT host_id, sum(n) FROM image_tally WHERE status IN ('pending', 'failed_transient') "
-        "AND (parked = 0 OR attempts < ?) GROUP BY host_id HAVING sum(n) > 0", (max_attempts,)))
+        f"SELECT host_id, sum(n) FROM image_tally WHERE {WORK_LEFT_SQL} "
+        "GROUP BY host_id HAVING sum(n) > 0", {"max_attempts": max_attempts}))
 
 
 # -- task databases -------------------------------------------------------------------
@@ -186,14 +187,15 @@ def create_task_db(main_db: Path, path: Path, shard: Shard, max_parts: int,
     create_schema(conn)
     conn.execute("ATTACH DATABASE ? AS main_db", (readonly_uri(main_db, immutable=True),))
     with transaction(conn):
-        conn.execute("INSERT INTO hosts SELECT * FROM main_db.hosts")
+        hosts.copy_from(conn, "main_db")
         conn.execute("INSERT INTO attributions SELECT * FROM main_db.attributions")
         for p in pieces:
             conn.execute(
                 "INSERT INTO images SELECT * FROM main_db.images INDEXED BY images_todo "
-                f"WHERE host_id = ? AND {TODO_WHERE} "
-                f"AND (next_attempt_at < {EXHAUSTED} OR attempts < ?) "
-                "AND image_id % ? = ?", (p.host_id, max_attempts, p.parts, p.part))
+                f"WHERE host_id = :host_id AND {TODO_WHERE} AND {WORK_LEFT_SQL} "
+                "AND image_id % :parts = :part",
+                {"host_id": p.host_id, "max_attempts": max_attempts, "parts": p.parts,
+                 "part": p.part})
         for key in ("ingest_source", "ingest_stats", "build_id"):
             value = _main_meta(conn, key)
             if value is not None:

@@ -6,6 +6,7 @@ from dataclasses import replace
 from typing import TextIO
 
 from ..config import DownloadConfig
+from ..db import hosts
 from ..db.connection import connect
 from ..errors import DatabaseError
 from ..progress import say
@@ -38,7 +39,7 @@ def prepare(cfg: DownloadConfig, shard: plan.Shard, out: TextIO | None = None) -
         raise DatabaseError(f"cannot open task database {path}: {e}") from None
     try:
         plan.check_task_db(conn, cfg.db, shard)
-        names = dict(conn.execute("SELECT host_id, host FROM hosts"))
+        names = hosts.names(conn)
         split = tuple((names[h], j, k) for h, (j, k) in sorted(plan.task_split(conn).items()))
     finally:
         conn.close()

@@ -9,11 +9,14 @@ from dataclasses import dataclass, field
 
 from ..states import (
     EXHAUSTED,
+    EXHAUSTED_WHERE,
     FAILED_PERMANENT,
     FAILED_TRANSIENT,
+    PARKED,
     PENDING,
     SUCCESS,
     TODO_WHERE,
+    WORK_LEFT_SQL,
     backoff,
 )
 from . import runs
@@ -172,17 +175,17 @@ def reopen_exhausted(conn: sqlite3.Connection, max_attempts: int) -> int:
     """With a bigger attempts budget, make parked transient failures due again."""
     cur = conn.execute(
         f"UPDATE images SET next_attempt_at = last_attempt_at WHERE {TODO_WHERE} "
-        f"AND host_id IN (SELECT host_id FROM hosts) AND next_attempt_at >= {EXHAUSTED} "
-        "AND attempts < ?", (max_attempts,))
+        f"AND host_id IN (SELECT host_id FROM hosts) AND {PARKED} AND {WORK_LEFT_SQL}",
+        {"max_attempts": max_attempts})
     return cur.rowcount
 
 
 def park_exhausted(conn: sqlite3.Connection, max_attempts: int) -> int:
     """With a smaller budget, park transient failures that have used it up."""
     cur = conn.execute(
-        f"UPDATE images SET next_attempt_at = {EXHAUSTED} WHERE {TODO_WHERE} "
-        f"AND host_id IN (SELECT host_id FROM hosts) AND next_attempt_at < {EXHAUSTED} "
-        "AND status = 'failed_transient' AND attempts >= ?", (max_attempts,))
+        f"UPDATE images SET next_attempt_at = {EXHAUSTED} WHERE {EXHAUSTED_WHERE} "
+        f"AND host_id IN (SELECT host_id FROM hosts) AND NOT {WORK_LEFT_SQL}",
+        {"max_attempts": max_attempts})
     return cur.rowcount
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ..progress import RunContext
-from ..states import DEFAULT_MAX_ATTEMPTS, GBIF_STATUSES
+from ..states import DEFAULT_MAX_ATTEMPTS, GBIF_STATUSES, WORK_LEFT_SQL
 from .connection import transaction
 from .sqlite import sqlite3
 
@@ -15,7 +17,7 @@ CHUNK_IDS = 500_000  # per transaction: bounds the WAL and the work a kill loses
 # A gbifID is done when every distinct image succeeded; failed when nothing is
 # left to try but not all succeeded; pending when no image was attempted yet;
 # partial otherwise (work left, something attempted). Transient failures with
-# attempts left count as work left.
+# attempts left count as work left (states.WORK_LEFT_SQL).
 _ROLLUP_TEMPLATE = """
 UPDATE gbif_ids
    SET n_success = s.n_success,
@@ -26,9 +28,7 @@ UPDATE gbif_ids
   FROM (SELECT gbif_id,
                sum(status = 'success') AS n_success,
                CASE WHEN sum(status = 'success') = count(*) THEN 'done'
-                    WHEN sum(status = 'pending'
-                             OR (status = 'failed_transient' AND attempts < :max_attempts)) = 0
-                         THEN 'failed'
+                    WHEN sum({work_left}) = 0 THEN 'failed'
                     WHEN sum(status <> 'pending' OR attempts > 0) = 0 THEN 'pending'
                     ELSE 'partial' END AS status
           FROM images
@@ -39,8 +39,20 @@ UPDATE gbif_ids
         OR (s.status IN ('done', 'failed') AND gbif_ids.completed_at IS NULL))
 """
 # every gbifID in a range (finalize, in chunks) / a list of them (after each result batch)
-_ROLLUP = _ROLLUP_TEMPLATE.format(which="gbif_id >= :lo AND gbif_id <= :hi")
-ROLLUP_IDS = _ROLLUP_TEMPLATE.format(which="gbif_id IN (SELECT value FROM json_each(:ids))")
+_ROLLUP = _ROLLUP_TEMPLATE.format(which="gbif_id >= :lo AND gbif_id <= :hi",
+                                  work_left=WORK_LEFT_SQL)
+_ROLLUP_IDS = _ROLLUP_TEMPLATE.format(which="gbif_id IN (SELECT value FROM json_each(:ids))",
+                                      work_left=WORK_LEFT_SQL)
+
+
+def rollup(conn: sqlite3.Connection, gbif_ids: Iterable[int], *, max_attempts: int,
+           now: float | None = None) -> int:
+    """Bring these gbifIDs' statuses up to date with their images (inside the
+    caller's transaction, after images changed); returns how many changed."""
+    cur = conn.execute(_ROLLUP_IDS, {"now": time.time() if now is None else now,
+                                     "max_attempts": max_attempts,
+                                     "ids": json.dumps(sorted(set(gbif_ids)))})
+    return max(cur.rowcount, 0)
 
 
 @dataclass

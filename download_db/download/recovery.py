@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
 from pathlib import Path
 
-from ..db import claims
+from ..db import claims, gbif_ids
 from ..db.connection import transaction
-from ..db.gbif_ids import ROLLUP_IDS
 from ..db.sqlite import sqlite3
 from ..files import images, store
 from ..files.layout import image_relpath
@@ -62,8 +60,7 @@ def recover(conn: sqlite3.Connection, root: Path, lease: float,
             conn.execute("UPDATE images SET claimed_by = NULL WHERE image_id = ?", (image_id,))
         conn.execute(mark_crashed, (live_ids,))
         # adopted and lost images changed status: their gbifIDs follow, as after a batch
-        conn.execute(ROLLUP_IDS, {"now": now, "max_attempts": max_attempts,
-                                  "ids": json.dumps(sorted({d[1] for d in dead}))})
+        gbif_ids.rollup(conn, {d[1] for d in dead}, max_attempts=max_attempts, now=now)
     for _image_id, tmp, final in moves:
         os.replace(tmp, final)
     for _image_id, gid, no, *_rest in dead:

@@ -12,6 +12,7 @@ from typing import TextIO
 
 import numpy as np
 
+from ..db import hosts
 from ..db.connection import transaction
 from ..db.meta import get_meta, set_meta
 from ..db.runs import heartbeat
@@ -139,7 +140,7 @@ def _transformed(source: Source, start: int, chunk_bytes: int,
 def _load(conn: sqlite3.Connection, source: Source, stats: IngestStats, *, run_id: int,
           chunk_bytes: int, workers: int, ctx: RunContext) -> None:
     start = int(get_meta(conn, "ingest_offset") or source.header.data_offset)
-    host_ids: dict[str, int] = dict(conn.execute("SELECT host, host_id FROM hosts"))
+    host_ids = hosts.ids_by_name(conn)
     next_host = max(host_ids.values(), default=0) + 1
     progress = ctx.progress("ingest", source.total_bytes, start_bytes=start, item="rows")
     try:
@@ -160,12 +161,12 @@ def _load(conn: sqlite3.Connection, source: Source, stats: IngestStats, *, run_i
                        strict=True)
             stats.add(parsed, g)
             with transaction(conn):
-                conn.executemany("INSERT INTO hosts(host_id, host) VALUES (?, ?)", new_hosts)
+                hosts.add(conn, new_hosts)
                 conn.executemany("INSERT OR IGNORE INTO attributions(attribution_id, license, "
                                  "rights_holder, creator) VALUES (?, ?, ?, ?)", g.attributions)
                 conn.executemany(_INSERT_IMAGE, rows)
-                conn.executemany("UPDATE hosts SET n_images = n_images + ? WHERE host_id = ?",
-                                 [(int(c), int(local[j])) for j, c in enumerate(per_host) if c])
+                hosts.count_images(conn, [(int(c), int(local[j]))
+                                          for j, c in enumerate(per_host) if c])
                 set_meta(conn, "ingest_offset", str(chunk.end))
                 set_meta(conn, "ingest_stats", stats.to_json())
                 heartbeat(conn, run_id)
@@ -243,9 +244,7 @@ def _merge_one(conn: sqlite3.Connection, gid: int) -> int:
                      "WHERE image_id = ?", (image_no, "\n".join(urls_out), best_attr, image_id))
         dups = [x for x in ids if x != image_id]
         if dups:
-            gone = [(x,) for x in dups]
-            conn.executemany("UPDATE hosts SET n_images = n_images - 1 WHERE host_id = "
-                             "(SELECT host_id FROM images WHERE image_id = ?)", gone)
-            conn.executemany("DELETE FROM images WHERE image_id = ?", gone)
+            hosts.uncount_images(conn, dups)
+            conn.executemany("DELETE FROM images WHERE image_id = ?", [(x,) for x in dups])
             removed += len(dups)
     return removed

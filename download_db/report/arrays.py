@@ -6,8 +6,10 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from ..db import hosts
 from ..db.connection import open_readonly
 from ..db.sqlite import sqlite3
+from ..states import has_work_left
 
 
 def read_task(path: Path) -> dict | None:
@@ -36,14 +38,11 @@ def read_task(path: Path) -> dict | None:
         return {
             "path": str(path), "shard": meta.get("task_shard"), "delta": delta,
             "images": sum(v[0] for v in base.values()),
-            "work_left": sum(n for (_h, s, _e, _a, p), (n, _b) in now_t.items()
-                             if s == "pending" or (s == "failed_transient" and not p)),
+            "work_left": sum(n for (_h, s, _e, a, p), (n, _b) in now_t.items()
+                             if has_work_left(s, a, parked=p)),
             "runs": run_rows,
             "activity": conn.execute("SELECT * FROM activity").fetchall(),
-            "hosts": conn.execute(
-                "SELECT host_id, cooldown_until, cooldown_reason, breaker_state, quarantined, "
-                "quarantined_at, last_error, sample_detail, updated_at FROM hosts "
-                "WHERE updated_at IS NOT NULL").fetchall(),
+            "hosts": hosts.touched(conn),
             "in_flight": conn.execute("SELECT count(*) FROM images "
                                       "WHERE claimed_by IS NOT NULL").fetchone()[0],
         }

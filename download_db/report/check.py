@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..db import claims
+from ..db import claims, hosts
 from ..db.sqlite import sqlite3
 from ..states import ALIVE_WINDOW, EXHAUSTED
 
@@ -77,9 +77,7 @@ def _counters(conn: sqlite3.Connection, res: CheckResult) -> None:
     if n_images != res.counts["images"]:
         res.problems.append(f"gbif_ids.n_images adds up to {n_images:,}, images has "
                             f"{res.counts['images']:,} rows")
-    per_host = conn.execute(
-        "SELECT count(*) FROM hosts h WHERE n_images <> (SELECT coalesce(sum(n), 0) "
-        "FROM image_tally t WHERE t.host_id = h.host_id)").fetchone()[0]
+    per_host = hosts.miscounted(conn)
     if per_host:
         res.problems.append(f"{per_host:,} hosts have n_images unequal to their image count")
 

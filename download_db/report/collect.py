@@ -12,6 +12,7 @@ from typing import TypeVar
 
 from ..arrays.plan import task_dbs, tasks_dir_for
 from ..db import connection, runs
+from ..db import hosts as host_table
 from ..db.connection import READ_ERRORS, retry_locked
 from ..db.schema import SCHEMA_VERSION, schema_version
 from ..db.sqlite import sqlite3
@@ -23,6 +24,7 @@ from ..states import (
     FLAG_RAW,
     GBIF_STATUSES,
     IMAGE_STATUSES,
+    has_work_left,
     is_transient,
 )
 from .arrays import add_deltas, read_task, task_summary
@@ -104,7 +106,7 @@ def _snapshot(conn: sqlite3.Connection, fn, arg):
 
 
 def _collect(conn: sqlite3.Connection, now: float, tasks: list[dict]) -> dict:
-    hosts = {hid: name for hid, name in conn.execute("SELECT host_id, host FROM hosts")}
+    hosts = host_table.names(conn)
     tally = conn.execute("SELECT host_id, status, error_type, attempts, parked, n, bytes "
                          "FROM image_tally WHERE n <> 0").fetchall()
     if tasks:
@@ -207,9 +209,10 @@ def _gbif(conn: sqlite3.Connection) -> dict:
 
 def _images(conn: sqlite3.Connection, tally: list) -> dict:
     by = dict.fromkeys(IMAGE_STATUSES, 0)
-    raw = legacy = exhausted = saved_bytes = 0
-    for _h, status, etype, _a, parked, n, nbytes in tally:
+    raw = legacy = exhausted = saved_bytes = work_left = 0
+    for _h, status, etype, attempts, parked, n, nbytes in tally:
         by[status] = by.get(status, 0) + n
+        work_left += n if has_work_left(status, attempts, parked=parked) else 0
         if status == "success":
             saved_bytes += nbytes
             raw += n if etype == FLAG_RAW else 0
@@ -220,7 +223,7 @@ def _images(conn: sqlite3.Connection, tally: list) -> dict:
     in_flight = conn.execute(
         "SELECT count(*) FROM images WHERE claimed_by IS NOT NULL").fetchone()[0]
     return {"total": total, "by_status": by, "percent": {k: _pct(v, total) for k, v in by.items()},
-            "work_left": by["pending"] + by["failed_transient"] - exhausted,
+            "work_left": work_left,
             "budget_exhausted": exhausted, "in_flight": in_flight, "raw_unprocessed": raw,
             "legacy_unverified": legacy, "bytes_saved": saved_bytes}
 
@@ -281,15 +284,13 @@ def _retries(tally: list) -> list[dict]:
 
 def _per_host(tally: list) -> dict[int, dict[str, int]]:
     out: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    for hid, status, etype, _a, parked, n, _b in tally:
+    for hid, status, etype, attempts, parked, n, _b in tally:
         h = out[hid]
         h[status] += n
         if etype in NON_IMAGE:
             h["non_image"] += n
             h[f"non_image:{etype}"] += n
-        if status == "failed_transient" and not parked:
-            h["work_left"] += n
-        elif status == "pending":
+        if has_work_left(status, attempts, parked=parked):
             h["work_left"] += n
     return out
 
@@ -298,9 +299,7 @@ def _non_image(conn: sqlite3.Connection, per: dict[int, dict[str, int]],
                hosts: dict[int, str]) -> list[dict]:
     top = sorted((h for h in per.items() if h[1]["non_image"]),
                  key=lambda kv: -kv[1]["non_image"])[:TOP]
-    samples = dict(conn.execute(
-        "SELECT host_id, sample_detail FROM hosts WHERE host_id IN "
-        "(SELECT value FROM json_each(?))", (json.dumps([hid for hid, _c in top]),)))
+    samples = host_table.samples(conn, [hid for hid, _c in top])
     return [{"host": hosts.get(hid, str(hid)), "count": c["non_image"],
              "by_type": {k.split(":", 1)[1]: v for k, v in c.items()
                          if k.startswith("non_image:")},
@@ -326,11 +325,7 @@ def _top_failing(per: dict[int, dict[str, int]], hosts: dict[int, str]) -> list[
 
 def _host_rows(conn: sqlite3.Connection, tasks: list[dict]) -> dict[int, tuple]:
     """Per host, the newest politeness state among the main DB and the tasks."""
-    cols = ("host_id, cooldown_until, cooldown_reason, breaker_state, quarantined, "
-            "quarantined_at, last_error, sample_detail, updated_at")
-    rows = {r[0]: r for r in conn.execute(
-        f"SELECT {cols} FROM hosts WHERE cooldown_until IS NOT NULL OR quarantined = 1 "
-        "OR breaker_state <> 'closed'")}
+    rows = {r[0]: r for r in host_table.troubled(conn)}
     for t in tasks:
         for r in t["hosts"]:
             if r[0] not in rows or (r[8] or 0) > (rows[r[0]][8] or 0):
