@@ -1,5 +1,5 @@
 """``python -m download_db`` is the ``gbif-download-db`` command."""
 
-from .cli.main import init_main
+from .cli.main import main
 
-raise SystemExit(init_main())
+raise SystemExit(main())

@@ -56,6 +56,25 @@ class InitConfig:
 
 
 @dataclass(frozen=True)
+class ReportConfig:
+    """The report: read-only, printed as text or JSON, optionally also written to files."""
+
+    db: Path = Path(DEFAULT_DB)
+    json: bool = False
+    html: Path | None = None  # also write a self-contained HTML page here
+    output_dir: Path | None = None  # also write summary_YYYYMMDDHHMM.txt/.json here
+
+
+@dataclass(frozen=True)
+class CheckConfig:
+    """The integrity check: read-only; exit 1 on any disagreement."""
+
+    db: Path = Path(DEFAULT_DB)
+    install_path: Path | None = Path(DEFAULT_INSTALL)  # None: skip the file checks
+    full: bool = False  # PRAGMA integrity_check instead of quick_check
+
+
+@dataclass(frozen=True)
 class DownloadConfig:
     """image_install_db.py: download every image that still has work."""
 

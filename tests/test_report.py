@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from download_db import states
-from download_db.cli.report import status_main
+from download_db.cli.main import status_main
 from download_db.db import connection, meta, schema, tallies
 from download_db.db.sqlite import sqlite3
 from download_db.report import collect

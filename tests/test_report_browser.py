@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageStat
 
-from download_db.cli.report import status_main
+from download_db.cli.main import status_main
 from tests.helpers import generate
 from tests.test_report import _mutate
 
