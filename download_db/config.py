@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from .errors import UsageError
-from .notify import check_url
 from .states import DEFAULT_LEASE, DEFAULT_MAX_ATTEMPTS
 
 DEFAULT_DB = "download_status.db"
@@ -17,6 +17,20 @@ MODE_RESET = "reset"
 MODE_LEGACY = "legacy-only"
 MODE_FINALIZE = "finalize-only"
 MODE_MERGE = "merge-only"
+
+ENV_SLACK_URL = "SLACK_WEBHOOK_URL"  # the Slack incoming webhook, from .env or the environment
+
+
+def check_webhook_url(url: str) -> str:
+    """The webhook URL if usable ("" = no Slack). The message never quotes it: it holds
+    the secret."""
+    url = url.strip()
+    if url:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise UsageError(f"{ENV_SLACK_URL} is not an http(s) URL (check .env; the value "
+                             "is not shown because it is a secret)")
+    return url
 
 
 @dataclass(frozen=True)
@@ -139,5 +153,5 @@ class DownloadConfig:
         for ok, msg in checks:
             if not ok:
                 raise UsageError(msg)
-        check_url(self.slack_webhook_url)
+        check_webhook_url(self.slack_webhook_url)
         return self

@@ -15,12 +15,13 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit
 
+from .config import ENV_SLACK_URL as ENV_URL
+from .config import check_webhook_url as check_url
 from .errors import UsageError
 from .progress import fmt_secs
 
 log = logging.getLogger(__name__)
 
-ENV_URL = "SLACK_WEBHOOK_URL"
 # Set by the first process in the environment of the copies --processes starts:
 # they report only what the first process cannot see (their crash, quarantines).
 ENV_CHILD = "GBIF_DOWNLOAD_DB_CHILD"
@@ -34,17 +35,6 @@ _URL_RE = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.I)
 def is_child() -> bool:
     """True in a copy started by --processes."""
     return os.environ.get(ENV_CHILD) == "1"
-
-
-def check_url(url: str) -> str:
-    """The webhook URL if usable. The message never quotes it: it holds the secret."""
-    url = url.strip()
-    if url:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise UsageError(f"{ENV_URL} is not an http(s) URL (check .env; the value is "
-                             "not shown because it is a secret)")
-    return url
 
 
 def redact(text: str, limit: int = 200) -> str:

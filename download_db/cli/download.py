@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from .. import __version__
-from ..config import DEFAULT_INSTALL, DownloadConfig
+from ..config import DEFAULT_INSTALL, ENV_SLACK_URL, DownloadConfig
 from . import common
 
 HELP = "download every image that still has work, politely (one process or one array task)"
@@ -146,16 +146,15 @@ def config(a: argparse.Namespace, prog: str) -> DownloadConfig:
     about what is missing."""
     from dotenv import find_dotenv, load_dotenv
 
-    from ..notify import ENV_URL
-
     load_dotenv(find_dotenv(usecwd=True))
     contact = a.contact or os.environ.get("DOWNLOADER_CONTACT", "").strip() or None
     if not a.user_agent and not contact:
         print(f"{prog}: warning: no contact set (DOWNLOADER_CONTACT in .env or "
               "--contact); publishers cannot reach you about your traffic", file=sys.stderr)
-    slack = os.environ.get(ENV_URL, "").strip()
+    slack = os.environ.get(ENV_SLACK_URL, "").strip()
     if not slack:
-        print(f"{prog}: warning: no {ENV_URL} in .env; no Slack notifications", file=sys.stderr)
+        print(f"{prog}: warning: no {ENV_SLACK_URL} in .env; no Slack notifications",
+              file=sys.stderr)
     return DownloadConfig(
         db=a.db, install_path=a.install_path, threads=a.threads, processes=a.processes,
         per_host_concurrency=a.per_host_concurrency, per_host_rate=a.per_host_rate,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -89,28 +88,14 @@ def _wait_children(children: list[subprocess.Popen], stop: threading.Event,
 
 
 def _spawn_children(cfg: DownloadConfig, shares: list[int | None]) -> list[subprocess.Popen]:
-    """--processes N: N-1 more copies of this command, each its own claimer
-    and writer on the same database (same machine, so WAL is safe)."""
-    argv = _without(sys.argv[1:], ("--processes", "--max-images"))
-    script = sys.argv[0] if sys.argv[0].endswith(".py") else "-m download_db.download.child"
-    cmd = [sys.executable, *script.split(), *argv, "--no-bar", "--processes", "1"]
+    """--processes N: N-1 more copies of this run, each its own claimer and writer on the
+    same database (same machine, so WAL is safe), each handed this config with its share
+    of --max-images."""
+    from . import child
+
     env = {**os.environ, notify.ENV_CHILD: "1"}  # the first process speaks for all on Slack
-    return [subprocess.Popen(cmd + ([] if share is None else ["--max-images", str(share)]),
-                             env=env) for share in shares]
-
-
-def _without(argv: list[str], flags: tuple[str, ...]) -> list[str]:
-    """argv minus the given valued flags (both "--flag V" and "--flag=V")."""
-    out: list[str] = []
-    skip = False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a in flags:
-            skip = True
-        elif not a.startswith(tuple(f + "=" for f in flags)):
-            out.append(a)
-    return out
+    return [child.start(replace(cfg, processes=1, bar=False, max_images=share), env)
+            for share in shares]
 
 
 def _open(cfg: DownloadConfig) -> sqlite3.Connection:
