@@ -46,7 +46,7 @@ SELECT stage, started_at, finished_at, heartbeat_at, hostname, pid, argv,
 # are dropped and re-created inside the same transaction, so no one sees a gap).
 _CHANGED = (f"FROM task.images AS t JOIN images AS i ON i.image_id = t.image_id "
             f"WHERE {_DONE} AND t.last_attempt_at IS NOT i.last_attempt_at")
-_TALLIES = merge_sql(_CHANGED, old="i", new="t")
+_TALLIES = merge_sql(_CHANGED, old="i", new="t", unchanged=("host_id",))  # _IMAGES keeps it
 
 
 @dataclass

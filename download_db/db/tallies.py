@@ -12,6 +12,7 @@ installed after the bulk load, so the load itself pays nothing.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..states import FLAG_LEGACY, PARKED
@@ -157,28 +158,38 @@ def _aggregate(e: str) -> str:
     return "count(*)" if e == "1" else f"sum({e})"
 
 
-def bulk_sql(t: Tally, r: str, from_where: str, sign: str = "") -> str:
+def bulk_sql(t: Tally, r: str, from_where: str, sign: str = "",
+             columns_from: Mapping[str, str] | None = None) -> str:
     """Add the rows ``from_where`` selects (a FROM ... WHERE ... over alias ``r``)
-    to the counter in one statement, ``sign`` "-" to take them out."""
-    keys = t.keys(r)
+    to the counter in one statement, ``sign`` "-" to take them out.
+    ``columns_from``: column -> another alias to read that column from."""
+    def expr(e: str) -> str:
+        e = e.format(r=r)
+        for col, alias in (columns_from or {}).items():
+            e = re.sub(rf"\b{r}\.{col}\b", f"{alias}.{col}", e)
+        return e
+    keys = [expr(e) for _, e in t.key]
     group = ", ".join(str(i + 1) for i in range(len(keys)))
-    aggs = [f"{sign}{_aggregate(v)}" for v in t.values(r)]
+    aggs = [f"{sign}{_aggregate(expr(e))}" for _, e in t.sums]
+    cond = f" AND {expr(t.where)}" if t.where else ""
     return (f"INSERT INTO {t.table}({', '.join(t.columns())}) "
-            f"SELECT {', '.join(keys + aggs)} {from_where} AND {t.filter(r)} "
+            f"SELECT {', '.join(keys + aggs)} {from_where}{cond} "
             f"GROUP BY {group}{t.upsert()}")
 
 
-def merge_sql(from_where: str, old: str, new: str) -> list[str]:
+def merge_sql(from_where: str, old: str, new: str, unchanged: tuple[str, ...] = ()) -> list[str]:
     """The counters' change when the images rows ``from_where`` selects go from
-    their state under alias ``old`` to that under ``new`` (a merge, which drops the
-    per-row triggers for speed and applies this instead, in the same transaction)."""
+    their state under alias ``old`` to that under ``new``, except the ``unchanged``
+    columns, which keep the old row's values (a merge, which drops the per-row
+    triggers for speed and applies this instead, in the same transaction)."""
     out = []
+    keep = dict.fromkeys(unchanged, old)
     for t in TALLIES:
         if t.source != "images":
             continue
         if t.signed:
             out.append(bulk_sql(t, old, from_where, "-"))
-        out.append(bulk_sql(t, new, from_where))
+        out.append(bulk_sql(t, new, from_where, columns_from=keep))
     return out
 
 
@@ -200,6 +211,7 @@ def install_tallies(conn: sqlite3.Connection, *, fresh_load: bool) -> None:
     for t in TALLIES:
         if t.source == "images" and fresh_load:
             continue
+        # WHERE 1: an INSERT ... SELECT followed by an upsert needs a WHERE to parse
         conn.execute(bulk_sql(t, "r", f"FROM {t.source} AS r WHERE 1"))
     if fresh_load:
         conn.execute("INSERT INTO image_tally SELECT host_id, 'pending', '', 0, 0, n_images, 0 "
