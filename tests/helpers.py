@@ -1,4 +1,4 @@
-"""Plain test helpers (fixtures stay in conftest.py): multimedia writers, generator, DNG, reads."""
+"""Plain test helpers (fixtures stay in conftest.py): input writers, DNG, result writes, reads."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ import sqlite3 as stdlib_sqlite3
 from pathlib import Path
 
 import numpy as np
+
+from download_db import states
+from download_db.db import connection
 
 HEADER = [
     "gbifID",
@@ -151,6 +154,41 @@ def make_dng(tmp_path: Path, w: int = 256, h: int = 192, value: int | None = Non
     r.options(t, path=str(tmp_path), compress=False)
     r.convert(arr, filename="t")
     return (tmp_path / "t.dng").read_bytes()
+
+
+# (status, error_type) pairs mutate_results draws from
+RESULT_MIX = [("failed_permanent", "http_404"), ("failed_permanent", "invalid_content_type"),
+              ("failed_permanent", "not_an_image"), ("failed_transient", "timeout"),
+              ("failed_transient", "server_error"), ("success", None),
+              ("success", "raw_unprocessed"), ("success", "legacy_unverified_index"),
+              ("pending", None)]
+
+
+def mutate_results(path: Path, seed: int, n: int = 300, *, now: float) -> None:
+    """Random result writes the way the downloader and users make them."""
+    rnd = random.Random(seed)
+    conn = connection.connect(path)
+    ids = [r[0] for r in conn.execute("SELECT image_id FROM images")]
+    with connection.transaction(conn):
+        for image_id in rnd.sample(ids, min(n, len(ids))):
+            status, etype = rnd.choice(RESULT_MIX)
+            attempts = 0 if status == "pending" else rnd.randint(1, 4)
+            nxt = states.EXHAUSTED if status == "failed_transient" and attempts == 4 else now
+            conn.execute(
+                "UPDATE images SET status = ?, error_type = ?, attempts = ?, next_attempt_at = ?,"
+                " file_size = ?, last_attempt_at = ?, file_path = ?, error_detail = ? "
+                "WHERE image_id = ?",
+                (status, etype, attempts, nxt, rnd.randint(1, 10**6) if status == "success"
+                 else None, None if status == "pending" else now - rnd.randint(0, 90000),
+                 f"x/{image_id}.jpg" if status == "success" else None,
+                 "[text/html] <script>alert('x')</script> not available" if etype else None,
+                 image_id))
+        conn.execute("UPDATE images SET claimed_by = 'h:1:1' WHERE image_id = ?", (ids[0],))
+        conn.execute("UPDATE hosts SET sample_detail = '<script>alert(1)</script> gone', "
+                     "quarantined = 1, quarantined_at = ?, cooldown_until = ?, "
+                     "cooldown_reason = 'HTTP 429 Retry-After' WHERE host_id = 1",
+                     (now - 60, now + 600))
+    conn.close()
 
 
 def dump(db: Path) -> dict[str, list[tuple]]:

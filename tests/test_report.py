@@ -6,14 +6,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 import re
 import time
 from pathlib import Path
 
 import pytest
 
-from download_db import states
 from download_db.cli.main import status_main
 from download_db.db import connection, meta, schema, tallies
 from download_db.db.sqlite import sqlite3
@@ -21,13 +19,9 @@ from download_db.report import collect
 from download_db.report.check import check
 from download_db.report.html import render_html
 from download_db.report.text import render_text
-from tests.helpers import generate
+from tests.helpers import generate, mutate_results
 
 NOW = time.time()
-ERRORS = [("failed_permanent", "http_404"), ("failed_permanent", "invalid_content_type"),
-          ("failed_permanent", "not_an_image"), ("failed_transient", "timeout"),
-          ("failed_transient", "server_error"), ("success", None), ("success", "raw_unprocessed"),
-          ("success", "legacy_unverified_index"), ("pending", None)]
 
 
 @pytest.fixture
@@ -38,30 +32,7 @@ def db(build, tmp_path) -> Path:
 
 
 def _mutate(path: Path, seed: int, n: int = 300) -> None:
-    """Random result writes the way the downloader and users make them."""
-    rnd = random.Random(seed)
-    conn = connection.connect(path)
-    ids = [r[0] for r in conn.execute("SELECT image_id FROM images")]
-    with connection.transaction(conn):
-        for image_id in rnd.sample(ids, min(n, len(ids))):
-            status, etype = rnd.choice(ERRORS)
-            attempts = 0 if status == "pending" else rnd.randint(1, 4)
-            nxt = states.EXHAUSTED if status == "failed_transient" and attempts == 4 else NOW
-            conn.execute(
-                "UPDATE images SET status = ?, error_type = ?, attempts = ?, next_attempt_at = ?,"
-                " file_size = ?, last_attempt_at = ?, file_path = ?, error_detail = ? "
-                "WHERE image_id = ?",
-                (status, etype, attempts, nxt, rnd.randint(1, 10**6) if status == "success"
-                 else None, None if status == "pending" else NOW - rnd.randint(0, 90000),
-                 f"x/{image_id}.jpg" if status == "success" else None,
-                 "[text/html] <script>alert('x')</script> not available" if etype else None,
-                 image_id))
-        conn.execute("UPDATE images SET claimed_by = 'h:1:1' WHERE image_id = ?", (ids[0],))
-        conn.execute("UPDATE hosts SET sample_detail = '<script>alert(1)</script> gone', "
-                     "quarantined = 1, quarantined_at = ?, cooldown_until = ?, "
-                     "cooldown_reason = 'HTTP 429 Retry-After' WHERE host_id = 1",
-                     (NOW - 60, NOW + 600))
-    conn.close()
+    mutate_results(path, seed, n, now=NOW)  # at the clock _collect reads with
 
 
 def _collect(path: Path) -> dict:

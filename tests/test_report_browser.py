@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 from PIL import Image, ImageStat
 
 from download_db.cli.main import status_main
-from tests.helpers import generate
-from tests.test_report import _mutate
+from tests.helpers import generate, mutate_results
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(
@@ -32,7 +32,7 @@ def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
 def test_html_report_renders_in_chromium(build, tmp_path, capsys) -> None:
     code, db = build(generate(tmp_path / "m.txt", 300, seed=5, hosts=5))
     assert code == 0
-    _mutate(db, 8, n=500)
+    mutate_results(db, 8, n=500, now=time.time())
     page = tmp_path / "status.html"
     assert status_main(["--db", str(db), "--html", str(page)]) == 0
 
