@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import sqlite3
 import sys
 import zipfile
 from collections import Counter
@@ -17,6 +16,7 @@ from hypothesis import strategies as st
 from download_db.cli.main import init_main
 from download_db.ingest import group, reader
 from download_db.web import keys
+from tests.helpers import q
 
 MULTIMEDIA = Path(__file__).parent / "data" / "multimedia"
 FIXTURES = sorted(MULTIMEDIA.glob("*multimedia.txt"))
@@ -41,20 +41,12 @@ def build(directory: Path, data: bytes, name: str = "multimedia.txt") -> tuple[i
     return init_main(["--db", str(db), "--multimedia", str(path), "--no-bar"]), db
 
 
-def query(db: Path, sql: str, *args) -> list[tuple]:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        return conn.execute(sql, args).fetchall()
-    finally:
-        conn.close()
-
-
 def ingest_counts(db: Path) -> dict:
     """The ingest counts of the (single, finished) ingest run; checked against meta."""
-    ((outcome, counts),) = query(db, "SELECT outcome, counts FROM runs WHERE stage = 'ingest'")
+    ((outcome, counts),) = q(db, "SELECT outcome, counts FROM runs WHERE stage = 'ingest'")
     assert outcome == "ok"
     ing = json.loads(counts)["ingest"]
-    ((stats,),) = query(db, "SELECT value FROM meta WHERE key = 'ingest_stats'")
+    ((stats,),) = q(db, "SELECT value FROM meta WHERE key = 'ingest_stats'")
     stats = json.loads(stats)
     assert (stats["lines"], stats["rows_ok"], stats["skips"]) == (
         ing["lines"], ing["rows_ok"], ing["skips"])
@@ -239,14 +231,14 @@ def test_never_crash_and_every_line_is_counted(tmp_path_factory, lines, final_ne
     # Every valid row's gbifID is in the database; nothing else is.
     must = {int(g) for (_, o, g), _ in lines if o == OK}
     may = must | {int(g) for (_, o, g), _ in lines if o == UNKNOWN and g is not None}
-    got = {g for (g,) in query(db, "SELECT gbif_id FROM gbif_ids")}
+    got = {g for (g,) in q(db, "SELECT gbif_id FROM gbif_ids")}
     assert must <= got <= may
-    ((images, with_images),) = query(db, "SELECT count(*), count(DISTINCT gbif_id) FROM images")
+    ((images, with_images),) = q(db, "SELECT count(*), count(DISTINCT gbif_id) FROM images")
     assert with_images == len(got)
     assert len(got) <= images <= ing["rows_ok"]
     assert ing["images"] == images
     # image_no is dense per gbifID even when a gbifID's rows were not contiguous
-    assert not query(db, "SELECT gbif_id FROM images GROUP BY gbif_id "
+    assert not q(db, "SELECT gbif_id FROM images GROUP BY gbif_id "
                          "HAVING max(image_no) + 1 != count(*) OR min(image_no) != 0")
 
 
@@ -260,7 +252,7 @@ def test_real_downloads_count_every_line(tmp_path, path):
     assert ing["lines"] == path.read_bytes().count(b"\n") - 1
     assert ing["rows_ok"] > 0
     assert set(ing["skips"]) <= SKIP_REASONS
-    ((n,),) = query(db, "SELECT count(*) FROM images")
+    ((n,),) = q(db, "SELECT count(*) FROM images")
     assert 0 < n == ing["images"] <= ing["rows_ok"]
 
 
@@ -271,7 +263,7 @@ def test_bom_header(tmp_path):
     assert rc == 0
     ing = ingest_counts(db)
     assert (ing["lines"], ing["rows_ok"], ing["skips"]) == (3, 3, {})
-    assert query(db, "SELECT gbif_id, n_images FROM gbif_ids ORDER BY gbif_id") == [(11, 2),
+    assert q(db, "SELECT gbif_id, n_images FROM gbif_ids ORDER BY gbif_id") == [(11, 2),
                                                                                      (12, 1)]
 
 
@@ -283,7 +275,7 @@ def test_duplicate_unused_header_names(tmp_path):
     assert rc == 0
     ing = ingest_counts(db)
     assert (ing["lines"], ing["rows_ok"]) == (2, 2)
-    assert query(db, "SELECT a.creator FROM images JOIN attributions a USING (attribution_id)"
+    assert q(db, "SELECT a.creator FROM images JOIN attributions a USING (attribution_id)"
                      " WHERE gbif_id = 21") == [("C",)]
 
 
@@ -295,8 +287,8 @@ def test_header_without_rows_builds_an_empty_database(tmp_path, data):
     assert rc == 0
     ing = ingest_counts(db)
     assert (ing["lines"], ing["rows_ok"], ing["images"], ing["skips"]) == (0, 0, 0, {})
-    assert query(db, "SELECT count(*) FROM images") == [(0,)]
-    assert query(db, "SELECT value FROM meta WHERE key = 'ingest_phase'") == [("done",)]
+    assert q(db, "SELECT count(*) FROM images") == [(0,)]
+    assert q(db, "SELECT value FROM meta WHERE key = 'ingest_phase'") == [("done",)]
 
 
 def test_no_header_row_is_a_one_line_error(tmp_path, capsys):
