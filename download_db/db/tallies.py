@@ -158,10 +158,10 @@ def _aggregate(e: str) -> str:
     return "count(*)" if e == "1" else f"sum({e})"
 
 
-def bulk_sql(t: Tally, r: str, from_where: str, sign: str = "",
-             columns_from: Mapping[str, str] | None = None) -> str:
-    """Add the rows ``from_where`` selects (a FROM ... WHERE ... over alias ``r``)
-    to the counter in one statement, ``sign`` "-" to take them out.
+def select_sql(t: Tally, r: str, from_where: str, sign: str = "",
+               columns_from: Mapping[str, str] | None = None) -> str:
+    """The counter's rows (key, sums) for the rows ``from_where`` selects (a
+    FROM ... WHERE ... over alias ``r``); ``sign`` "-" negates the sums.
     ``columns_from``: column -> another alias to read that column from."""
     def expr(e: str) -> str:
         e = e.format(r=r)
@@ -172,9 +172,20 @@ def bulk_sql(t: Tally, r: str, from_where: str, sign: str = "",
     group = ", ".join(str(i + 1) for i in range(len(keys)))
     aggs = [f"{sign}{_aggregate(expr(e))}" for _, e in t.sums]
     cond = f" AND {expr(t.where)}" if t.where else ""
+    return f"SELECT {', '.join(keys + aggs)} {from_where}{cond} GROUP BY {group}"
+
+
+def recount_sql(t: Tally) -> str:
+    """The counter's rows recounted from scratch (one scan of its source)."""
+    # WHERE 1: an INSERT ... SELECT followed by an upsert needs a WHERE to parse
+    return select_sql(t, "r", f"FROM {t.source} AS r WHERE 1")
+
+
+def bulk_sql(t: Tally, r: str, from_where: str, sign: str = "",
+             columns_from: Mapping[str, str] | None = None) -> str:
+    """Add select_sql's rows to the counter in one statement."""
     return (f"INSERT INTO {t.table}({', '.join(t.columns())}) "
-            f"SELECT {', '.join(keys + aggs)} {from_where}{cond} "
-            f"GROUP BY {group}{t.upsert()}")
+            f"{select_sql(t, r, from_where, sign, columns_from)}{t.upsert()}")
 
 
 def merge_sql(from_where: str, old: str, new: str, unchanged: tuple[str, ...] = ()) -> list[str]:
@@ -211,8 +222,7 @@ def install_tallies(conn: sqlite3.Connection, *, fresh_load: bool) -> None:
     for t in TALLIES:
         if t.source == "images" and fresh_load:
             continue
-        # WHERE 1: an INSERT ... SELECT followed by an upsert needs a WHERE to parse
-        conn.execute(bulk_sql(t, "r", f"FROM {t.source} AS r WHERE 1"))
+        conn.execute(f"INSERT INTO {t.table}({', '.join(t.columns())}) {recount_sql(t)}")
     if fresh_load:
         conn.execute("INSERT INTO image_tally SELECT host_id, 'pending', '', 0, 0, n_images, 0 "
                      "FROM hosts WHERE n_images > 0")

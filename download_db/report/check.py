@@ -9,9 +9,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..db import claims, hosts
+from ..db import claims, hosts, tallies
 from ..db.sqlite import sqlite3
-from ..states import ALIVE_WINDOW, EXHAUSTED
+from ..states import ALIVE_WINDOW
 
 _NAME = re.compile(r"^(\d+)-(\d{2,})\.[A-Za-z0-9]+$")
 
@@ -56,10 +56,8 @@ def check(conn: sqlite3.Connection, install_path: Path | None, *, full: bool = F
 
 
 def _counters(conn: sqlite3.Connection, res: CheckResult) -> None:
-    actual = {tuple(r[:5]): (r[5], r[6]) for r in conn.execute(
-        "SELECT host_id, status, coalesce(error_type, ''), attempts, "
-        f"next_attempt_at >= {EXHAUSTED}, count(*), coalesce(sum(file_size), 0) "
-        "FROM images GROUP BY 1, 2, 3, 4, 5")}
+    actual = {tuple(r[:5]): (r[5], r[6])
+              for r in conn.execute(tallies.recount_sql(tallies.IMAGE_TALLY))}
     kept = {tuple(r[:5]): (r[5], r[6]) for r in conn.execute(
         "SELECT host_id, status, error_type, attempts, parked, n, bytes FROM image_tally "
         "WHERE n <> 0 OR bytes <> 0")}
@@ -69,7 +67,7 @@ def _counters(conn: sqlite3.Connection, res: CheckResult) -> None:
                             f"{kept.get(k)} (count, bytes)")
     if len(bad) > 10:
         res.problems.append(f"... {len(bad) - 10} more image counter disagreements")
-    g_actual = dict(conn.execute("SELECT status, count(*) FROM gbif_ids GROUP BY status"))
+    g_actual = dict(conn.execute(tallies.recount_sql(tallies.GBIF_TALLY)))
     g_kept = {s: n for s, n in conn.execute("SELECT status, n FROM gbif_tally") if n}
     if g_actual != g_kept:
         res.problems.append(f"gbifID counters {g_kept} disagree with rows {g_actual}")
