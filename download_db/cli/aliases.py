@@ -1,5 +1,4 @@
-"""The three historical scripts (init_download_db.py, image_install_db.py, status_report.py):
-today's flags and behaviour, each a thin front for the matching subcommands."""
+"""The three historical scripts, each a thin front for its subcommands with today's flags."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""One --processes copy: ``python -m download_db.download.child`` reads its DownloadConfig
-(pickled by the first process) from stdin and runs the download stage with it."""
+"""One --processes copy: runs the download stage with the config the first process pickles."""
 
 from __future__ import annotations
 
