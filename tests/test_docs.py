@@ -254,6 +254,18 @@ DATABASE_MD = _read(DOCS / "database.md")
 WRITES = ("update", "delete", "insert", "replace")
 
 
+def test_error_type_table_matches_the_vocabulary() -> None:
+    """Transient in the table = transient in states.py, plus `other` (an unexpected error is
+    recorded as failed_transient so that it is retried, though it is no network symptom)."""
+    from download_db.states import TRANSIENT_ERRORS
+
+    rows = re.findall(r"^\| `([\w<>]+)` \| (yes|no) \|", section(DATABASE_MD, "## Error types"),
+                      re.M)
+    transient = {name for name, verdict in rows if verdict == "yes"}
+    assert transient == TRANSIENT_ERRORS | {"other"}
+    assert {"http_<code>", "invalid_content_type", "not_an_image"} <= {n for n, _ in rows}
+
+
 def _cookbook() -> list[str]:
     blocks = re.findall(r"```sql\n(.*?)```", section(DATABASE_MD, "## Ad hoc SQL"), re.S)
     return [s for b in blocks for s in (s.strip() for s in b.split(";")) if s]
