@@ -51,9 +51,6 @@ class Tally:
         sets = ", ".join(f"{c} = {c} + excluded.{c}" for c, _ in self.sums)
         return f" ON CONFLICT DO UPDATE SET {sets}"
 
-    def filter(self, r: str) -> str:
-        return self.where.format(r=r) if self.where else "1"
-
 
 IMAGE_TALLY = Tally(
     # images per (host, status, error_type, attempts, parked): the source of
@@ -127,10 +124,12 @@ def _columns_read(exprs: list[str]) -> list[str]:
 def triggers(t: Tally) -> list[tuple[str, str]]:
     """(name, DDL) of the triggers that keep ``t`` exact."""
     if not t.signed:
-        name = t.trigger
-        return [(name, f"""CREATE TRIGGER IF NOT EXISTS {name}
-        AFTER UPDATE OF {t.on_update_of} ON {t.source}
-        WHEN new.{t.on_update_of} IS NOT old.{t.on_update_of} AND {t.filter("new")} BEGIN
+        col = t.on_update_of
+        when = " AND ".join([f"new.{col} IS NOT old.{col}", *filter(None, [
+            t.where.format(r="new")])])
+        return [(t.trigger, f"""CREATE TRIGGER IF NOT EXISTS {t.trigger}
+        AFTER UPDATE OF {col} ON {t.source}
+        WHEN {when} BEGIN
         {_add(t, "new", "+")} END""")]
     exprs = [e for _, e in t.key + t.sums if "{r}" in e]
     # WHEN keeps the many updates that change no counted value (claims, leases) cheap.
