@@ -11,8 +11,6 @@ from .meta import get_meta
 from .sqlite import sqlite3
 from .tallies import TALLY_TABLES, install_tallies
 
-SCHEMA_VERSION = 2
-
 # Timestamps are epoch seconds (REAL): cheap to compare on hot paths; read them
 # with datetime(col, 'unixepoch').
 _TABLES = [
@@ -139,9 +137,12 @@ def _migrate_v2(conn: sqlite3.Connection) -> None:
 
 
 # Additive migrations: version -> steps (SQL or a function of the connection),
-# run in one transaction per version. Never rebuild a large table: ALTER TABLE
+# run in one transaction per version; a fresh database gets the same shape from
+# _TABLES and is stamped SCHEMA_VERSION. Never rebuild a large table: ALTER TABLE
 # ... ADD COLUMN, CREATE INDEX/TABLE/TRIGGER and counting scans only.
+# A change adds its entry under the next free number; the version follows.
 MIGRATIONS: dict[int, list[str | Callable[[sqlite3.Connection], None]]] = {2: [_migrate_v2]}
+SCHEMA_VERSION = max(MIGRATIONS)
 
 
 def create_schema(conn: sqlite3.Connection) -> None:
