@@ -55,6 +55,9 @@ _OPTIONAL = ("phash", "dhash", "dup_group", "near_group", "placeholder", "fetche
 # Before the fetched URL was recorded, an image with a single candidate URL was
 # fetched from that URL (an IIIF manifest: the manifest's URL); otherwise unknown.
 _SINGLE_URL = "CASE WHEN instr(i.urls, char(10)) = 0 THEN i.urls END"
+# Selected values that are not manifest columns as such.
+_HELPER_TYPES = {"attribution_id": pa.int64(), "downloaded_at": pa.float64(),
+                 "placeholder": pa.int64(), "image_id": pa.int64()}
 
 
 @dataclass(frozen=True)
@@ -171,29 +174,48 @@ def query(f: Filters, src: Source) -> str:
     short read, and a gbifID's images are adjacent, so records are counted
     without remembering gbifIDs.
     """
-    opt = ", ".join(f"i.{c}" if c in src.columns else "NULL" for c in _OPTIONAL[:-1])
-    url = (f"coalesce(i.fetched_url, {_SINGLE_URL})" if "fetched_url" in src.columns
-           else _SINGLE_URL)
-    occ = ("o.dataset_key, o.occurrence_id, o.institution_code" if src.has_occurrences
-           else "NULL, NULL, NULL")
+    sel = _selected(f, src)
+    exprs = ", ".join(sel.values())
     join = "LEFT JOIN occurrences o ON o.gbif_id = i.gbif_id" if src.has_occurrences else ""
-    return (f"SELECT i.image_id, i.gbif_id, i.image_no, i.file_path, i.width, i.height, "
-            f"i.file_size, i.sha256, {opt}, {url}, i.attribution_id, {occ}, i.last_attempt_at "
-            f"FROM images i INDEXED BY images_gbif_image {join} "
+    return (f"SELECT {exprs} FROM images i INDEXED BY images_gbif_image {join} "
             f"WHERE (i.gbif_id, i.image_no) > (:g, :n) AND {_where(f, src)} "
             f"ORDER BY i.gbif_id, i.image_no LIMIT {BATCH_ROWS}")
+
+
+def _selected(f: Filters, src: Source) -> dict[str, str]:
+    """Manifest column (or helper) -> its SQL; a column this database does not hold
+    is not selected (fetching a None per row costs as much as a value)."""
+    sel = {"gbif_id": "i.gbif_id", "image_no": "i.image_no", "path": "i.file_path",
+           "width": "i.width", "height": "i.height", "bytes": "i.file_size",
+           "sha256": "i.sha256"}
+    sel.update({c: f"i.{c}" for c in _OPTIONAL[:-1] if c in src.columns})
+    sel["url"] = (f"coalesce(i.fetched_url, {_SINGLE_URL})" if "fetched_url" in src.columns
+                  else _SINGLE_URL)
+    sel["attribution_id"] = "i.attribution_id"
+    if src.has_occurrences:
+        sel.update(publisher="o.institution_code", dataset_key="o.dataset_key",
+                   occurrence_id="o.occurrence_id")
+    sel["downloaded_at"] = "i.last_attempt_at"
+    if src.duplicates is not None:
+        sel["image_id"] = "i.image_id"
+    return sel
 
 
 def batches(conn: sqlite3.Connection, f: Filters, src: Source) -> Iterator[pa.RecordBatch]:
     """The manifest as RecordBatches of SCHEMA, at most BATCH_ROWS rows each."""
     sql = query(f, src)
+    # Rows convert in one C++ pass as a struct array: transposing the tuples in
+    # Python first costs more than the query (bench/export.py).
+    row_type = pa.struct([(c, _HELPER_TYPES.get(c) or SCHEMA.field(c).type)
+                          for c in _selected(f, src)])
     g, n = -(2 ** 63), -1
     while True:
         rows = conn.execute(sql, {"g": g, "n": n}).fetchall()
         if not rows:
             return
-        g, n = rows[-1][1], rows[-1][2]
-        batch = _to_batch(rows, f, src)
+        g, n = rows[-1][0], rows[-1][1]
+        cols = pa.array(rows, type=row_type)
+        batch = _to_batch({c: cols.field(c) for c in row_type.names}, len(rows), f, src)
         if batch.num_rows:
             yield batch
         if len(rows) < BATCH_ROWS:
@@ -204,46 +226,32 @@ def _take(values: pa.Array, idx: np.ndarray, found: np.ndarray) -> pa.Array:
     return values.take(pa.array(idx, pa.int64(), mask=~found))
 
 
-def _to_batch(rows: list[tuple], f: Filters, src: Source) -> pa.RecordBatch:
-    cols = list(zip(*rows, strict=True))
-    image_id = pa.array(cols[0], pa.int64())
-    attr = np.array([-1 if a is None else a for a in cols[14]], dtype=np.int64)
-    idx = np.searchsorted(src.attr_ids, attr).clip(0, max(len(src.attr_ids) - 1, 0))
-    found = (src.attr_ids[idx] == attr) if len(src.attr_ids) else np.zeros(len(attr), bool)
-    short = _take(src.attr["license_short"], idx, found) if len(src.attr_ids) else None
+def _to_batch(cols: dict[str, pa.Array], n: int, f: Filters, src: Source) -> pa.RecordBatch:
+    arrays: dict[str, pa.Array] = {}
+    if len(src.attr_ids):
+        attr = cols["attribution_id"].fill_null(-1).to_numpy()
+        idx = np.searchsorted(src.attr_ids, attr).clip(0, len(src.attr_ids) - 1)
+        found = src.attr_ids[idx] == attr
+        for name, values in src.attr.items():
+            arrays[name] = _take(values, idx, found)
     # an image without an attribution row states no licence
-    short = (pc.fill_null(short, licences.UNKNOWN) if short is not None
-             else pa.array([licences.UNKNOWN] * len(rows), pa.string()))
-    seconds = pa.array(cols[18], pa.float64())
-    millis = pc.cast(pc.round(pc.multiply(seconds, 1000.0)), pa.int64())
-    arrays = [
-        pa.array(cols[1], pa.int64()), pa.array(cols[2], pa.int32()),
-        pa.array(cols[3], pa.string()), pa.array(cols[4], pa.int32()),
-        pa.array(cols[5], pa.int32()), pa.array(cols[6], pa.int64()),
-        pa.array(cols[7], pa.string()), pa.array(cols[8], pa.string()),
-        pa.array(cols[9], pa.string()), pa.array(cols[10], pa.int64()),
-        pa.array(cols[11], pa.int64()), pc.cast(pa.array(cols[12], pa.int64()), pa.bool_()),
-        pa.array(cols[13], pa.string()),
-        _attr(src, "license", idx, found, len(rows)), short,
-        _attr(src, "rights_holder", idx, found, len(rows)),
-        _attr(src, "creator", idx, found, len(rows)),
-        pa.array(cols[17], pa.string()), pa.array(cols[15], pa.string()),
-        pa.array(cols[16], pa.string()), millis.cast(pa.timestamp("ms", tz="UTC")),
-    ]
-    batch = pa.RecordBatch.from_arrays(arrays, schema=SCHEMA)
+    arrays["license_short"] = pc.fill_null(
+        arrays.get("license_short", pa.nulls(n, pa.string())), licences.UNKNOWN)
+    millis = pc.round(pc.multiply(cols["downloaded_at"], 1000.0))
+    arrays["downloaded_at"] = pc.cast(millis, pa.int64()).cast(SCHEMA.field("downloaded_at").type)
+    if "placeholder" in cols:
+        arrays["placeholder"] = pc.cast(cols["placeholder"], pa.bool_())
+    for fld in SCHEMA:
+        if fld.name not in arrays:
+            arrays[fld.name] = cols[fld.name] if fld.name in cols else pa.nulls(n, fld.type)
+    batch = pa.RecordBatch.from_arrays([arrays[c] for c in SCHEMA.names], schema=SCHEMA)
     keep = None
     if f.licenses:
-        keep = pc.is_in(short, pa.array(list(f.licenses), pa.string()))
+        keep = pc.is_in(arrays["license_short"], pa.array(list(f.licenses), pa.string()))
     if src.duplicates is not None and len(src.duplicates):
-        fresh = pc.invert(pc.is_in(image_id, src.duplicates))
+        fresh = pc.invert(pc.is_in(cols["image_id"], src.duplicates))
         keep = fresh if keep is None else pc.and_(keep, fresh)
     return batch if keep is None else batch.filter(keep)
-
-
-def _attr(src: Source, name: str, idx: np.ndarray, found: np.ndarray, n: int) -> pa.Array:
-    if not len(src.attr_ids):
-        return pa.nulls(n, pa.string())
-    return _take(src.attr[name], idx, found)
 
 
 # -- files -----------------------------------------------------------------------------
