@@ -61,10 +61,17 @@ def test_kill_minus_9_at_any_moment_loses_nothing(tmp_path, server, seed) -> Non
     root = tmp_path / "images"
     server.reset_stats()
     kills = 0
+    runs = "SELECT count(*) FROM runs WHERE stage = 'download'"
     for attempt in range(4):
+        (before,), = q(db, runs)
         p = subprocess.Popen(cmd(tmp_path, db, "--threads", "8", "--per-host-concurrency", "8"),
                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        time.sleep(0.6 + 0.25 * ((seed * 3 + attempt) % 4))
+        # Time the kill from the run's start, not the process's: on a loaded machine a
+        # start-up can outlast a fixed delay, and a kill before the run exists tests nothing.
+        started = time.monotonic() + 30
+        while p.poll() is None and q(db, runs) == [(before,)] and time.monotonic() < started:
+            time.sleep(0.01)
+        time.sleep(0.3 + 0.25 * ((seed * 3 + attempt) % 4))
         if p.poll() is None:
             p.send_signal(signal.SIGKILL)
             kills += 1
