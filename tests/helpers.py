@@ -212,8 +212,20 @@ def dump(db: Path) -> dict[str, list[tuple]]:
 def q(db: Path, sql: str, args: tuple = ()) -> list[tuple]:
     """One read-only query with the stdlib driver: a test never writes by accident, and
     waits (rather than fails) while a process under test holds the write lock."""
-    conn = stdlib_sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
     try:
+        conn = stdlib_sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+        try:
+            return conn.execute(sql, args).fetchall()
+        finally:
+            conn.close()
+    except stdlib_sqlite3.OperationalError as e:
+        if "readonly" not in str(e):
+            raise
+    # A WAL database left by a killed process may need its -wal/-shm recovered, which a
+    # mode=ro connection cannot do: open it read-write, but still refuse writes.
+    conn = stdlib_sqlite3.connect(db, timeout=30)
+    try:
+        conn.execute("PRAGMA query_only = ON")
         return conn.execute(sql, args).fetchall()
     finally:
         conn.close()

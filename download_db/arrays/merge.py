@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from ..db import claims, hosts
+from ..db import array_plans, claims, hosts
 from ..db.connection import open_readonly, readonly_uri, remove_database, transaction
 from ..db.meta import get_meta
 from ..db.sqlite import sqlite3
@@ -114,6 +114,7 @@ def merge_tasks(conn: sqlite3.Connection, db: Path, *, force: bool = False,
                 for _, ddl in IMAGE_TRIGGERS:
                     conn.execute(ddl)
                 hosts.merge_from(conn, "task")
+                array_plans.carry(conn, "task")  # tasks still queued keep their share
                 conn.execute(_RUNS, (shard[0] if shard else None,))
         finally:
             conn.execute("DETACH DATABASE task")

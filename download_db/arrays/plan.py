@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..db import hosts
+from ..db import array_plans, hosts
 from ..db.connection import connect, open_readonly, readonly_uri, remove_database, transaction
 from ..db.meta import get_meta, set_meta
 from ..db.schema import POST_LOAD_INDEXES, create_schema
@@ -167,6 +167,49 @@ def work_by_host(conn: sqlite3.Connection, max_attempts: int) -> dict[int, int]:
         "GROUP BY host_id HAVING sum(n) > 0", {"max_attempts": max_attempts}))
 
 
+PlanRow = tuple[int, int, int, int, int]  # (host_id, part, parts, task, work), task 1-based
+
+
+def fixed_plan(main: sqlite3.Connection, tasks_dir: Path, n: int, max_parts: int,
+               max_attempts: int, epoch: str | None) -> tuple[str, list[PlanRow]]:
+    """The array's plan, made once and then only read: from the main DB (where a
+    merge carried it), else from a sibling task's database (the first task made it),
+    else made now from the work left. Re-planning after a merge would hand hosts
+    to tasks that already ran, and their images to nobody."""
+    stored = array_plans.load(main, n)
+    for path in task_dbs(tasks_dir) if stored is None else []:
+        if not path.name.endswith(f"-of-{n:04d}.db"):
+            continue
+        try:
+            conn = open_readonly(path)
+            try:
+                stored = array_plans.load(conn, n)
+            finally:
+                conn.close()
+        except sqlite3.Error:  # being merged and deleted right now
+            continue
+        if stored is not None:
+            break
+    if stored is not None:
+        return stored
+    tasks = plan(work_by_host(main, max_attempts), n, max_parts)
+    array_id = f"{n}x{(epoch or uuid.uuid4().hex)[:12]}"  # the same in every task
+    return array_id, [(p.host_id, p.part, p.parts, i + 1, p.work)
+                      for i, t in enumerate(tasks) for p in t]
+
+
+def pieces_of(main: sqlite3.Connection, rows: list[PlanRow], shard: Shard,
+              max_attempts: int) -> list[Piece]:
+    """Task K's pieces of the plan, plus the hosts with work that the plan does not
+    know (work re-opened since it was made, by a larger --max-attempts): each goes
+    whole to one task chosen by its id alone, so every task agrees without asking."""
+    mine = [Piece(h, j, k, w) for h, j, k, t, w in rows if t == shard.index]
+    planned = {r[0] for r in rows}
+    mine += [Piece(h, 0, 1, w) for h, w in sorted(work_by_host(main, max_attempts).items())
+             if h not in planned and h % shard.count == shard.index - 1]
+    return mine
+
+
 # -- task databases -------------------------------------------------------------------
 
 def create_task_db(main_db: Path, path: Path, shard: Shard, max_parts: int,
@@ -177,7 +220,9 @@ def create_task_db(main_db: Path, path: Path, shard: Shard, max_parts: int,
     main = open_frozen(main_db)
     try:
         epoch = get_meta(main, "array_epoch")
-        pieces = plan(work_by_host(main, max_attempts), shard.count, max_parts)[shard.index - 1]
+        array_id, rows = fixed_plan(main, path.parent, shard.count, max_parts, max_attempts,
+                                    epoch)
+        pieces = pieces_of(main, rows, shard, max_attempts)
     finally:
         main.close()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -206,6 +251,8 @@ def create_task_db(main_db: Path, path: Path, shard: Shard, max_parts: int,
         set_meta(conn, "task_epoch", epoch or "")
         set_meta(conn, "task_split", ",".join(f"{p.host_id}:{p.part}:{p.parts}" for p in pieces
                                               if p.parts > 1))
+        array_plans.save(conn, array_id, shard.count, rows)  # a merge carries it to main
+        set_meta(conn, "array_id", array_id)
     conn.execute("DETACH DATABASE main_db")
     for ddl in POST_LOAD_INDEXES:
         conn.execute(ddl)

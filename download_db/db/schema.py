@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from ..errors import DatabaseError
 from ..states import TODO_WHERE
+from . import array_plans
 from .connection import PAGE_SIZE, transaction
 from .meta import get_meta
 from .sqlite import sqlite3
@@ -141,7 +142,10 @@ def _migrate_v2(conn: sqlite3.Connection) -> None:
 # _TABLES and is stamped SCHEMA_VERSION. Never rebuild a large table: ALTER TABLE
 # ... ADD COLUMN, CREATE INDEX/TABLE/TRIGGER and counting scans only.
 # A change adds its entry under the next free number; the version follows.
-MIGRATIONS: dict[int, list[str | Callable[[sqlite3.Connection], None]]] = {2: [_migrate_v2]}
+MIGRATIONS: dict[int, list[str | Callable[[sqlite3.Connection], None]]] = {
+    2: [_migrate_v2],
+    3: [array_plans.DDL],  # each job array's host -> task plan (arrays/plan.py)
+}
 SCHEMA_VERSION = max(MIGRATIONS)
 
 
@@ -150,7 +154,7 @@ def create_schema(conn: sqlite3.Connection) -> None:
     if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
         conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")  # only before the first table
     with transaction(conn):
-        for ddl in _TABLES + TALLY_TABLES:
+        for ddl in [*_TABLES, *TALLY_TABLES, array_plans.DDL]:
             conn.execute(ddl)
         conn.execute(INDEX_GBIF_STATUS)
         conn.execute(
