@@ -80,7 +80,7 @@ def test_parquet_round_trip(collection, tmp_path):
         assert r["rights_holder"] == f"Holder {r['gbif_id']}"
         assert r["creator"] == f"Creator {r['gbif_id']}"
         assert r["downloaded_at"].tzinfo is not None
-        assert r["phash"] is None and r["placeholder"] is None  # identity stage not run
+        assert r["phash"] == _db_value(db, "phash", r["gbif_id"], r["image_no"])
     assert got[1001, 0]["url"] == urls[1001, "/img/one.jpg"]
     assert got[1001, 0]["license_short"] == "CC-BY"
     assert got[1002, 0]["license_short"] == "CC0"
@@ -90,6 +90,18 @@ def test_parquet_round_trip(collection, tmp_path):
     assert got[1001, 0]["sha256"] == got[1004, 0]["sha256"]
     assert pq.ParquetFile(out).metadata.num_row_groups >= 1
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def _db_value(db: Path, column: str, gbif_id: int, image_no: int) -> object:
+    """A column of images, or None while the database has no such column."""
+    c = stdlib_sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        if column not in {r[1] for r in c.execute("PRAGMA table_info(images)")}:
+            return None
+        return c.execute(f"SELECT {column} FROM images WHERE gbif_id = ? AND image_no = ?",
+                         (gbif_id, image_no)).fetchone()[0]
+    finally:
+        c.close()
 
 
 def test_csv_jsonl_and_read_manifest_agree(collection, tmp_path):

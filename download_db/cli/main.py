@@ -21,6 +21,7 @@ COMMANDS: tuple[str, ...] = (
     "download",
     "merge",
     "finalize",
+    "export",
     "report",
     "check",
 )

@@ -20,7 +20,7 @@ from ..db import occurrences
 from ..db.sqlite import sqlite3
 from ..errors import DatabaseError, StorageError, UsageError
 from ..states import SUCCESS
-from . import licences
+from . import FORMATS, licences
 
 # Names and types are a contract (docs/export.md): scripts rely on them.
 SCHEMA = pa.schema([
@@ -31,8 +31,8 @@ SCHEMA = pa.schema([
     ("height", pa.int32()),
     ("bytes", pa.int64()),
     ("sha256", pa.string()),
-    ("phash", pa.string()),
-    ("dhash", pa.string()),
+    ("phash", pa.int64()),  # imagehash bits as signed 64-bit (the database's form)
+    ("dhash", pa.int64()),
     ("dup_group", pa.int64()),
     ("near_group", pa.int64()),
     ("placeholder", pa.bool_()),
@@ -255,7 +255,6 @@ def _to_batch(cols: dict[str, pa.Array], n: int, f: Filters, src: Source) -> pa.
 
 
 # -- files -----------------------------------------------------------------------------
-FORMATS = ("parquet", "csv", "jsonl")
 ROW_GROUP_ROWS = 4 * BATCH_ROWS  # ~256k rows a row group: readers can skip and parallelise
 
 
