@@ -49,10 +49,13 @@ class InitConfig:
     progress_every: float = 10.0
     bar: bool | None = None  # None: a bar only when stdout is a terminal
     force: bool = False  # write the main DB even if array tasks may still be writing
+    occurrence: Path | None = None  # occurrence.txt of an unpacked DwC-A (citation data)
 
     def validate(self) -> InitConfig:
         if self.mode in (MODE_BUILD, MODE_RESET) and self.multimedia is None:
             raise UsageError("--multimedia PATH is required to build the database")
+        if self.occurrence is not None and self.mode not in (MODE_BUILD, MODE_RESET):
+            raise UsageError("--occurrence goes with a build (--multimedia)")
         if self.mode == MODE_LEGACY and self.processed_file is None:
             raise UsageError("--legacy-only needs --processed-file PATH")
         if self.max_attempts < 1:

@@ -268,3 +268,19 @@ def test_empty_export_is_a_valid_file(collection, tmp_path):
     t = pq.read_table(out)
     assert t.num_rows == 0 and t.schema == SCHEMA
     assert isinstance(t, pa.Table)
+
+
+def test_command_line_errors_are_one_line(collection, tmp_path, capsys):
+    from download_db.cli.main import main
+
+    db = str(collection[0])
+    cases = [(["--license", "CC0,CC-BY-4"], 64, "--license: unknown licence 'CC-BY-4'"),
+             (["--since", "soon"], 64, "--since 'soon': not a date"),
+             (["--out", str(tmp_path / "no" / "m.csv")], 73, "does not exist")]
+    for extra, code, text in cases:
+        argv = ["export", "--db", db, "--out", str(tmp_path / "m.parquet"), *extra]
+        assert main(argv) == code
+        err = capsys.readouterr().err
+        assert text in err and err.count("\n") == 1 and "Traceback" not in err
+    assert main(["export", "--db", db, "--out", str(tmp_path / "m.parquet")]) == 0
+    assert pq.read_table(tmp_path / "m.parquet").num_rows == 6

@@ -40,6 +40,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--multimedia", type=Path, metavar="PATH",
                    help="GBIF multimedia.txt, multimedia.txt.gz, or the DwC-A .zip holding it "
                         "(required to build)")
+    p.add_argument("--occurrence", type=Path, metavar="PATH",
+                   help="occurrence.txt of the unpacked DwC-A: datasetKey and occurrenceID per "
+                        "gbifID for the export's citation files (read from a .zip input "
+                        "without this flag)")
     p.add_argument("--install-path", type=Path, default=Path(DEFAULT_INSTALL), metavar="PATH",
                    help=f"image root directory (default: ./{DEFAULT_INSTALL})")
     p.add_argument("--processed-file", type=Path, metavar="PATH",
@@ -86,7 +90,8 @@ def config(a: argparse.Namespace) -> InitConfig:
     return InitConfig(db=a.db, multimedia=a.multimedia, install_path=a.install_path,
                       processed_file=a.processed_file, failed_file=a.failed_file, mode=mode,
                       max_attempts=a.max_attempts, chunk_mb=a.chunk_mb, workers=a.workers,
-                      progress_every=a.progress_every, bar=common.bar(a), force=a.force)
+                      progress_every=a.progress_every, bar=common.bar(a), force=a.force,
+                      occurrence=a.occurrence)
 
 
 def run(a: argparse.Namespace) -> int:

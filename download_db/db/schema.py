@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from ..errors import DatabaseError
 from ..states import TODO_WHERE
-from . import array_plans
+from . import array_plans, occurrences
 from .connection import PAGE_SIZE, transaction
 from .meta import get_meta
 from .sqlite import sqlite3
@@ -44,7 +44,9 @@ _TABLES = [
         sha256          TEXT,
         image_key       TEXT    NOT NULL,
         urls            TEXT    NOT NULL,
-        error_detail    TEXT
+        error_detail    TEXT,
+        phash           INTEGER,
+        dhash           INTEGER
     )""",
     """CREATE TABLE IF NOT EXISTS gbif_ids (
         gbif_id      INTEGER PRIMARY KEY,
@@ -145,6 +147,10 @@ def _migrate_v2(conn: sqlite3.Connection) -> None:
 MIGRATIONS: dict[int, list[str | Callable[[sqlite3.Connection], None]]] = {
     2: [_migrate_v2],
     3: [array_plans.DDL],  # each job array's host -> task plan (arrays/plan.py)
+    # imagehash pHash/dHash of each saved image (files/phash.py), signed 64-bit
+    4: ["ALTER TABLE images ADD COLUMN phash INTEGER",
+        "ALTER TABLE images ADD COLUMN dhash INTEGER"],
+    5: [occurrences.DDL],  # datasetKey/occurrenceID per gbifID, for citation (export)
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -154,7 +160,7 @@ def create_schema(conn: sqlite3.Connection) -> None:
     if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
         conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")  # only before the first table
     with transaction(conn):
-        for ddl in [*_TABLES, *TALLY_TABLES, array_plans.DDL]:
+        for ddl in [*_TABLES, *TALLY_TABLES, array_plans.DDL, occurrences.DDL]:
             conn.execute(ddl)
         conn.execute(INDEX_GBIF_STATUS)
         conn.execute(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TextIO
 
@@ -21,6 +21,7 @@ from ..db.stagelock import stage_lock
 from ..errors import DatabaseError, DownloadDbError, Interrupted
 from ..progress import RunContext, say
 from ..signals import stop_on_signals
+from . import occurrences
 from .legacy import LegacyStats, import_legacy
 from .load import IngestStats, ingest
 from .reader import Source
@@ -39,6 +40,7 @@ def _run(cfg: InitConfig, out: TextIO | None, stop: threading.Event) -> dict:
     ctx = RunContext(out=out, bar=cfg.bar, every=cfg.progress_every, stop=stop)
     state = _db_state(cfg.db)
     source = None
+    occ = None
     if cfg.mode in (MODE_LEGACY, MODE_FINALIZE, MODE_MERGE):
         if state == "missing":
             raise DatabaseError(f"database not found: {cfg.db} (build it first: "
@@ -48,6 +50,8 @@ def _run(cfg: InitConfig, out: TextIO | None, stop: threading.Event) -> dict:
                                 "again to complete it first")
     else:
         source = Source(cfg.multimedia)  # type: ignore[arg-type]  # validated
+        # bad input fails before the load
+        occ = occurrences.find(source.path, cfg.occurrence, lambda m: say(m, out))
         if state == "foreign":
             raise DatabaseError(f"{cfg.db} exists but is not a download database; refusing to "
                                 "touch it (choose another --db)")
@@ -77,6 +81,8 @@ def _run(cfg: InitConfig, out: TextIO | None, stop: threading.Event) -> dict:
             st = ingest(conn, source, run_id=run_id, chunk_bytes=cfg.chunk_mb << 20,
                         workers=cfg.workers, ctx=ctx)
             counts["ingest"] = _ingest_summary(st, out)
+            if occ is not None:
+                counts["occurrences"] = asdict(occurrences.load(conn, occ, ctx))
         if cfg.processed_file is not None and cfg.mode not in (MODE_FINALIZE, MODE_MERGE):
             lst = import_legacy(conn, cfg.install_path, cfg.processed_file, cfg.failed_file,
                                 ctx)
