@@ -24,6 +24,7 @@ COMMANDS: tuple[str, ...] = (
     "export",
     "report",
     "check",
+    "hash",
 )
 
 EXAMPLES = f"""\

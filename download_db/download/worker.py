@@ -260,4 +260,5 @@ class Worker:
         return Result(item, SUCCESS, http_status=200, error_type=FLAG_RAW if raw else None,
                       error_detail=f"kept raw: {out.source_format}" if raw else None,
                       file_path=w.relpath, file_size=w.size, sha256=w.sha256,
-                      width=out.width or None, height=out.height or None, temp=w.temp)
+                      width=out.width or None, height=out.height or None, temp=w.temp,
+                      phash=out.phash, dhash=out.dhash)

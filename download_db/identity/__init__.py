@@ -1,0 +1,1 @@
+"""Identity of saved images: perceptual hash backfill, duplicate and near-duplicate groups."""

@@ -1,0 +1,163 @@
+"""Perceptual hashes: equal to imagehash's for saved files, the migration, the hash backfill."""
+
+from __future__ import annotations
+
+import io
+import signal
+import sqlite3 as stdlib_sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import imagehash
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from PIL import Image
+
+from download_db.cli.main import main
+from download_db.db.connection import connect
+from download_db.db.schema import SCHEMA_VERSION, migrate
+from download_db.files import images, phash
+from download_db.identity.backfill import HashConfig, run_hash
+from tests.helpers import q
+from tests.identity_data import SHEETS, saved_db, synthetic, transformations
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def reference(data: bytes) -> tuple[int, int]:
+    """imagehash's own values for a saved file's bytes."""
+    im = Image.open(io.BytesIO(data))
+    return (phash.to_signed(imagehash.phash(im).hash), phash.to_signed(imagehash.dhash(im).hash))
+
+
+@pytest.mark.parametrize("sheet", SHEETS, ids=lambda p: p.stem[-4:])
+def test_convert_hashes_equal_imagehash_of_the_saved_file(sheet: Path) -> None:
+    for name, data in {"as shipped": sheet.read_bytes(), **transformations(sheet)}.items():
+        out = images.convert(data)
+        assert (out.phash, out.dhash) == reference(out.data), name
+
+
+def test_stored_form_is_signed_64_bit_and_reads_back_as_imagehash_hex() -> None:
+    out = images.convert(SHEETS[0].read_bytes())
+    im = Image.open(io.BytesIO(out.data))
+    assert -(1 << 63) <= out.phash < (1 << 63)
+    assert phash.to_hex(out.phash) == str(imagehash.phash(im))
+    assert phash.to_hex(out.dhash) == str(imagehash.dhash(im))
+
+
+@given(st.lists(st.booleans(), min_size=64, max_size=64), st.integers(0, 63))
+def test_signed_form_round_trips_and_distance_counts_bits(bits: list[bool], flip: int) -> None:
+    import numpy as np
+
+    arr = np.array(bits, dtype=bool).reshape(8, 8)
+    v = phash.to_signed(arr)
+    assert int(phash.to_hex(v), 16) == int("".join("1" if b else "0" for b in bits), 2)
+    other = arr.copy().ravel()
+    other[flip] = not other[flip]
+    assert phash.distance(v, phash.to_signed(other.reshape(8, 8))) == 1
+    assert phash.distance(v, v) == 0
+
+
+def test_kept_originals_have_no_hashes_until_the_backfill() -> None:
+    out = images.verify_original(SHEETS[0].read_bytes())
+    assert out.phash is None and out.dhash is None
+
+
+def test_migration_adds_the_columns_to_an_older_database(tmp_path: Path) -> None:
+    db, _root = saved_db(tmp_path, synthetic(2))
+    conn = stdlib_sqlite3.connect(db)
+    with conn:  # make it look like a database from before the hashes
+        conn.execute("ALTER TABLE images DROP COLUMN phash")
+        conn.execute("ALTER TABLE images DROP COLUMN dhash")
+        conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    conn.close()
+    c = connect(db)
+    assert migrate(c) == SCHEMA_VERSION
+    c.close()
+    cols = {r[1] for r in q(db, "PRAGMA table_info(images)")}
+    assert {"phash", "dhash"} <= cols
+
+
+def expected(db: Path, root: Path) -> dict[int, tuple[int, int]]:
+    return {i: reference((root / f).read_bytes())
+            for i, f in q(db, "SELECT image_id, file_path FROM images WHERE status = 'success'")}
+
+
+def stored(db: Path) -> dict[int, tuple[int, int]]:
+    return {i: (p, d) for i, p, d in q(db, "SELECT image_id, phash, dhash FROM images "
+                                           "WHERE status = 'success'")}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_backfill_hashes_every_saved_image_and_records_its_run(tmp_path: Path,
+                                                                workers: int) -> None:
+    db, root = saved_db(tmp_path, synthetic(12), convert=False)
+    missing = q(db, "SELECT file_path FROM images ORDER BY image_id LIMIT 1")[0][0]
+    (root / missing).unlink()
+    st_ = run_hash(HashConfig(db=db, install_path=root, workers=workers, chunk=5, bar=False))
+    assert (st_.hashed, st_.missing, st_.unreadable) == (11, 1, 0)
+    got = stored(db)
+    for image_id, f in q(db, "SELECT image_id, file_path FROM images WHERE status = 'success'"):
+        if f == missing:
+            assert got[image_id] == (None, None)
+        else:
+            assert got[image_id] == reference((root / f).read_bytes())
+    runs = q(db, "SELECT outcome, counts FROM runs WHERE stage = 'hash'")
+    assert [r[0] for r in runs] == ["ok"] and '"hashed": 11' in runs[0][1]
+    assert q(db, "SELECT value FROM meta WHERE key = 'hash_cursor'") == [("0",)]
+    again = run_hash(HashConfig(db=db, install_path=root, bar=False))
+    assert (again.hashed, again.missing) == (0, 1)  # only the missing file is looked at again
+
+
+def test_backfill_cli_errors_are_one_line(tmp_path: Path, capsys) -> None:
+    assert main(["hash", "--db", str(tmp_path / "none.db"), "--no-bar"]) == 64  # EX_USAGE
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--db" in err[0]
+
+
+@pytest.mark.timeout(180)
+def test_backfill_killed_with_sigkill_resumes_to_the_same_result(tmp_path: Path) -> None:
+    db, root = saved_db(tmp_path, synthetic(160, size=900), convert=False)
+    want = expected(db, root)
+    cmd = [sys.executable, "-m", "download_db", "hash", "--db", str(db), "--install-path",
+           str(root), "--chunk", "10", "--no-bar", "--progress-every", "1000"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if q(db, "SELECT count(*) FROM images WHERE phash IS NOT NULL")[0][0] >= 20:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the backfill finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    part = q(db, "SELECT count(*) FROM images WHERE phash IS NOT NULL")[0][0]
+    assert 20 <= part < len(want)
+    cursor = int(q(db, "SELECT value FROM meta WHERE key = 'hash_cursor'")[0][0])
+    assert cursor > 0
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"hash: {len(want) - part:,} images hashed" in done.stdout  # resumed, not redone
+    assert stored(db) == want
+    assert sorted(r[0] for r in q(db, "SELECT outcome FROM runs WHERE stage = 'hash'")) == \
+        ["ok", "running"]
+
+
+def test_downloaded_images_carry_their_hashes(tmp_path: Path) -> None:
+    from tests.helpers import row, write_multimedia
+    from tests.imageserver import ImageServer
+
+    with ImageServer("127.0.0.21") as srv:
+        urls = [srv.url(f"/img/h{i}.jpg?w=600&h=800") for i in range(4)]
+        mm = write_multimedia(tmp_path / "m.txt", [row(3_200_000_000 + i, u)
+                                                   for i, u in enumerate(urls)])
+        db = tmp_path / "d.db"
+        assert main(["ingest", "--db", str(db), "--multimedia", str(mm), "--no-bar"]) == 0
+        root = tmp_path / "images"
+        assert main(["download", "--db", str(db), "--install-path", str(root), "--no-bar",
+                     "--lock-dir", str(tmp_path / "locks"), "--per-host-rate", "0",
+                     "--contact", "tests@example.org"]) == 0
+    assert len(stored(db)) == 4
+    assert stored(db) == expected(db, root)
