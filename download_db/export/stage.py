@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import queue
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +71,48 @@ def _describe(f: Filters) -> str:
     return " ".join(parts)
 
 
+def _ahead(batches: Iterator[pa.RecordBatch], depth: int = 2) -> Iterator[pa.RecordBatch]:
+    """The batches, produced on a thread while the caller writes the previous ones.
+
+    Encoding and compressing Parquet releases the GIL, as does SQLite's step, so
+    the query and the writing overlap; ``depth`` batches at most wait in between.
+    """
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for b in batches:
+                while not stop.is_set():
+                    try:
+                        q.put(b, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(done)
+        except BaseException as e:  # noqa: BLE001 - handed to the consuming thread
+            q.put(e)
+
+    t = threading.Thread(target=produce, name="export-query", daemon=True)
+    t.start()
+    try:
+        while (item := q.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while t.is_alive():  # let a blocked producer see the stop
+            try:
+                q.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        t.join()
+
+
 def _write_text(path: Path, text: str) -> None:
     tmp, fh = manifest.open_temp(path, "--out")
     try:
@@ -95,7 +139,7 @@ def run_export(db: Path, out: Path, *, fmt: str | None = None, filters: Filters 
                     tally.add(batch)
                     yield batch
 
-            manifest.write_stream(fh, fmt, counted())
+            manifest.write_stream(fh, fmt, _ahead(counted()))
             doi = get_meta(conn, occurrences.META_DOI)
         except BaseException:
             manifest.discard(tmp, fh)
