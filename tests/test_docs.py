@@ -180,6 +180,13 @@ def test_the_pipeline_table_lists_every_subcommand() -> None:
 README = _read(ROOT / "README.md")
 
 
+def test_the_package_tour_lists_every_folder() -> None:
+    tour = section(README, "## A tour of the package")
+    listed = set(re.findall(r"^\| `(\w+)/` \|", tour, re.M))
+    folders = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+    assert listed - {"download_db"} == folders
+
+
 def test_readme_opens_with_the_two_newcomer_commands() -> None:
     blocks = re.findall(r"```(?:bash|sh|shell)?\n(.*?)```", README, re.S)
     assert blocks[0].strip() == SETUP_RUN
