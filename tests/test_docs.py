@@ -273,6 +273,21 @@ def test_error_type_table_matches_the_vocabulary() -> None:
     assert {"http_<code>", "invalid_content_type", "not_an_image"} <= {n for n, _ in rows}
 
 
+def test_every_table_and_column_is_documented(build) -> None:
+    code, db = build(ROOT / "examples" / "multimedia_sample.txt")
+    assert code == 0
+    tables = section(DATABASE_MD, "## Tables")
+    conn = stdlib_sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    names = [n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type IN "
+                                        "('table', 'view') AND name NOT LIKE 'sqlite_%'")]
+    assert "images" in names
+    missing = [f"{t}.{c}" for t in names
+               for c in [t, *(r[1] for r in conn.execute(f"PRAGMA table_info({t})"))]
+               if f"`{c}`" not in tables]
+    conn.close()
+    assert missing == [], "not in the Tables section of docs/database.md"
+
+
 def _cookbook() -> list[str]:
     blocks = re.findall(r"```sql\n(.*?)```", section(DATABASE_MD, "## Ad hoc SQL"), re.S)
     return [s for b in blocks for s in (s.strip() for s in b.split(";")) if s]
