@@ -52,7 +52,8 @@ class InitConfig:
     occurrence: Path | None = None  # occurrence.txt of an unpacked DwC-A (citation data)
 
     def validate(self) -> InitConfig:
-        if self.mode in (MODE_BUILD, MODE_RESET) and self.multimedia is None:
+        if self.mode in (MODE_BUILD, MODE_RESET) and self.multimedia is None and not (
+                self.mode == MODE_BUILD and self.occurrence is not None):
             raise UsageError("--multimedia PATH is required to build the database")
         if self.occurrence is not None and self.mode not in (MODE_BUILD, MODE_RESET):
             raise UsageError("--occurrence goes with a build (--multimedia)")

@@ -179,9 +179,30 @@ def test_migration_adds_the_table_to_an_older_database(tmp_path):
     db = tmp_path / "old.db"
     assert main(["ingest", "--db", str(db), "--multimedia", str(NORWAY), "--no-bar"]) == 0
     c = connection.connect(db)
-    c.execute("DROP TABLE occurrences")
-    c.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+    c.execute("DROP TABLE occurrences")  # as a database from before the table
     assert not occurrences.present(c)
-    assert schema.migrate(c) == schema.SCHEMA_VERSION
+    steps = [v for v, s in schema.MIGRATIONS.items() if occurrences.DDL in s]
+    assert len(steps) == 1  # one migration creates it, never a rebuild
+    with connection.transaction(c):
+        for step in schema.MIGRATIONS[steps[0]]:
+            c.execute(step) if isinstance(step, str) else step(c)
     assert occurrences.present(c)
     c.close()
+
+
+def test_occurrences_added_to_a_finished_build(dwca, tmp_path):
+    """The database of a download already under way gets its citation data without a rebuild."""
+    folder = tmp_path / "dwca"
+    with zipfile.ZipFile(dwca) as z:
+        z.extractall(folder)
+    db = tmp_path / "d.db"
+    assert main(["ingest", "--db", str(db), "--multimedia", str(NORWAY), "--no-bar"]) == 0
+    _saved(db)
+    assert main(["ingest", "--db", str(db), "--occurrence", str(folder / "occurrence.txt"),
+                 "--no-bar"]) == 0
+    summary = run_export(db, tmp_path / "m.parquet")
+    assert _derived(tmp_path / "derived_dataset.csv") == dict(_expected(db))
+    assert summary.doi == DOI and summary.images == 1107  # the saved images are untouched
+    fresh = tmp_path / "fresh.db"
+    assert main(["ingest", "--db", str(fresh), "--occurrence", str(folder / "occurrence.txt"),
+                 "--no-bar"]) == 3  # nothing to add to

@@ -71,9 +71,10 @@ def citation_text(t: Tally, *, doi: str | None, manifest_name: str, filters: str
                   "Cite this DOI (with the download's date, as shown on its GBIF page) when you "
                   "use the whole download."]
     else:
-        lines += ["The source download's DOI is not in the database. Ingest the GBIF download "
-                  "as its DwC-A .zip (or pass --occurrence with the unpacked occurrence.txt) to "
-                  "record it, or find it under https://www.gbif.org/user/download."]
+        lines += ["The source download's DOI is not in the database: add the download's "
+                  "occurrences with `gbif-download-db ingest --occurrence occurrence.txt` (from "
+                  "the unpacked DwC-A, metadata.xml beside it), or find the DOI under "
+                  "https://www.gbif.org/user/download."]
     lines += ["", "LICENCES (images by normalised licence; the licence as given is the manifest's "
               "license column, with rights_holder and creator for attribution)"]
     for short in licences.SHORT_FORMS:
@@ -97,5 +98,6 @@ def citation_text(t: Tally, *, doi: str | None, manifest_name: str, filters: str
     ]
     if t.records_without_dataset:
         lines.append(f"{t.records_without_dataset:,} records have no datasetKey in the database "
-                     "and are not in the list: ingest the archive's occurrence.txt to add them.")
+                     "and are not in the list: `gbif-download-db ingest --occurrence "
+                     "occurrence.txt` adds them.")
     return "\n".join(lines) + "\n"

@@ -79,9 +79,10 @@ class OccurrenceSource:
         return None
 
 
-def find(multimedia: Path, occurrence: Path | None,
+def find(multimedia: Path | None, occurrence: Path | None,
          warn: Callable[[str], None]) -> OccurrenceSource | None:
-    """What to read: ``--occurrence FILE``, else occurrence.txt of a DwC-A zip input.
+    """What to read: ``--occurrence FILE``, else occurrence.txt of a DwC-A zip input
+    (``multimedia`` is None when only occurrences are added to a built database).
 
     A bad ``--occurrence`` file is an error; the zip's own occurrence.txt without the
     columns is only a warning (the images do not depend on it)."""

@@ -48,8 +48,13 @@ def _run(cfg: InitConfig, out: TextIO | None, stop: threading.Event) -> dict:
         if state != "built" and state != "complete":
             raise DatabaseError(f"the build of {cfg.db} has not finished; run the build command "
                                 "again to complete it first")
+    elif cfg.multimedia is None:  # --occurrence alone: citation data for a finished build
+        if state != "complete":
+            raise DatabaseError(f"--occurrence without --multimedia adds to a finished build, "
+                                f"and {cfg.db} is {state}")
+        occ = occurrences.find(None, cfg.occurrence, lambda m: say(m, out))
     else:
-        source = Source(cfg.multimedia)  # type: ignore[arg-type]  # validated
+        source = Source(cfg.multimedia)
         # bad input fails before the load
         occ = occurrences.find(source.path, cfg.occurrence, lambda m: say(m, out))
         if state == "foreign":
@@ -81,8 +86,8 @@ def _run(cfg: InitConfig, out: TextIO | None, stop: threading.Event) -> dict:
             st = ingest(conn, source, run_id=run_id, chunk_bytes=cfg.chunk_mb << 20,
                         workers=cfg.workers, ctx=ctx)
             counts["ingest"] = _ingest_summary(st, out)
-            if occ is not None:
-                counts["occurrences"] = asdict(occurrences.load(conn, occ, ctx))
+        if occ is not None:
+            counts["occurrences"] = asdict(occurrences.load(conn, occ, ctx))
         if cfg.processed_file is not None and cfg.mode not in (MODE_FINALIZE, MODE_MERGE):
             lst = import_legacy(conn, cfg.install_path, cfg.processed_file, cfg.failed_file,
                                 ctx)
@@ -140,7 +145,8 @@ def _db_state(db: Path) -> str:
 def _open(cfg: InitConfig) -> sqlite3.Connection:
     fresh = not cfg.db.exists()
     try:
-        conn = connect(cfg.db, bulk=cfg.mode in (MODE_BUILD, MODE_RESET))
+        # a bulk load's pragmas; not for adding occurrences to a built database
+        conn = connect(cfg.db, bulk=cfg.mode in (MODE_BUILD, MODE_RESET) and bool(cfg.multimedia))
         if fresh:
             create_schema(conn)
         else:
