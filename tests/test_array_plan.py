@@ -15,7 +15,6 @@ from download_db import states
 from download_db.arrays import plan
 from download_db.arrays.merge import merge_tasks
 from download_db.db import connection
-from download_db.db.sqlite import sqlite3
 from tests.helpers import generate, q
 
 
@@ -159,16 +158,14 @@ def test_hosts_the_plan_does_not_know_go_to_exactly_one_task(built, tmp_path) ->
     assert len(owners) == 1
 
 
-def test_an_old_main_database_gets_the_plan_table(built, tmp_path) -> None:
-    from download_db.db.schema import SCHEMA_VERSION, migrate
+def test_migration_3_adds_the_plan_table_to_an_old_database(built, tmp_path) -> None:
+    from download_db.db.schema import MIGRATIONS
 
     main = _copy(built, tmp_path)
-    conn = sqlite3.connect(main)
-    conn.execute("DROP TABLE array_plan")
-    conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
-    conn.commit()
-    conn.close()
     conn = connection.connect(main)
-    assert migrate(conn) == SCHEMA_VERSION
+    conn.execute("DROP TABLE array_plan")  # as a database made before plans were stored
+    with connection.transaction(conn):
+        for step in MIGRATIONS[3]:
+            conn.execute(step) if isinstance(step, str) else step(conn)
     assert conn.execute("SELECT count(*) FROM array_plan").fetchone()[0] == 0
     conn.close()

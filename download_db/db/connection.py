@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -118,8 +119,32 @@ class transaction:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.conn.execute("COMMIT")
-        else:
+        elif self.conn.in_transaction:  # an interrupted statement rolled it back already
             self.conn.execute("ROLLBACK")
+
+
+# VM instructions between looks at the stop flag: well under a millisecond of work.
+PROGRESS_STEPS = 20_000
+
+
+@contextmanager
+def interruptible(conn: sqlite3.Connection, stop: Callable[[], bool]) -> Iterator[None]:
+    """Statements run inside the block end within moments of ``stop()`` turning true
+    (a stop signal's flag), however long they would run: SQLite calls the check every
+    PROGRESS_STEPS instructions and abandons the statement (its transaction rolls
+    back). A signal's Python handler runs inside the check, on the main thread,
+    so even a single statement walking millions of rows honours SIGTERM.
+    ``sqlite3.OperationalError('interrupted')`` comes out of the block."""
+    conn.set_progress_handler(stop, PROGRESS_STEPS)
+    try:
+        yield
+    finally:
+        conn.set_progress_handler(None, 0)
+
+
+def was_interrupted(e: BaseException) -> bool:
+    """The error an interruptible() statement raises when stopped."""
+    return isinstance(e, sqlite3.OperationalError) and "interrupted" in str(e)
 
 
 def retry_locked(fn: Callable[[], T], *, delays: tuple[float, ...] = WRITE_RETRIES,

@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ..states import FLAG_LEGACY, PARKED
+from ..states import FLAG_LEGACY, PARKED, TODO_WHERE, WORK_LEFT_SQL
 from .sqlite import sqlite3
 
 
@@ -201,6 +201,25 @@ def merge_sql(from_where: str, old: str, new: str, unchanged: tuple[str, ...] = 
             out.append(bulk_sql(t, old, from_where, "-"))
         out.append(bulk_sql(t, new, from_where, columns_from=keep))
     return out
+
+
+def work_left(conn: sqlite3.Connection) -> int:
+    """Images with work left as stored (states.EXHAUSTED_WHERE), from the counters:
+    a few thousand rows, where counting the work list walks millions."""
+    return conn.execute(f"SELECT coalesce(sum(n), 0) FROM image_tally WHERE {TODO_WHERE} "
+                        "AND parked = 0").fetchone()[0]
+
+
+def budget_hosts(conn: sqlite3.Connection, max_attempts: int) -> tuple[list[int], list[int]]:
+    """Hosts whose retries an attempts budget of ``max_attempts`` changes, from the
+    counters: (hosts with parked retries it re-opens, hosts with retries it parks).
+    Both empty when the budget is the one the rows were written under."""
+    reopen, park = [], []
+    for host_id, parked in conn.execute(
+            f"SELECT DISTINCT host_id, parked FROM image_tally WHERE {TODO_WHERE} AND n > 0 "
+            f"AND parked = {WORK_LEFT_SQL}", {"max_attempts": max_attempts}):
+        (reopen if parked else park).append(host_id)
+    return reopen, park
 
 
 def tallies_installed(conn: sqlite3.Connection) -> bool:

@@ -16,9 +16,9 @@ from .. import notify
 from ..arrays import task
 from ..arrays.merge import merge_tasks
 from ..config import DownloadConfig
-from ..db import claims, runs
+from ..db import claims, runs, tallies
 from ..db import hosts as host_table
-from ..db.connection import connect, open_readonly, transaction
+from ..db.connection import connect, interruptible, open_readonly, transaction, was_interrupted
 from ..db.meta import get_meta
 from ..db.schema import migrate
 from ..db.sqlite import sqlite3
@@ -26,7 +26,6 @@ from ..db.stagelock import stage_lock
 from ..errors import DatabaseError
 from ..progress import RunContext
 from ..signals import stop_on_signals
-from ..states import EXHAUSTED_WHERE
 from ..web.politeness import HostGate, Politeness, default_lock_dir
 from .recovery import recover
 from .run import Run, fetch_all
@@ -119,26 +118,33 @@ def _download(cfg: DownloadConfig, stop: threading.Event, out: TextIO | None,
     ctx = RunContext(out=out, bar=cfg.bar, every=cfg.progress_every, stop=stop)
     root = cfg.install_path.resolve()
     conn = _open(cfg)
-    if cfg.main_db is None:  # the main DB: fold finished array tasks in first
-        mst = merge_tasks(conn, cfg.db, force=cfg.force, out=out)
-        if mst.tasks:
-            ctx.say(f"download: merged {mst.tasks} array task databases "
-                    f"({mst.images:,} image results) first")
+    try:
+        if cfg.main_db is None:  # the main DB: fold finished array tasks in first
+            with interruptible(conn, stop.is_set):
+                mst = merge_tasks(conn, cfg.db, force=cfg.force, out=out)
+            if mst.tasks:
+                ctx.say(f"download: merged {mst.tasks} array task databases "
+                        f"({mst.images:,} image results) first")
+    except sqlite3.OperationalError as e:
+        conn.close()
+        if not was_interrupted(e):
+            raise
+        ctx.say("download: stopped by a signal while merging array tasks; nothing was claimed")
+        return {}
     run_id = runs.start_run(conn, "download")
     counts: dict = {}
     try:
         root.mkdir(parents=True, exist_ok=True)
-        rec = recover(conn, root, cfg.lease, cfg.keep_original, cfg.max_attempts)
-        with transaction(conn):
-            reopened = claims.reopen_exhausted(conn, cfg.max_attempts)
-            parked = claims.park_exhausted(conn, cfg.max_attempts)
-        if rec["claims"] or reopened or parked:
-            ctx.say(f"download: recovered {rec['claims']:,} claims of dead runs "
-                    f"({rec['renamed']:,} files finished, {rec['adopted']:,} downloads "
-                    f"adopted, {rec['lost']:,} lost, {rec['temps']:,} temp files removed); "
-                    f"{reopened:,} retries re-opened, {parked:,} parked")
-        todo = conn.execute(f"SELECT count(*) FROM images INDEXED BY images_todo WHERE "
-                            f"{EXHAUSTED_WHERE}").fetchone()[0]
+        try:
+            with interruptible(conn, stop.is_set):
+                todo = _start_up(conn, cfg, root, ctx)
+        except sqlite3.OperationalError as e:
+            if not was_interrupted(e):
+                raise
+            ctx.say("download: stopped by a signal during start-up; nothing was claimed")
+            runs.finish_run(conn, run_id, runs.INTERRUPTED, counts, "stopped by a signal")
+            conn.close()
+            return counts
         hosts = host_table.with_images(conn)
         ctx.say(f"download: {todo:,} images with work left on {len(hosts):,} hosts -> {root}")
         notes.set_hosts(hosts)
@@ -157,6 +163,23 @@ def _download(cfg: DownloadConfig, stop: threading.Event, out: TextIO | None,
                     "stopped by a signal" if outcome == runs.INTERRUPTED else None)
     conn.close()
     return counts
+
+
+def _start_up(conn: sqlite3.Connection, cfg: DownloadConfig, root: Path,
+              ctx: RunContext) -> int:
+    """Recover dead runs' leftovers and re-park retries for this budget; returns the
+    images with work left. Each step costs what it finds (the claimed-rows index,
+    the counters), not the size of the work list."""
+    rec = recover(conn, root, cfg.lease, cfg.keep_original, cfg.max_attempts)
+    with transaction(conn):
+        reopened = claims.reopen_exhausted(conn, cfg.max_attempts)
+        parked = claims.park_exhausted(conn, cfg.max_attempts)
+    if rec["claims"] or reopened or parked:
+        ctx.say(f"download: recovered {rec['claims']:,} claims of dead runs "
+                f"({rec['renamed']:,} files finished, {rec['adopted']:,} downloads "
+                f"adopted, {rec['lost']:,} lost, {rec['temps']:,} temp files removed); "
+                f"{reopened:,} retries re-opened, {parked:,} parked")
+    return tallies.work_left(conn)
 
 
 def _gate(cfg: DownloadConfig, conn: sqlite3.Connection, notes: notify.RunNotes) -> HostGate:

@@ -12,7 +12,13 @@ from ..arrays.merge import MergeStats, merge_tasks, refuse_if_tasks_running
 from ..arrays.plan import freeze, task_dbs, tasks_dir_for
 from ..config import MODE_BUILD, MODE_FINALIZE, MODE_LEGACY, MODE_MERGE, MODE_RESET, InitConfig
 from ..db import runs
-from ..db.connection import connect, remove_database, transaction
+from ..db.connection import (
+    connect,
+    interruptible,
+    remove_database,
+    transaction,
+    was_interrupted,
+)
 from ..db.gbif_ids import FinalizeStats, finalize
 from ..db.meta import get_meta, set_meta
 from ..db.schema import create_schema, migrate
@@ -78,7 +84,13 @@ def _run(cfg: InitConfig, out: TextIO | None, stop: threading.Event) -> dict:
     counts: dict = {}
     try:
         if source is None:  # every stage that writes a built DB folds array results in first
-            mst = merge_tasks(conn, cfg.db, force=cfg.force, out=out)
+            try:
+                with interruptible(conn, stop.is_set):  # one statement per task: minutes
+                    mst = merge_tasks(conn, cfg.db, force=cfg.force, out=out)
+            except sqlite3.OperationalError as e:
+                if was_interrupted(e):
+                    raise Interrupted("stopped by a signal") from None
+                raise
             if mst.tasks or cfg.mode == MODE_MERGE:
                 counts["merge"] = _merge_summary(mst, out)
         if source is not None:
