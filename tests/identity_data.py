@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import sqlite3 as stdlib_sqlite3
 from pathlib import Path
@@ -38,7 +39,8 @@ def transformations(sheet: Path) -> dict[str, bytes]:
 
 def saved_db(tmp_path: Path, contents: list[bytes], *, convert: bool = True) -> tuple[Path, Path]:
     """A built database whose images are saved: one file per content (converted the
-    way the downloader does, or kept as is), rows marked success without hashes."""
+    way the downloader does, or kept as is), rows marked success with
+    their sha256 but without perceptual hashes."""
     base = 3_100_000_000
     mm = write_multimedia(tmp_path / "m.txt", [row(base + i, f"http://127.0.0.9/img/{i}.jpg")
                                                for i in range(len(contents))])
@@ -53,7 +55,9 @@ def saved_db(tmp_path: Path, contents: list[bytes], *, convert: bool = True) -> 
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             (root / rel).write_bytes(out.data)
             conn.execute("UPDATE images SET status = 'success', file_path = ?, width = ?, "
-                         "height = ? WHERE gbif_id = ?", (rel, out.width, out.height, base + i))
+                         "height = ?, sha256 = ? WHERE gbif_id = ?",
+                         (rel, out.width, out.height, hashlib.sha256(out.data).hexdigest(),
+                          base + i))
     conn.close()
     return db, root
 

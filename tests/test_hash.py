@@ -69,16 +69,23 @@ def test_kept_originals_have_no_hashes_until_the_backfill() -> None:
 def test_migration_adds_the_columns_to_an_older_database(tmp_path: Path) -> None:
     db, _root = saved_db(tmp_path, synthetic(2))
     conn = stdlib_sqlite3.connect(db)
-    with conn:  # make it look like a database from before the hashes
-        conn.execute("ALTER TABLE images DROP COLUMN phash")
-        conn.execute("ALTER TABLE images DROP COLUMN dhash")
+    cols = [r[1] for r in conn.execute("PRAGMA table_info(images)")]
+    later = cols[cols.index("error_detail") + 1:]
+    with conn:  # the v3 shape: every column later migrations added goes, with its index
+        for name, sql in conn.execute("SELECT name, sql FROM sqlite_master WHERE type = "
+                                      "'index' AND tbl_name = 'images' AND sql IS NOT NULL"
+                                      ).fetchall():
+            if any(c in sql for c in later):
+                conn.execute(f"DROP INDEX {name}")
+        for col in later:
+            conn.execute(f"ALTER TABLE images DROP COLUMN {col}")
         conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
     conn.close()
     c = connect(db)
     assert migrate(c) == SCHEMA_VERSION
     c.close()
     cols = {r[1] for r in q(db, "PRAGMA table_info(images)")}
-    assert {"phash", "dhash"} <= cols
+    assert {"phash", "dhash", "dup_group", "near_group"} <= cols
 
 
 def expected(db: Path, root: Path) -> dict[int, tuple[int, int]]:

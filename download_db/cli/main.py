@@ -25,6 +25,7 @@ COMMANDS: tuple[str, ...] = (
     "report",
     "check",
     "hash",
+    "dedupe",
 )
 
 EXAMPLES = f"""\

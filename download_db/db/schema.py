@@ -46,7 +46,9 @@ _TABLES = [
         urls            TEXT    NOT NULL,
         error_detail    TEXT,
         phash           INTEGER,
-        dhash           INTEGER
+        dhash           INTEGER,
+        dup_group       INTEGER,
+        near_group      INTEGER
     )""",
     """CREATE TABLE IF NOT EXISTS gbif_ids (
         gbif_id      INTEGER PRIMARY KEY,
@@ -151,6 +153,9 @@ MIGRATIONS: dict[int, list[str | Callable[[sqlite3.Connection], None]]] = {
     4: ["ALTER TABLE images ADD COLUMN phash INTEGER",
         "ALTER TABLE images ADD COLUMN dhash INTEGER"],
     5: [occurrences.DDL],  # datasetKey/occurrenceID per gbifID, for citation (export)
+    # duplicate groups (identity/dedupe.py): smallest image_id of the group, NULL alone
+    6: ["ALTER TABLE images ADD COLUMN dup_group INTEGER",
+        "ALTER TABLE images ADD COLUMN near_group INTEGER"],
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 

@@ -109,6 +109,12 @@ def _run(cfg: InitConfig, out: TextIO | None, stop: threading.Event) -> dict:
             # a line per chunk, not per --progress-every: a chunk is seconds of work
             fst = finalize(conn, replace(ctx, every=0.0), max_attempts=cfg.max_attempts)
             counts["finalize"] = _finalize_summary(fst, out)
+        if cfg.mode == MODE_FINALIZE:  # the duplicate groups follow what the merge brought
+            from ..identity.dedupe import dedupe, summary  # late: scipy only when needed
+
+            dst = dedupe(conn, ctx)
+            summary(dst, ctx)
+            counts["dedupe"] = dst.as_dict()
         if source is not None:
             with transaction(conn):
                 set_meta(conn, "build_complete", "1")

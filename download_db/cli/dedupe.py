@@ -1,0 +1,39 @@
+"""`gbif-download-db dedupe`: flags -> exact and near duplicate groups (identity/dedupe.py)."""
+
+from __future__ import annotations
+
+import argparse
+
+from . import common
+
+HELP = "group saved images: identical files (sha256) and near copies (pHash distance)"
+DESCRIPTION = ("Set images.dup_group (saved images with the same sha256) and images.near_group "
+               "(saved images whose pHash is within --near-distance bits, transitively) for "
+               "every saved image, without comparing all pairs (a banded index). finalize "
+               "does the same with the last distance used. Safe to kill and re-run.")
+EXAMPLES = """\
+examples:
+  after a download (finalize also does it):
+    {prog} --db /data/download_status.db
+  a small collection, where crops of the same sheet should group too:
+    {prog} --db /data/download_status.db --near-distance 14
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    common.add_db(p)
+    p.add_argument("--near-distance", type=int, default=None, metavar="K",
+                   help="pHash bits two near copies may differ in, 0-32 (default: the last "
+                        "dedupe's, else 3)")
+    p.add_argument("--force", action="store_true",
+                   help="run although array tasks may still be writing")
+    common.add_progress(p, 10.0)
+    common.add_debug(p)
+
+
+def run(a: argparse.Namespace) -> int:
+    from ..identity.dedupe import DedupeConfig, run_dedupe  # late: --help stays fast
+
+    run_dedupe(DedupeConfig(db=a.db, near_distance=a.near_distance, force=a.force,
+                            bar=common.bar(a), progress_every=a.progress_every))
+    return 0

@@ -1,0 +1,158 @@
+"""Duplicate groups: exact by sha256, near by pHash through the banded index, in finalize too."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from download_db.cli.main import main
+from download_db.db.connection import connect
+from download_db.errors import Interrupted
+from download_db.files import images, phash
+from download_db.identity import groups
+from download_db.identity.backfill import HashConfig, run_hash
+from download_db.identity.dedupe import DEFAULT_NEAR_DISTANCE, DedupeConfig, dedupe, run_dedupe
+from download_db.progress import RunContext
+from tests.helpers import q
+from tests.identity_data import SHEETS, saved_db, synthetic, transformations
+
+
+def variants() -> dict[tuple[str, str], bytes]:
+    """(sheet, variant) -> bytes, for both shipped sheets."""
+    out = {}
+    for sheet in SHEETS:
+        out[(sheet.stem, "as shipped")] = sheet.read_bytes()
+        out.update({(sheet.stem, name): data for name, data in transformations(sheet).items()})
+    return out
+
+
+@pytest.fixture(scope="module")
+def saved_hashes() -> dict[tuple[str, str], int]:
+    """The pHash each variant gets when the downloader saves it."""
+    return {key: images.convert(data).phash for key, data in variants().items()}
+
+
+def test_default_distance_is_chosen_by_the_shipped_sheets(saved_hashes) -> None:
+    """Re-encoded and halved copies are within the default; different sheets are far
+    beyond any distance that also covers the colour-bar crop, which moves pHash by more
+    than the default (the reason a collection of crops needs --near-distance)."""
+    same, crop = [], []
+    for (sheet, name), h in saved_hashes.items():
+        d = phash.distance(h, saved_hashes[(sheet, "as shipped")])
+        (crop if name == "colour bar cropped" else same).append(d)
+    different = [phash.distance(h1, h2) for (k1, h1), (k2, h2)
+                 in itertools.combinations(saved_hashes.items(), 2) if k1[0] != k2[0]]
+    assert max(same) <= DEFAULT_NEAR_DISTANCE
+    assert DEFAULT_NEAR_DISTANCE < min(crop) <= max(crop) < min(different)
+
+
+def groups_by_variant(db: Path, keys: list[tuple[str, str]], column: str) -> set[frozenset]:
+    rows = q(db, f"SELECT image_id, {column} FROM images ORDER BY image_id")
+    by_group: dict[int, set] = {}
+    for key, (_image_id, g) in zip(keys, rows, strict=True):
+        if g is not None:
+            by_group.setdefault(g, set()).add(key)
+    return {frozenset(v) for v in by_group.values()}
+
+
+def test_near_groups_on_the_sheets_at_the_default_and_at_the_crop_distance(
+        tmp_path: Path, saved_hashes) -> None:
+    v = variants()
+    db, _root = saved_db(tmp_path, list(v.values()))
+    run_hash(HashConfig(db=db, install_path=tmp_path / "images", bar=False))
+    keys = list(v)
+    st_ = run_dedupe(DedupeConfig(db=db, bar=False))
+    assert groups_by_variant(db, keys, "near_group") == {
+        frozenset({(s.stem, "as shipped"), (s.stem, "re-encoded"), (s.stem, "halved")})
+        for s in SHEETS}
+    assert (st_.near_groups, st_.near_images) == (2, 6)
+    crop_k = max(phash.distance(saved_hashes[(s.stem, "colour bar cropped")],
+                                saved_hashes[(s.stem, "as shipped")]) for s in SHEETS)
+    run_dedupe(DedupeConfig(db=db, near_distance=crop_k, bar=False))
+    assert groups_by_variant(db, keys, "near_group") == {
+        frozenset(k for k in keys if k[0] == s.stem) for s in SHEETS}
+    # finalize keeps the distance the user chose last
+    assert main(["finalize", "--db", str(db), "--no-bar"]) == 0
+    assert groups_by_variant(db, keys, "near_group") == {
+        frozenset(k for k in keys if k[0] == s.stem) for s in SHEETS}
+
+
+def test_exact_groups_share_the_smallest_image_id_and_singletons_have_none(
+        tmp_path: Path) -> None:
+    pics = synthetic(4, size=200)
+    contents = [pics[0], pics[1], pics[0], pics[2], pics[0], pics[1], pics[3]]
+    db, _root = saved_db(tmp_path, contents, convert=False)
+    assert main(["dedupe", "--db", str(db), "--no-bar"]) == 0
+    rows = q(db, "SELECT image_id, dup_group FROM images ORDER BY image_id")
+    ids = [r[0] for r in rows]
+    assert [r[1] for r in rows] == [ids[0], ids[1], ids[0], None, ids[0], ids[1], None]
+    assert q(db, "SELECT outcome FROM runs WHERE stage = 'dedupe'") == [("ok",)]
+    # a file fetched again with other bytes leaves its group on the next run
+    conn = connect(db)
+    with conn:
+        conn.execute("UPDATE images SET sha256 = 'f00' WHERE image_id = ?", (ids[5],))
+    conn.close()
+    assert main(["dedupe", "--db", str(db), "--no-bar"]) == 0
+    assert [r[0] for r in q(db, "SELECT dup_group FROM images ORDER BY image_id")] == \
+        [ids[0], None, ids[0], None, ids[0], None, None]
+
+
+def test_a_stopped_dedupe_finishes_to_the_same_groups(tmp_path: Path) -> None:
+    pics = synthetic(3, size=200)
+    db, _root = saved_db(tmp_path, [pics[i % 3] for i in range(12)], convert=False)
+    stop = threading.Event()
+    stop.set()  # checked after each committed chunk: one chunk lands, then it stops
+    conn = connect(db)
+    with pytest.raises(Interrupted):
+        dedupe(conn, RunContext(bar=False, stop=stop), chunk=2)
+    partial = q(db, "SELECT count(*) FROM images WHERE dup_group IS NOT NULL")[0][0]
+    assert partial == 2
+    again = dedupe(conn, RunContext(bar=False), chunk=2)
+    assert again.changed == 10
+    assert dedupe(conn, RunContext(bar=False)).changed == 0  # idempotent
+    conn.close()
+    want = [(i, 1 + (i - 1) % 3) for i in range(1, 13)]
+    assert q(db, "SELECT image_id, dup_group FROM images ORDER BY image_id") == want
+
+
+def test_bad_distance_is_one_line(tmp_path: Path, capsys) -> None:
+    db, _root = saved_db(tmp_path, synthetic(1, size=100))
+    assert main(["dedupe", "--db", str(db), "--near-distance", "40", "--no-bar"]) == 64
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--near-distance" in err[0]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32), st.integers(0, 10), st.integers(2, 300),
+       st.integers(0, 40))
+def test_banded_index_finds_exactly_the_pairs_all_pairs_would(seed: int, k: int, n: int,
+                                                               planted: int) -> None:
+    rng = np.random.default_rng(seed)
+    h = rng.integers(0, 2**64, size=n, dtype=np.uint64)
+    for _ in range(planted):  # near copies at distances around k
+        i, j = rng.integers(0, n, size=2)
+        flips = rng.choice(64, size=int(rng.integers(0, k + 3)), replace=False)
+        mask = np.uint64(0)
+        for f in flips:
+            mask |= np.uint64(1) << np.uint64(int(f))
+        h[j] = h[i] ^ mask
+    signed = h.view(np.int64)
+    a, b = groups.near_pairs(signed, k, max_pairs=7)  # small slices exercise the slicing
+    got = set(zip(a.tolist(), b.tolist(), strict=True))
+    brute = {(i, j) for i in range(n) for j in range(i + 1, n)
+             if phash.distance(int(signed[i]), int(signed[j])) <= k}
+    assert got == brute
+
+
+def test_bands_cover_the_64_bits_once() -> None:
+    for k in range(0, 64):
+        bs = groups.bands(k)
+        assert len(bs) == k + 1
+        assert [s for s, _ in bs] == list(itertools.accumulate([0] + [w for _, w in bs[:-1]]))
+        assert sum(w for _, w in bs) == 64
