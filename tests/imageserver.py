@@ -36,7 +36,10 @@ size; ``?w=&h=`` override the default 1500x2000 size, one of them alone keeps 3:
 ``/gzipbomb/{name}.jpg``                ``Content-Encoding: gzip`` inflating to 1 GiB zeros
 ``/iiif/{2|3}/{id}/info.json``          IIIF Image API info.json of a 3000x4000 image
 ``/iiif/{2|3}/{id}/full/{size}/0/...``  rendered derivative; 403 above ``maxw`` (query or
-                                        :attr:`ImageServer.iiif_max_width`)
+                                        :attr:`ImageServer.iiif_max_width`);
+                                        :attr:`ImageServer.iiif_images` sets an id's size,
+                                        level (0: listed sizes only, others 404) and
+                                        2.1-style upscaling of !w,h boxes
 ``/manifest/v{2|3}/{id}.json``          IIIF Presentation manifest (``?canvases=N``), also
                                         ``/manifest/v{2|3}/{id}/manifest``
 ``/manifest/bad.json``, ``/empty.json`` invalid JSON / a v3 manifest without canvases
@@ -259,12 +262,14 @@ class _HTTPError(Exception):
 
 
 def iiif_size(spec: str, full_w: int = IIIF_W, full_h: int = IIIF_H,
-              max_w: int | None = None) -> tuple[int, int]:
-    """(w, h) of an IIIF size parameter (v2 and v3 syntax); raises _HTTPError(400|403)."""
+              max_w: int | None = None, upscale: bool = False) -> tuple[int, int]:
+    """(w, h) of an IIIF size parameter (v2 and v3 syntax); raises _HTTPError(400|403).
+    upscale: act as if every size had ``^`` (what 2.1 servers may do)."""
     m = _IIIF_SIZE.fullmatch(spec)
     if not m:
         raise _HTTPError(400, f"bad size {spec!r}")
     up, keyword, pct, bang, sw, sh = m.groups()
+    up = up or upscale
     if (pct and float(pct) <= 0) or sw and int(sw) <= 0 or sh and int(sh) <= 0:
         raise _HTTPError(400, f"bad size {spec!r}")
     if keyword == "max":
@@ -721,14 +726,23 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             limits.append(int(server_limit))
         return min(limits) if limits else None
 
+    def iiif_image(self, ident: str) -> tuple[int, int, int, bool]:
+        """(width, height, level, upscales) of an id (ImageServer.iiif_images)."""
+        spec = self.server.app.iiif_images.get(ident, {})
+        w, h = spec.get("size", (IIIF_W, IIIF_H))
+        return w, h, spec.get("level", 2), spec.get("upscale", False)
+
+    def iiif_sizes(self, ident: str) -> list[tuple[int, int]]:
+        full_w, full_h, _level, _up = self.iiif_image(ident)
+        max_w = self.iiif_max_width(ident)
+        return [(full_w >> k, full_h >> k) for k in range(4, -1, -1)
+                if full_w >> k and (max_w is None or full_w >> k <= max_w)]
+
     def r_iiif_info(self, v: str, ident: str) -> None:
         app, max_w = self.server.app, self.iiif_max_width(ident)
         service = app.url(f"/iiif/{v}/{ident}")
-        sizes = [
-            {"width": IIIF_W >> k, "height": IIIF_H >> k}
-            for k in range(4, -1, -1)
-            if max_w is None or IIIF_W >> k <= max_w
-        ]
+        full_w, full_h, level, _up = self.iiif_image(ident)
+        sizes = [{"width": w, "height": h} for w, h in self.iiif_sizes(ident)]
         tiles = [{"width": 512, "height": 512, "scaleFactors": [1, 2, 4, 8, 16]}]
         if v == "2":
             extra: dict = {
@@ -736,17 +750,19 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 "qualities": ["default", "color"],
                 "supports": ["sizeByW", "sizeByH", "sizeByWh", "sizeByPct", "sizeAboveFull"],
             }
+            if level < 2:
+                del extra["supports"]
             if max_w is not None:
                 extra["maxWidth"] = max_w
             info: dict = {
                 "@context": "http://iiif.io/api/image/2/context.json",
                 "@id": service,
                 "protocol": "http://iiif.io/api/image",
-                "width": IIIF_W,
-                "height": IIIF_H,
+                "width": full_w,
+                "height": full_h,
                 "sizes": sizes,
                 "tiles": tiles,
-                "profile": ["http://iiif.io/api/image/2/level2.json", extra],
+                "profile": [f"http://iiif.io/api/image/2/level{level}.json", extra],
             }
             ctype = "application/json"
         else:
@@ -755,9 +771,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 "id": service,
                 "type": "ImageService3",
                 "protocol": "http://iiif.io/api/image",
-                "profile": "level2",
-                "width": IIIF_W,
-                "height": IIIF_H,
+                "profile": f"level{level}",
+                "width": full_w,
+                "height": full_h,
                 "sizes": sizes,
                 "tiles": tiles,
             }
@@ -775,7 +791,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             raise _HTTPError(400, "only rotation=0 is supported")
         if quality not in ("default", "color") or fmt != "jpg":
             raise _HTTPError(400, "only default|color .jpg is supported")
-        w, h = iiif_size(size, max_w=self.iiif_max_width(ident))
+        full_w, full_h, level, upscale = self.iiif_image(ident)
+        listed = {f"{w},{h}" if v == "3" else f"{w}," for w, h in self.iiif_sizes(ident)}
+        if level == 0 and size not in listed | {"full", "max"}:
+            raise _HTTPError(404, f"no file for size {size!r}")  # a static server
+        w, h = iiif_size(size, full_w, full_h, self.iiif_max_width(ident), upscale)
         self.send_bytes(200, image_bytes(ident, w, h), "image/jpeg",
                         (("Access-Control-Allow-Origin", "*"),))
 
@@ -907,6 +927,9 @@ class ImageServer:
         self.host, self.port = host, port
         # per-IIIF-id maxWidth; sizes wider than this answer 403 (see also ?maxw=)
         self.iiif_max_width: dict[str, int] = {}
+        # per-IIIF-id image: {"size": (w, h), "level": 0|1|2, "upscale": bool}; default
+        # 3000x4000, level 2, no upscaling (see iiif_image)
+        self.iiif_images: dict[str, dict] = {}
         # tracebacks of server-side bugs and handler errors (normally empty)
         self.errors: list[str] = []
         self._httpd: _Server | None = None

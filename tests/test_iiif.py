@@ -1,4 +1,4 @@
-"""IIIF manifests (real v2/v3 documents), info.json, request plans and rendering URLs."""
+"""IIIF manifests (real v2/v3 documents), info.json and rendering URLs (plans: test_iiif_plan)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from download_db.web import iiif
+from download_db.web import iiif, iiif_plan
 from download_db.web.iiif import ImageRef, ManifestError, ServiceInfo
 
 IIIF = Path(__file__).parent / "data" / "iiif"
@@ -30,18 +30,18 @@ def test_v2_harvard_service_object():
     assert refs == [ImageRef(
         service="https://ids.lib.harvard.edu/ids/iiif/11927378", version=2,
         body="https://ids.lib.harvard.edu/ids/iiif/11927378/full/full/0/default.jpg",
-        width=1024, height=833)]
+        width=1024, height=833, level=2)]
 
 
-def test_v2_harvard_plan_does_not_repeat_the_body():
+def urls(ref: ImageRef, target: int | None) -> list[str]:
+    return [r.url for r in iiif_plan.plan(iiif_plan.from_ref(ref), target, ref.body)]
+
+
+def test_v2_harvard_a_1024px_image_is_asked_for_whole_once():
     (ref,) = iiif.parse_manifest(load(HARVARD))
-    plan = iiif.request_plan(ref, 1024)
-    base = "https://ids.lib.harvard.edu/ids/iiif/11927378"
-    assert plan == [f"{base}/full/!1024,1024/0/default.jpg",
-                    f"{base}/full/!768,768/0/default.jpg",
-                    f"{base}/full/!512,512/0/default.jpg",
-                    f"{base}/full/full/0/default.jpg"]  # == body: listed once
-    assert len(plan) == len(set(plan))
+    # 1024x833 is no bigger than the target: full, which is also the body, asked once
+    assert urls(ref, 1024) == ["https://ids.lib.harvard.edu/ids/iiif/11927378/full/full/0/"
+                               "default.jpg"]
 
 
 def test_v3_ucla_uses_the_service_not_the_600px_body():
@@ -52,10 +52,10 @@ def test_v3_ucla_uses_the_service_not_the_600px_body():
     assert ref.body == f"{service}/full/600,/0/default.jpg"
     # the body has no size; the canvas gives it
     assert (ref.width, ref.height) == (4757, 7061)
-    plan = iiif.request_plan(ref, 2048)
-    assert plan[0] == f"{service}/full/!2048,2048/0/default.jpg"
-    assert plan[-2] == f"{service}/full/full/0/default.jpg"
-    assert plan[-1] == ref.body  # the small derivative only as a last resort
+    assert urls(ref, 2048) == [f"{service}/full/!2048,2048/0/default.jpg",
+                               f"{service}/full/1380,/0/default.jpg",  # 4757 * 2048 / 7061
+                               f"{service}/full/full/0/default.jpg",
+                               ref.body]  # the small derivative only as a last resort
 
 
 def test_v3_yale_two_canvases_in_order():
@@ -72,12 +72,10 @@ def test_v3_cookbook_image_service3():
     (ref,) = iiif.parse_manifest(load(COOKBOOK_0005))
     base = ("https://iiif.io/api/image/3.0/example/reference/"
             "918ecd18c2592080851777620de9bcb5-gottingen")
-    assert ref == ImageRef(base, 3, f"{base}/full/max/0/default.jpg", 4032, 3024)
-    plan = iiif.request_plan(ref, 1000)
-    assert plan == [f"{base}/full/!1000,1000/0/default.jpg",
-                    f"{base}/full/!750,750/0/default.jpg",
-                    f"{base}/full/!500,500/0/default.jpg",
-                    f"{base}/full/max/0/default.jpg"]  # v3 says max, and == body
+    assert ref == ImageRef(base, 3, f"{base}/full/max/0/default.jpg", 4032, 3024, level=1)
+    # level 1: w, from the known size, never !w,h; v3 says max, and max == body
+    assert urls(ref, 1000) == [f"{base}/full/1000,/0/default.jpg",
+                               f"{base}/full/max/0/default.jpg"]
 
 
 def test_v3_cookbook_canvas_without_painting_annotation_is_skipped():
@@ -97,58 +95,10 @@ def test_every_real_manifest_gives_a_plan_starting_at_the_service(path):
     assert refs
     for ref in refs:
         assert ref.service and not ref.service.endswith("/")
-        plan = iiif.request_plan(ref, 1024)
-        assert plan[0] == f"{ref.service}/full/!1024,1024/0/default.jpg"
+        plan = urls(ref, 1024)
+        assert plan[0].startswith(f"{ref.service}/full/")
         # every rendering we ask for points back at its service
         assert all(iiif.service_of_rendering(u) == ref.service for u in plan)
-
-
-# -- request_plan ----------------------------------------------------------------------
-
-
-def test_request_plan_order_and_step_downs():
-    ref = ImageRef("https://x.org/iiif/a", 2, "https://x.org/a.jpg")
-    assert iiif.request_plan(ref, 2000) == [
-        "https://x.org/iiif/a/full/!2000,2000/0/default.jpg",
-        "https://x.org/iiif/a/full/!1500,1500/0/default.jpg",
-        "https://x.org/iiif/a/full/!1000,1000/0/default.jpg",
-        "https://x.org/iiif/a/full/full/0/default.jpg",
-        "https://x.org/a.jpg",
-    ]
-
-
-@pytest.mark.parametrize(
-    ("target", "sizes"),
-    [(512, [512, 384, 256]), (400, [400, 300]), (300, [300]), (256, [256]), (100, [100])],
-)
-def test_request_plan_never_steps_below_256(target, sizes):
-    plan = iiif.request_plan(ImageRef("https://x/s", 3, None), target)
-    assert plan == [f"https://x/s/full/!{s},{s}/0/default.jpg" for s in sizes] + [
-        "https://x/s/full/max/0/default.jpg"]
-
-
-def test_request_plan_body_only_and_nothing():
-    assert iiif.request_plan(ImageRef(None, 2, "https://x/a.jpg"), 1024) == ["https://x/a.jpg"]
-    assert iiif.request_plan(ImageRef(None, 2, None), 1024) == []
-
-
-def test_max_width_caps_the_plan():
-    ref = ImageRef("https://x/s", 2, None)
-    info = ServiceInfo("https://x/s", 2, 6000, 9000, max_width=1200)
-    assert iiif.request_plan(ref, 2000, info) == [
-        "https://x/s/full/!1200,1200/0/default.jpg",  # 2000 and 1500 both capped: once
-        "https://x/s/full/!1000,1000/0/default.jpg",
-        "https://x/s/full/full/0/default.jpg",
-    ]
-    small = ServiceInfo("https://x/s", 2, max_width=400)
-    plan = iiif.request_plan(ref, 1024, small)
-    assert plan[0] == "https://x/s/full/!400,400/0/default.jpg"
-    assert len(plan) == 2  # 1024, 768 and 512 all capped to 400
-
-
-def test_size_param_and_image_url_are_version_independent():
-    assert iiif.size_param(800, 2) == iiif.size_param(800, 3) == "!800,800"
-    assert iiif.image_url("https://x/s/", "!8,8", 3) == "https://x/s/full/!8,8/0/default.jpg"
 
 
 # -- parse_info -------------------------------------------------------------------------------
@@ -168,7 +118,7 @@ def test_parse_info_v2_profile_list_with_limits():
     info = iiif.parse_info(doc, "https://fallback/x")
     assert info == ServiceInfo("https://iiif.example.org/iiif/E00699064", 2, 6000, 9000,
                                max_width=2000, max_height=None, max_area=4000000,
-                               sizes=[(1500, 2250), (375, 562)])
+                               sizes=[(1500, 2250), (375, 562)], level=2)
 
 
 def test_parse_info_v3_top_level_limits():
@@ -182,11 +132,7 @@ def test_parse_info_v3_top_level_limits():
     info = iiif.parse_info(doc, "https://fallback/x")
     assert (info.service, info.version) == ("https://iiif.example.org/iiif3/abc", 3)
     assert (info.width, info.height, info.max_width, info.max_height) == (4032, 3024, 1500, 1400)
-    ref = ImageRef(info.service, info.version, None)
-    # the !s,s box must fit maxHeight as well as maxWidth
-    assert iiif.request_plan(ref, 2048, info)[0] == (
-        "https://iiif.example.org/iiif3/abc/full/!1400,1400/0/default.jpg")
-    assert iiif.request_plan(ref, 2048, info)[-1].endswith("/full/max/0/default.jpg")
+    assert (info.level, info.features) == (1, frozenset())
 
 
 def test_parse_info_without_id_uses_fallback_and_defaults_to_v2():
@@ -250,15 +196,16 @@ def test_v2_oa_choice_uses_the_default():
                                     "profile": "http://iiif.io/api/image/2/level1.json"}},
             "item": [{"@id": "https://x/alt.jpg"}]}}]}]}]}
     (ref,) = iiif.parse_manifest(doc)
-    assert ref == ImageRef("https://x/def", 2, "https://x/def/full/full/0/default.jpg", 10, 20)
+    assert ref == ImageRef("https://x/def", 2, "https://x/def/full/full/0/default.jpg", 10, 20, 1)
 
 
 def test_info_json_as_body_id_becomes_the_service():
     (ref,) = iiif.parse_manifest(_v3({"id": "https://x/iiif/abc/info.json", "type": "Image"}))
     assert ref.service == "https://x/iiif/abc"
     assert ref.body is None
-    assert iiif.request_plan(ref, 300) == ["https://x/iiif/abc/full/!300,300/0/default.jpg",
-                                           "https://x/iiif/abc/full/full/0/default.jpg"]
+    assert urls(ref, 50) == ["https://x/iiif/abc/full/!50,50/0/default.jpg",  # level unknown
+                             "https://x/iiif/abc/full/25,/0/default.jpg",
+                             "https://x/iiif/abc/full/full/0/default.jpg"]
 
 
 def test_v3_service_preferred_over_v2_and_non_image_services_ignored():
@@ -321,3 +268,14 @@ def test_v2_only_first_sequence_and_junk_canvases_tolerated():
 )
 def test_service_of_rendering(url, service):
     assert iiif.service_of_rendering(url) == service
+
+
+def test_a_derivative_body_gives_way_to_the_canvas_size():
+    body = {"id": "https://x/iiif/a/full/600,/0/default.jpg", "type": "Image",
+            "width": 600, "height": 1200,
+            "service": [{"id": "https://x/iiif/a", "type": "ImageService3", "profile": "level2"}]}
+    (ref,) = iiif.parse_manifest(_v3(body, canvas_extra={"width": 3000, "height": 6000}))
+    assert (ref.width, ref.height, ref.level) == (3000, 6000, 2)
+    full = dict(body, id="https://x/iiif/a/full/max/0/default.jpg")
+    (ref,) = iiif.parse_manifest(_v3(full, canvas_extra={"width": 3000, "height": 6000}))
+    assert (ref.width, ref.height) == (600, 1200)  # the resource's own size wins

@@ -14,12 +14,10 @@ from ..db.claims import Item, Result
 from ..files import images, store
 from ..files.layout import image_dir
 from ..states import FAILED_PERMANENT, FAILED_TRANSIENT, FLAG_RAW, PENDING, SUCCESS
-from ..web import fetch, iiif, keys
+from ..web import fetch, iiif, iiif_plan, keys
 from ..web.fetch import FetchError
 from ..web.politeness import HostGate, Slot
 
-# IIIF servers refuse oversized renderings with these; the plan steps down.
-_STEP_DOWN = {400, 403, 413, 501}
 _JSON_ACCEPT = "application/ld+json, application/json;q=0.9, */*;q=0.1"
 _MAX_PACE_WAIT = 2.0  # wait this long for a rate token on a held host; defer beyond
 
@@ -122,8 +120,8 @@ class Worker:
             return self._resolve(self._json(url, held), url, held)
         service = iiif.service_of_rendering(url)
         if service and not self.cfg.keep_original:
-            ref = iiif.ImageRef(service, 2, url)
-            return self._plan(iiif.request_plan(ref, self.cfg.max_size)[:1] + [url], held)
+            # the target size first, then the URL as given (nothing in between)
+            return self._iiif(iiif.ServiceInfo(service, 2), held, body=url, first=True)
         r = self._get(url, held)
         if r.iiif_json:  # a manifest or info.json behind a URL that did not say so
             return self._resolve(self._parse_json(r.body), url, held)
@@ -136,29 +134,58 @@ class Worker:
                 refs = iiif.parse_manifest(doc)
                 if not refs:
                     raise _Failure("manifest_error", "manifest has no painted image")
-                return self._plan(iiif.request_plan(refs[0], self._target()), held)
+                ref = refs[0]
+                if ref.service is None:
+                    return self._get(ref.body or url, held).body
+                return self._iiif(iiif_plan.from_ref(ref), held, body=ref.body)
             info = iiif.parse_info(doc, url.rsplit("/", 1)[0])
         except iiif.ManifestError as e:
             raise _Failure("manifest_error", str(e)) from None
-        ref = iiif.ImageRef(info.service, info.version, None, info.width, info.height)
-        return self._plan(iiif.request_plan(ref, self._target(), info), held)
+        return self._iiif(info, held, read=True)
 
     def _target(self) -> int | None:
         return None if self.cfg.keep_original else self.cfg.max_size
 
-    def _plan(self, urls: list[str], held: dict[str, Slot]) -> bytes:
-        """Try IIIF renderings in order; step down only on 'too big' refusals."""
+    def _iiif(self, info: iiif.ServiceInfo, held: dict[str, Slot], body: str | None = None,
+              read: bool = False, first: bool = False) -> bytes:
+        """The image from its Image API service, planned from what is known of it
+        (read: from its info.json). The first refusal of a plan made without the
+        info.json (a refusal, or a 404 for a size it never promised) reads it and plans
+        again from what the service says it can do."""
+        reqs = iiif_plan.plan(info, self._target(), None if first else body)
+        if first and body:
+            reqs = reqs[:1] + [iiif_plan.Request(body, "", listed=True)]
+        tried: set[str] = set()
         last: FetchError | None = None
-        for u in urls:
+        i = 0
+        while i < len(reqs):
+            req, i = reqs[i], i + 1
+            if req.url in tried:
+                continue
+            tried.add(req.url)
             try:
-                return self._get(u, held).body
+                return self._get(req.url, held).body
             except FetchError as e:
                 last = e
-                if e.http_status in _STEP_DOWN:
+                if not read and iiif_plan.step_on(req, e.http_status, True):
+                    read = True
+                    better = self._info(info.service, held)
+                    if better is not None:
+                        reqs, i = iiif_plan.plan(better, self._target(), body), 0
+                        continue
+                if iiif_plan.step_on(req, e.http_status,
+                                     any(r.url not in tried for r in reqs[i:])):
                     continue
                 raise
         assert last is not None
         raise last
+
+    def _info(self, service: str, held: dict[str, Slot]) -> iiif.ServiceInfo | None:
+        """The service's info.json, or None if it cannot be had."""
+        try:
+            return iiif.parse_info(self._json(f"{service}/info.json", held), service)
+        except (FetchError, _Failure, iiif.ManifestError):
+            return None
 
     def _json(self, url: str, held: dict[str, Slot]):
         return self._parse_json(self._get(url, held, want_text=True).body)

@@ -1,4 +1,4 @@
-"""IIIF: read Presentation v2/v3 manifests and info.json, and build Image API requests (pure)."""
+"""IIIF: read Presentation v2/v3 manifests and Image API info.json (pure; planning in iiif_plan)."""
 
 from __future__ import annotations
 
@@ -20,10 +20,13 @@ class ImageRef:
     body: str | None  # direct image URL (may be a small derivative, or even info.json)
     width: int | None = None
     height: int | None = None
+    level: int | None = None  # compliance level the service's profile names, if any
 
 
 @dataclass(frozen=True)
 class ServiceInfo:
+    """What an info.json (or a manifest's service entry) says the service can do."""
+
     service: str
     version: int
     width: int | None = None
@@ -32,6 +35,9 @@ class ServiceInfo:
     max_height: int | None = None
     max_area: int | None = None
     sizes: list[tuple[int, int]] = field(default_factory=list)
+    level: int | None = None  # compliance level 0-2; None when the profile names none
+    # size features beyond the level: 2.1 profile `supports`, 3.0 `extraFeatures`
+    features: frozenset[str] = frozenset()
 
 
 def _id(obj: Any) -> str | None:
@@ -65,9 +71,31 @@ def _version_of(svc: dict) -> int:
     return 2
 
 
-def _service(obj: dict) -> tuple[str | None, int]:
-    """The best Image API service of an image resource: v3 preferred over v2."""
-    best: tuple[str | None, int] = (None, 2)
+_LEVEL = re.compile(r"level([0-2])")
+
+
+def _level(doc: dict) -> int | None:
+    """The compliance level: the first profile entry naming one (2.1: a level URI first
+    in `profile`; 3.0: "level0".."level2"; 1.1's compliance.html#levelN matches too)."""
+    for p in _as_list(doc.get("profile")):
+        m = _LEVEL.search(p) if isinstance(p, str) else None
+        if m:
+            return int(m.group(1))
+    return None
+
+
+def _features(doc: dict) -> frozenset[str]:
+    out = {f for f in _as_list(doc.get("extraFeatures")) if isinstance(f, str)}
+    for p in _as_list(doc.get("profile")):
+        if isinstance(p, dict):
+            out.update(f for f in _as_list(p.get("supports")) if isinstance(f, str))
+    return frozenset(out)
+
+
+def _service(obj: dict) -> tuple[str | None, int, int | None]:
+    """The best Image API service of an image resource (v3 preferred over v2), its
+    version and the compliance level it names."""
+    best: tuple[str | None, int, int | None] = (None, 2, None)
     for svc in _as_list(obj.get("service")):
         if not isinstance(svc, dict):
             continue
@@ -79,12 +107,12 @@ def _service(obj: dict) -> tuple[str | None, int]:
             continue
         v = _version_of(svc)
         if best[0] is None or v > best[1]:
-            best = (sid.rstrip("/"), v)
+            best = (sid.rstrip("/"), v, _level(svc))
     return best
 
 
 def _ref(resource: dict) -> ImageRef | None:
-    service, version = _service(resource)
+    service, version, level = _service(resource)
     body = _id(resource)
     if body and body.rstrip("/").endswith("/info.json"):
         service = service or body.rstrip("/")[: -len("/info.json")]
@@ -92,7 +120,7 @@ def _ref(resource: dict) -> ImageRef | None:
     if not service and not body:
         return None
     return ImageRef(service, version, body, _int(resource.get("width")),
-                    _int(resource.get("height")))
+                    _int(resource.get("height")), level)
 
 
 def parse_manifest(doc: Any) -> list[ImageRef]:
@@ -134,9 +162,14 @@ def _choices(body: Any) -> list[dict]:
 
 
 def _sized(ref: ImageRef, canvas: dict) -> ImageRef:
-    if ref.width is None and _int(canvas.get("width")):
+    """The image's size: the resource's own, unless it has none or it is a smaller
+    rendering of the service (a body like .../full/600,/0/default.jpg gives the
+    derivative's size, not the service's); then the canvas's."""
+    derivative = bool(ref.body and service_of_rendering(ref.body)
+                      and not re.search(r"/full/(full|max)/", ref.body))
+    if (ref.width is None or derivative) and _int(canvas.get("width")):
         return ImageRef(ref.service, ref.version, ref.body, _int(canvas.get("width")),
-                        _int(canvas.get("height")))
+                        _int(canvas.get("height")), ref.level)
     return ref
 
 
@@ -185,39 +218,8 @@ def parse_info(doc: Any, fallback_id: str) -> ServiceInfo:
             sizes.append((int(s["width"]), int(s["height"])))
     return ServiceInfo(sid, version, _int(doc.get("width")), _int(doc.get("height")),
                        _int(limits.get("maxWidth")), _int(limits.get("maxHeight")),
-                       _int(limits.get("maxArea")), sorted(sizes, key=lambda wh: -max(wh)))
-
-
-def size_param(target: int, version: int) -> str:
-    """Best-fit size within target x target, same syntax in v2 and v3 (no upscaling)."""
-    return f"!{target},{target}"
-
-
-def image_url(service: str, size: str, version: int) -> str:
-    return f"{service.rstrip('/')}/full/{size}/0/default.jpg"
-
-
-def request_plan(ref: ImageRef, target: int | None, info: ServiceInfo | None = None) -> list[str]:
-    """URLs to try for one image, best first: the service at the target size,
-    then stepped-down sizes (for servers refusing large renderings with
-    400/403/413), then the service's full/max, then the body URL. target None:
-    the largest rendering (for keeping originals)."""
-    urls: list[str] = []
-    if ref.service and target is not None:
-        steps = [target] + [s for s in (target * 3 // 4, target // 2) if s >= 256]
-        if info:
-            # a "!s,s" box must fit every limit the server states
-            caps = [c for c in (info.max_width, info.max_height,
-                                int(info.max_area ** 0.5) if info.max_area else None) if c]
-            if caps:
-                steps = [min(s, min(caps)) for s in steps]
-        for s in dict.fromkeys(steps):
-            urls.append(image_url(ref.service, size_param(s, ref.version), ref.version))
-    if ref.service:
-        urls.append(image_url(ref.service, "max" if ref.version >= 3 else "full", ref.version))
-    if ref.body and ref.body not in urls:
-        urls.append(ref.body)
-    return urls
+                       _int(limits.get("maxArea")), sorted(sizes, key=lambda wh: -max(wh)),
+                       _level(doc), _features(doc))
 
 
 _RENDER = re.compile(r"^(?P<base>https?://.+?)/(full|square|\d+,\d+,\d+,\d+|pct:[^/]+)/[^/]+/"
