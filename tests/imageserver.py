@@ -40,6 +40,9 @@ size; ``?w=&h=`` override the default 1500x2000 size, one of them alone keeps 3:
                                         :attr:`ImageServer.iiif_images` sets an id's size,
                                         level (0: listed sizes only, others 404) and
                                         2.1-style upscaling of !w,h boxes
+``/photos/{id}/{size}.jpg``             iNaturalist-style renditions: original 2048 px long
+                                        edge, large 1024, medium 500, small 240, thumb 100
+                                        (3:4); ``ImageServer.gone_renditions`` fail
 ``/manifest/v{2|3}/{id}.json``          IIIF Presentation manifest (``?canvases=N``), also
                                         ``/manifest/v{2|3}/{id}/manifest``
 ``/manifest/bad.json``, ``/empty.json`` invalid JSON / a v3 manifest without canvases
@@ -83,6 +86,8 @@ JPEG_QUALITY = 85
 BOMB_SIDE = 30_000
 GZIP_BOMB_BYTES = 1 << 30
 MIB = 1 << 20
+# long edge of each /photos/ rendition (iNaturalist's names and sizes)
+PHOTO_SIZES = {"original": 2048, "large": 1024, "medium": 500, "small": 240, "thumb": 100}
 _ZEROS = bytes(MIB)
 
 # --------------------------------------------------------------------------------------
@@ -409,6 +414,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 r"/(?P<rotation>[^/]+)/(?P<quality>[^/.]+)\.(?P<fmt>[^/.]+)",
                 "r_iiif_image",
             ),
+            (r"/photos/(?P<pid>\d+)/(?P<size>[a-z]+)\.(?P<ext>jpe?g|png)", "r_photo"),
             (r"/manifest/bad\.json", "r_manifest_bad"),
             (r"/manifest/empty\.json", "r_manifest_empty"),
             (r"/manifest/v(?P<v>[23])/(?P<ident>[^/]+?)(?:\.json|/manifest)", "r_manifest"),
@@ -799,6 +805,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_bytes(200, image_bytes(ident, w, h), "image/jpeg",
                         (("Access-Control-Allow-Origin", "*"),))
 
+    def r_photo(self, pid: str, size: str, ext: str) -> None:
+        edge = PHOTO_SIZES.get(size)
+        if edge is None or size in self.server.app.gone_renditions:
+            # S3 answers 403 for a key that is not there, unless listing is allowed
+            raise _HTTPError(self.server.app.gone_renditions.get(size, 404),
+                             f"no {size} rendition")
+        fmt = "png" if ext == "png" else "jpeg"
+        self.send_bytes(200, image_bytes(f"photo{pid}", edge * 3 // 4, edge, fmt),
+                        f"image/{fmt}")
+
     # IIIF Presentation ----------------------------------------------------------------
 
     def _canvas_ids(self, ident: str) -> list[str]:
@@ -930,6 +946,8 @@ class ImageServer:
         # per-IIIF-id image: {"size": (w, h), "level": 0|1|2, "upscale": bool}; default
         # 3000x4000, level 2, no upscaling (see iiif_image)
         self.iiif_images: dict[str, dict] = {}
+        # /photos/ rendition name -> the status it answers (an original without renditions)
+        self.gone_renditions: dict[str, int] = {}
         # tracebacks of server-side bugs and handler errors (normally empty)
         self.errors: list[str] = []
         self._httpd: _Server | None = None

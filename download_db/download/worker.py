@@ -14,7 +14,7 @@ from ..db.claims import Item, Result
 from ..files import images, store
 from ..files.layout import image_dir
 from ..states import FAILED_PERMANENT, FAILED_TRANSIENT, FLAG_RAW, PENDING, SUCCESS
-from ..web import fetch, iiif, iiif_plan, keys
+from ..web import fetch, iiif, iiif_plan, keys, renditions
 from ..web.fetch import FetchError
 from ..web.politeness import HostGate, Slot
 
@@ -122,10 +122,22 @@ class Worker:
         if service and not self.cfg.keep_original:
             # the target size first, then the URL as given (nothing in between)
             return self._iiif(iiif.ServiceInfo(service, 2), held, body=url, first=True)
-        r = self._get(url, held)
+        r = self._direct(url, held)
         if r.iiif_json:  # a manifest or info.json behind a URL that did not say so
             return self._resolve(self._parse_json(r.body), url, held)
         return r.body
+
+    def _direct(self, url: str, held: dict[str, Slot]) -> fetch.Response:
+        """A direct image URL; first the smaller rendition a rule knows of, if one
+        covers the target (web/renditions.py), falling back when it is not there."""
+        *smaller, _ = renditions.candidates(url, self._target())
+        for u in smaller:
+            try:
+                return self._get(u, held)
+            except FetchError as e:
+                if e.http_status not in renditions.FALL_BACK:
+                    raise
+        return self._get(url, held)
 
     def _resolve(self, doc, url: str, held: dict[str, Slot]) -> bytes:
         """The image behind a IIIF manifest or info.json document."""
