@@ -26,7 +26,6 @@ COMMANDS: tuple[str, ...] = (
     "check",
     "hash",
     "dedupe",
-    "verify",
 )
 
 EXAMPLES = f"""\

@@ -1,1 +1,0 @@
-"""Upkeep: keep a finished collection true (verify, revisit failures, convert raws, derive)."""
