@@ -50,6 +50,7 @@ class InitConfig:
     bar: bool | None = None  # None: a bar only when stdout is a terminal
     force: bool = False  # write the main DB even if array tasks may still be writing
     occurrence: Path | None = None  # occurrence.txt of an unpacked DwC-A (citation data)
+    legacy_verify: bool = True  # decode each legacy file (False: --no-verify, flag it instead)
 
     def validate(self) -> InitConfig:
         if self.mode in (MODE_BUILD, MODE_RESET) and self.multimedia is None and not (
@@ -117,8 +118,6 @@ class DownloadConfig:
     lease: float = DEFAULT_LEASE
     wait_for_retries: float = 300.0
     lock_dir: Path | None = None
-    # per-host limits over the shipped policy (web/policy.py, docs/host-policy.md)
-    host_policy: Path | None = None
     progress_every: float = 10.0
     bar: bool | None = None
     # Slack incoming webhook (SLACK_WEBHOOK_URL); a secret, so kept out of repr()
@@ -160,8 +159,4 @@ class DownloadConfig:
             if not ok:
                 raise UsageError(msg)
         check_webhook_url(self.slack_webhook_url)
-        if self.host_policy is not None:  # a bad file stops the run before it starts
-            from .web.policy import HostLimits, load
-
-            load(self.host_policy, HostLimits())
         return self

@@ -21,6 +21,16 @@ GBIF_STATUSES = (GBIF_PENDING, GBIF_PARTIAL, GBIF_DONE, GBIF_FAILED)
 # Flags carried in error_type on success rows.
 FLAG_LEGACY = "legacy_unverified_index"
 FLAG_RAW = "raw_unprocessed"
+# A legacy file that does not decode (ingest/legacy.py): its image is left pending.
+LEGACY_INVALID = "legacy_invalid"
+
+# Error types verify (upkeep/verify.py) gives a saved image it sends back to pending:
+# the file is gone, or is not the file recorded (size, sha256), or does not decode.
+VERIFY_MISSING = "file_missing"
+VERIFY_SIZE = "file_size_changed"
+VERIFY_HASH = "file_hash_changed"
+VERIFY_UNDECODABLE = "file_undecodable"
+VERIFY_ERRORS = (VERIFY_MISSING, VERIFY_SIZE, VERIFY_HASH, VERIFY_UNDECODABLE)
 
 # Error types worth another attempt (with backoff, within the attempts budget);
 # every other error_type is permanent.

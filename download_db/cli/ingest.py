@@ -61,12 +61,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     mode.add_argument("--merge-only", action="store_true",
                       help="only fold finished array tasks' result databases into the database "
                            "and leave it ready for the next array; same as the merge command")
+    p.add_argument("--no-verify", action="store_true",
+                   help="legacy import: adopt files without decoding them (fast; flagged "
+                        "legacy_unverified_index)")
     add_force(p)
     add_max_attempts(p)
     p.add_argument("--chunk-mb", type=int, default=8, metavar="MB",
                    help="input read size per chunk; memory use grows with it (default: 8)")
     p.add_argument("--workers", type=int, default=2, metavar="N",
-                   help="parse/transform threads (default: 2)")
+                   help="parse/transform threads, and processes decoding legacy files "
+                        "(default: 2)")
     common.add_progress(p, 10.0)
     common.add_debug(p)
 
@@ -91,7 +95,7 @@ def config(a: argparse.Namespace) -> InitConfig:
                       processed_file=a.processed_file, failed_file=a.failed_file, mode=mode,
                       max_attempts=a.max_attempts, chunk_mb=a.chunk_mb, workers=a.workers,
                       progress_every=a.progress_every, bar=common.bar(a), force=a.force,
-                      occurrence=a.occurrence)
+                      occurrence=a.occurrence, legacy_verify=not a.no_verify)
 
 
 def run(a: argparse.Namespace) -> int:

@@ -26,6 +26,7 @@ COMMANDS: tuple[str, ...] = (
     "check",
     "hash",
     "dedupe",
+    "verify",
 )
 
 EXAMPLES = f"""\

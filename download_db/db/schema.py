@@ -48,7 +48,8 @@ _TABLES = [
         phash           INTEGER,
         dhash           INTEGER,
         dup_group       INTEGER,
-        near_group      INTEGER
+        near_group      INTEGER,
+        last_checked    REAL
     )""",
     """CREATE TABLE IF NOT EXISTS gbif_ids (
         gbif_id      INTEGER PRIMARY KEY,
@@ -128,6 +129,11 @@ INDEX_CLAIMED = (
 )
 POST_LOAD_INDEXES = (INDEX_GBIF_IMAGE, INDEX_TODO, INDEX_CLAIMED)
 INDEX_GBIF_STATUS = "CREATE INDEX IF NOT EXISTS gbif_ids_status ON gbif_ids(status)"
+# verify's walk (upkeep/verify.py): saved images, never checked (NULL) first, then
+# oldest check first. Partial on success: it holds only saved images, and a fresh
+# load (all pending) pays nothing for it.
+INDEX_CHECKED = ("CREATE INDEX IF NOT EXISTS images_checked ON images(last_checked) "
+                 "WHERE status = 'success'")
 
 
 def _migrate_v2(conn: sqlite3.Connection) -> None:
@@ -156,6 +162,8 @@ MIGRATIONS: dict[int, list[str | Callable[[sqlite3.Connection], None]]] = {
     # duplicate groups (identity/dedupe.py): smallest image_id of the group, NULL alone
     6: ["ALTER TABLE images ADD COLUMN dup_group INTEGER",
         "ALTER TABLE images ADD COLUMN near_group INTEGER"],
+    # when verify last found the file sound (upkeep/verify.py); one scan builds the index
+    7: ["ALTER TABLE images ADD COLUMN last_checked REAL", INDEX_CHECKED],
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -168,6 +176,7 @@ def create_schema(conn: sqlite3.Connection) -> None:
         for ddl in [*_TABLES, *TALLY_TABLES, array_plans.DDL, occurrences.DDL]:
             conn.execute(ddl)
         conn.execute(INDEX_GBIF_STATUS)
+        conn.execute(INDEX_CHECKED)
         conn.execute(
             "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
             (str(SCHEMA_VERSION),),

@@ -61,7 +61,7 @@ def fetch_all(run: Run) -> dict:
                           user_agent=cfg.user_agent)
     crew = _Crew(WorkerConfig(writer.root, limits, cfg.max_size, cfg.jpeg_quality,
                               cfg.keep_original, cfg.max_pixels),
-                 fetch.new_session(limits, pool_size=run.gate.most_at_once()),
+                 fetch.new_session(limits, pool_size=cfg.per_host_concurrency),
                  Scheduler(writer, run.gate, run.hosts, per_host=cfg.per_host_concurrency,
                            stop=stop, max_items=cfg.max_images,
                            wait_for_retries=cfg.wait_for_retries))

@@ -102,7 +102,7 @@ def _run(cfg: InitConfig, out: TextIO | None, stop: threading.Event) -> dict:
             counts["occurrences"] = asdict(occurrences.load(conn, occ, ctx))
         if cfg.processed_file is not None and cfg.mode not in (MODE_FINALIZE, MODE_MERGE):
             lst = import_legacy(conn, cfg.install_path, cfg.processed_file, cfg.failed_file,
-                                ctx)
+                                ctx, verify=cfg.legacy_verify, workers=cfg.workers)
             counts["legacy"] = _legacy_summary(lst, out)
         # A fresh build has every gbifID pending by construction: nothing to roll up.
         if cfg.mode not in (MODE_BUILD, MODE_RESET, MODE_MERGE) or "legacy" in counts:
@@ -192,6 +192,9 @@ def _legacy_summary(st: LegacyStats, out: TextIO | None) -> dict:
         f"{st.relabeled:,} already renamed, {st.already:,} already imported, "
         f"{st.missing:,} missing on disk (left pending), {st.unknown:,} not in this database, "
         f"{st.not_numeric:,} not a gbifID", out)
+    if st.verified or st.invalid:
+        say(f"legacy: {st.verified:,} files decoded and recorded, {st.invalid:,} unusable "
+            "(left pending as legacy_invalid, for the download to fetch)", out)
     if st.failed_listed:
         say(f"legacy: {st.failed_listed:,} failed IDs ({st.failed_known:,} in this database) "
             "stay pending for a fresh, tracked retry", out)

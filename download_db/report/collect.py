@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from ..arrays.plan import task_dbs, tasks_dir_for
-from ..db import connection, runs
+from ..db import connection, runs, upkeep
 from ..db import hosts as host_table
 from ..db.connection import READ_ERRORS, retry_locked
 from ..db.schema import SCHEMA_VERSION, schema_version
@@ -131,8 +131,15 @@ def _collect(conn: sqlite3.Connection, now: float, tasks: list[dict]) -> dict:
         "hosts_cooling_down": _cooling(states, now, hosts),
         "hosts_quarantined": _quarantined(states, per, hosts),
         "history": _history(activity),
+        "verify": _verify(conn),
         "notes": NOTES,
     }
+
+
+def _verify(conn: sqlite3.Connection) -> dict:
+    """When the saved files were last checked by verify (two index seeks)."""
+    never, oldest = upkeep.oldest_check(conn)
+    return {"any_never_checked": never, "oldest_check": oldest}
 
 
 def _pct(part: int, total: int) -> float:

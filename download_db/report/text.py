@@ -51,6 +51,11 @@ def render_text(d: dict) -> str:
     out.append(f"  legacy imports, unverified (legacy_unverified_index): "
                f"{im['legacy_unverified']:,}")
     out.append(f"  saved: {human_bytes(im['bytes_saved'])}")
+    v = d["verify"]
+    if v["any_never_checked"]:
+        out.append("  verified: some saved files never (gbif-download-db verify)")
+    elif v["oldest_check"] is not None:
+        out.append(f"  verified: every saved file since {when(v['oldest_check'])}")
 
     t = d["throughput"]
     _section(out, "THROUGHPUT")

@@ -1,0 +1,65 @@
+"""`gbif-download-db verify`: flags -> the verify stage (upkeep/verify.py)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..config import DEFAULT_INSTALL
+from . import common
+
+HELP = "check saved files (oldest check first) and requeue missing or corrupt ones"
+DESCRIPTION = ("Walk the saved images, never-checked first, then oldest check first "
+               "(images.last_checked): the file must exist with its recorded size; with --hash "
+               "its recorded sha256, with --decode it must decode. A missing or unsound file "
+               "goes back to pending with a fresh attempts budget (error_type file_missing, "
+               "file_size_changed, file_hash_changed or file_undecodable) and is removed, so "
+               "the next download fetches it again. Runs beside a download; kill it at any "
+               "time and run it again to continue.")
+EXAMPLES = """\
+examples:
+  sizes only (a stat per file), at most 2 hours:
+    {prog} --db /data/download_status.db --install-path /data/images --max-runtime 7200
+  a full check, gentle on a shared filesystem:
+    {prog} --hash --decode --max-mb-per-s 50
+  what was not checked for 30 days, in 4 processes on the database's host:
+    for k in 1 2 3 4; do {prog} --older-than 30 --shard $k/4 & done; wait
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    common.add_db(p)
+    p.add_argument("--install-path", type=Path, default=Path(DEFAULT_INSTALL), metavar="PATH",
+                   help=f"image root the files were saved under (default: ./{DEFAULT_INSTALL})")
+    p.add_argument("--hash", action="store_true",
+                   help="also compare each file's sha256 with the recorded one (reads it)")
+    p.add_argument("--decode", action="store_true",
+                   help="also decode each file (reads it)")
+    p.add_argument("--older-than", type=float, default=0.0, metavar="DAYS",
+                   help="only files not checked in the last DAYS days (default: 0, every "
+                        "file not checked since this run started)")
+    p.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="check at most N files")
+    p.add_argument("--max-runtime", type=float, default=None, metavar="SECONDS",
+                   help="stop cleanly after this long (run again to continue)")
+    p.add_argument("--max-mb-per-s", type=float, default=0.0, metavar="MB",
+                   help="read at most MB megabytes per second with --hash/--decode "
+                        "(default: 0, no limit)")
+    p.add_argument("--threads", type=int, default=8, metavar="N",
+                   help="files checked at once (default: 8)")
+    p.add_argument("--shard", default="", metavar="K/N",
+                   help="check only share K of N (image_id modulo N), for N processes on the "
+                        "database's host")
+    common.add_progress(p, 10.0)
+    common.add_debug(p)
+
+
+def run(a: argparse.Namespace) -> int:
+    from ..upkeep.verify import VerifyConfig, run_verify
+
+    run_verify(VerifyConfig(db=a.db, install_path=a.install_path, hash=a.hash, decode=a.decode,
+                            limit=a.limit, max_runtime=a.max_runtime,
+                            max_mb_per_s=a.max_mb_per_s, older_than_days=a.older_than,
+                            threads=a.threads, shard=a.shard, bar=common.bar(a),
+                            progress_every=a.progress_every))
+    return 0

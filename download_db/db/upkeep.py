@@ -1,0 +1,83 @@
+"""Upkeep SQL over images: verify's walk by last_checked, requeueing saved images."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .sqlite import sqlite3
+
+# Two walks, each an index seek on images_checked (partial on status = 'success'):
+# never-checked images (last_checked IS NULL, an equality on the index, then rowid
+# order), then those checked before the cutoff, oldest first. One query with an OR
+# would sort, and a filter instead of a range would walk the whole index once the
+# pass is nearly done. ``shard``: image_id % :n = :k (processes sharing one host).
+_COLUMNS = "image_id, gbif_id, file_path, file_size, sha256, error_type, last_checked"
+_NEVER = (f"SELECT {_COLUMNS} FROM images INDEXED BY images_checked "
+          "WHERE status = 'success' AND last_checked IS NULL AND image_id > :after {shard} "
+          "ORDER BY image_id LIMIT :limit")
+_OLDER = (f"SELECT {_COLUMNS} FROM images INDEXED BY images_checked "
+          "WHERE status = 'success' AND last_checked < :cutoff {shard} "
+          "ORDER BY last_checked, image_id LIMIT :limit")
+_SHARD = "AND image_id % :n = :k"
+
+
+@dataclass(frozen=True)
+class Saved:
+    """A saved image as verify reads it."""
+
+    image_id: int
+    gbif_id: int
+    file_path: str | None
+    file_size: int | None
+    sha256: str | None
+    error_type: str | None  # a flag (raw_unprocessed, legacy_unverified_index) or NULL
+    last_checked: float | None
+
+
+def to_check(conn: sqlite3.Connection, cutoff: float, limit: int, *, after: int = -1,
+             shard: tuple[int, int] | None = None) -> list[Saved]:
+    """The next ``limit`` saved images due a check: never checked (image_id above
+    ``after``) first, then last checked before ``cutoff``, oldest first."""
+    cond = _SHARD if shard else ""
+    args = {"after": after, "cutoff": cutoff, "limit": limit,
+            "k": shard[0] - 1 if shard else 0, "n": shard[1] if shard else 1}
+    rows = conn.execute(_NEVER.format(shard=cond), args).fetchall()
+    if len(rows) < limit:
+        args["limit"] = limit - len(rows)
+        rows += conn.execute(_OLDER.format(shard=cond), args).fetchall()
+    return [Saved(*r) for r in rows]
+
+
+def mark_checked(conn: sqlite3.Connection, image_ids: Iterable[int], now: float) -> int:
+    """Record a sound check (inside the caller's transaction). Only rows still saved:
+    an image requeued meanwhile keeps its new state."""
+    cur = conn.execute("UPDATE images SET last_checked = ? WHERE status = 'success' "
+                       "AND image_id IN (SELECT value FROM json_each(?))",
+                       (now, json.dumps(list(image_ids))))
+    return max(cur.rowcount, 0)
+
+
+def requeue(conn: sqlite3.Connection, bad: Iterable[tuple[int, str, str]], now: float) -> int:
+    """Saved images whose file is gone or unsound go back to pending with a fresh
+    attempts budget; error_type/error_detail say why (inside the caller's transaction;
+    the caller rolls the gbifIDs up). ``bad``: (image_id, error_type, detail)."""
+    cur = conn.executemany(
+        "UPDATE images SET status = 'pending', attempts = 0, next_attempt_at = 0, "
+        "error_type = ?, error_detail = ?, http_status = NULL, file_path = NULL, "
+        "file_size = NULL, sha256 = NULL, width = NULL, height = NULL, phash = NULL, "
+        "dhash = NULL, last_checked = ? WHERE image_id = ? AND status = 'success' "
+        "AND claimed_by IS NULL",
+        [(etype, detail[:2000], now, image_id) for image_id, etype, detail in bad])
+    return max(cur.rowcount, 0)
+
+
+def oldest_check(conn: sqlite3.Connection) -> tuple[bool, float | None]:
+    """(any saved image never checked, the oldest check among the others): two
+    index seeks, for the report."""
+    never = conn.execute("SELECT 1 FROM images INDEXED BY images_checked WHERE "
+                         "status = 'success' AND last_checked IS NULL LIMIT 1").fetchone()
+    oldest = conn.execute("SELECT min(last_checked) FROM images INDEXED BY images_checked "
+                          "WHERE status = 'success' AND last_checked IS NOT NULL").fetchone()
+    return never is not None, oldest[0] if oldest else None

@@ -1,0 +1,1 @@
+"""Upkeep: keep a finished collection true (verify, revisit failures, convert raws, derive)."""

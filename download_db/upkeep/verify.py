@@ -1,0 +1,280 @@
+"""The verify stage: walk saved files oldest check first; requeue missing or unsound ones."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from PIL import Image
+
+from ..arrays.plan import Shard, parse_shard
+from ..db import gbif_ids, runs, upkeep
+from ..db.connection import connect, retry_locked, transaction
+from ..db.schema import migrate
+from ..db.sqlite import sqlite3
+from ..db.stagelock import stage_lock
+from ..errors import DownloadDbError, Interrupted, UsageError
+from ..progress import RunContext
+from ..signals import stop_on_signals
+from ..states import (
+    DEFAULT_MAX_ATTEMPTS,
+    VERIFY_HASH,
+    VERIFY_MISSING,
+    VERIFY_SIZE,
+    VERIFY_UNDECODABLE,
+)
+from ..web import sniff
+from .throttle import Throttle
+
+BATCH = 10_000  # images per read and per commit: bounds memory and what a kill redoes
+READ_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    db: Path
+    install_path: Path
+    hash: bool = False  # compare the recorded sha256 (reads every byte)
+    decode: bool = False  # decode the file (reads every byte)
+    limit: int | None = None  # check at most this many files
+    max_runtime: float | None = None  # seconds, then stop cleanly
+    max_mb_per_s: float = 0.0  # I/O budget for reads (0: none); stats are not counted
+    older_than_days: float = 0.0  # only files not checked in this many days (0: all)
+    threads: int = 8  # files checked at once (a shared filesystem's latency hides behind them)
+    batch: int = BATCH
+    shard: str = ""  # "K/N": this process's share (processes on the database's host)
+    bar: bool | None = None
+    progress_every: float = 10.0
+
+    def validate(self) -> VerifyConfig:
+        if not self.db.is_file():
+            raise UsageError(f"--db {self.db}: no such database")
+        if not self.install_path.is_dir():
+            raise UsageError(f"--install-path {self.install_path}: no such directory")
+        checks = [
+            (self.limit is None or self.limit >= 1, "--limit must be at least 1"),
+            (self.max_runtime is None or self.max_runtime > 0, "--max-runtime must be positive"),
+            (self.max_mb_per_s >= 0, "--max-mb-per-s must be >= 0 (0 = no limit)"),
+            (self.older_than_days >= 0, "--older-than must be >= 0 days"),
+            (1 <= self.threads <= 256, "--threads must be between 1 and 256"),
+            (1 <= self.batch <= 100_000, "--batch must be between 1 and 100000"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise UsageError(msg)
+        if self.shard:
+            parse_shard(self.shard)
+        return self
+
+
+@dataclass
+class VerifyStats:
+    checked: int = 0
+    sound: int = 0
+    requeued: dict[str, int] = field(default_factory=dict)  # by reason (error_type)
+    bytes_read: int = 0
+    throttled_s: float = 0.0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return {"checked": self.checked, "sound": self.sound, "requeued": dict(self.requeued),
+                "bytes_read": self.bytes_read, "throttled_s": round(self.throttled_s, 1),
+                "seconds": round(self.seconds, 2)}
+
+
+# --- one file ---------------------------------------------------------------------
+def undecodable(data: bytes) -> str | None:
+    """Why these bytes do not decode as an image, or None when they do (pure). JPEGs
+    decode in draft mode (DCT scaling still reads every entropy-coded byte)."""
+    fmt = sniff.image_format(data[:4096])
+    if fmt in sniff.RAW_FORMATS:
+        try:
+            import rawpy  # lazily: few collections hold raws
+
+            with rawpy.imread(io.BytesIO(data)) as raw:
+                raw.raw_image_visible.shape  # noqa: B018 - unpacks the sensor data
+        except Exception as e:  # noqa: BLE001 - LibRaw raises many types; any means unsound
+            return f"camera raw does not decode: {type(e).__name__}: {e}"
+        return None
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if im.format == "JPEG":
+                w, h = im.size
+                im.draft("RGB", (max(1, w // 8), max(1, h // 8)))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                im.load()
+    except Exception as e:  # noqa: BLE001 - whatever Pillow raises, the file is unsound
+        return f"does not decode: {type(e).__name__}: {e}"
+    return None
+
+
+def check(root: Path, s: upkeep.Saved, *, want_hash: bool, want_decode: bool,
+          throttle: Throttle) -> tuple[str, str, int] | None:
+    """(error_type, detail, bytes read) of an unsound file, None for a sound one (with
+    the bytes read in ``throttle``'s books). Flagged legacy files have no sha256 to
+    compare: their size and, with --decode, their decoding are checked."""
+    if not s.file_path:
+        return VERIFY_MISSING, "saved image without a file path", 0
+    path = root / s.file_path
+    try:
+        size = os.stat(path).st_size
+    except FileNotFoundError:
+        return VERIFY_MISSING, f"file not found: {s.file_path}", 0
+    except OSError as e:
+        return VERIFY_MISSING, f"cannot stat {s.file_path}: {e.strerror}", 0
+    if s.file_size is not None and size != s.file_size:
+        return VERIFY_SIZE, f"{s.file_path} is {size:,} bytes, {s.file_size:,} recorded", 0
+    want_hash = want_hash and s.sha256 is not None
+    if not (want_hash or want_decode):
+        return None
+    throttle.take(size)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        return VERIFY_MISSING, f"cannot read {s.file_path}: {e.strerror}", 0
+    if want_hash and hashlib.sha256(data).hexdigest() != s.sha256:
+        return VERIFY_HASH, f"{s.file_path}: sha256 differs from the one recorded", len(data)
+    if want_decode:
+        why = undecodable(data)
+        if why:
+            return VERIFY_UNDECODABLE, f"{s.file_path}: {why}"[:2000], len(data)
+    return None
+
+
+# --- the stage ----------------------------------------------------------------------
+def run_verify(cfg: VerifyConfig, out: TextIO | None = None) -> VerifyStats:
+    """Check saved files, never-checked then oldest-checked first; resumable (the order
+    is the state: a checked file moves to the end), recorded in runs as 'verify'.
+    Runs beside downloads (shared stage lock, short transactions)."""
+    cfg.validate()
+    with stage_lock(cfg.db, exclusive=False, what="gbif-download-db verify"), \
+            stop_on_signals() as stop:
+        ctx = RunContext(out=out, bar=cfg.bar, every=cfg.progress_every, stop=stop)
+        conn = connect(cfg.db)
+        try:
+            migrate(conn)
+            return _run(conn, cfg, ctx)
+        finally:
+            conn.close()
+
+
+def _run(conn: sqlite3.Connection, cfg: VerifyConfig, ctx: RunContext) -> VerifyStats:
+    t0 = time.monotonic()
+    start = time.time()
+    cutoff = start - cfg.older_than_days * 86400 if cfg.older_than_days else start
+    shard: Shard | None = parse_shard(cfg.shard) if cfg.shard else None
+    st = VerifyStats()
+    throttle = Throttle(cfg.max_mb_per_s * 1e6)
+    run_id = runs.start_run(conn, "verify")
+    saved = conn.execute("SELECT coalesce(sum(n), 0) FROM image_tally WHERE status = 'success'"
+                         ).fetchone()[0]
+    total = min(saved, cfg.limit) if cfg.limit else saved
+    what = "+".join(["size", *(["sha256"] if cfg.hash else []),
+                     *(["decode"] if cfg.decode else [])])
+    ctx.say(f"verify: up to {total:,} of {saved:,} saved files under {cfg.install_path} "
+            f"({what}{f', shard {shard}' if shard else ''})")
+    progress = ctx.progress("verify", total, item="files", counting=True)
+    pool = ThreadPoolExecutor(cfg.threads) if cfg.threads > 1 else None
+    after = -1
+    try:
+        while cfg.limit is None or st.checked < cfg.limit:
+            if cfg.max_runtime is not None and time.monotonic() - t0 >= cfg.max_runtime:
+                ctx.say("verify: --max-runtime reached; run again to continue")
+                break
+            n = cfg.batch if cfg.limit is None else min(cfg.batch, cfg.limit - st.checked)
+            rows = upkeep.to_check(conn, cutoff, n, after=after,
+                                   shard=(shard.index, shard.count) if shard else None)
+            if not rows:
+                break
+            never = [r.image_id for r in rows if r.last_checked is None]
+            after = max(never) if never else after
+            verdicts = _check_all(cfg, rows, throttle, pool)
+            _record(conn, cfg, run_id, rows, verdicts, st)
+            progress.update(progress.done_bytes + len(rows), len(rows))
+            ctx.check_stop()
+    except (KeyboardInterrupt, Interrupted):
+        st.seconds = time.monotonic() - t0
+        runs.finish_run(conn, run_id, runs.INTERRUPTED, st.as_dict(), "stopped by a signal")
+        raise Interrupted("stopped by a signal; run the same command again to continue") from None
+    except (DownloadDbError, sqlite3.Error, OSError) as e:
+        runs.finish_run(conn, run_id, runs.FAILED, st.as_dict(), f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        progress.close()
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    st.throttled_s = throttle.slept
+    st.seconds = time.monotonic() - t0
+    runs.finish_run(conn, run_id, runs.OK, st.as_dict())
+    bad = ", ".join(f"{k} {v:,}" for k, v in sorted(st.requeued.items())) or "none"
+    ctx.say(f"verify: {st.checked:,} files checked, {st.sound:,} sound, requeued: {bad}; "
+            f"{st.bytes_read / 1e6:,.1f} MB read in {st.seconds:.1f}s")
+    return st
+
+
+def _check_all(cfg: VerifyConfig, rows: list[upkeep.Saved], throttle: Throttle,
+               pool: ThreadPoolExecutor | None) -> list[tuple[str, str, int] | None]:
+    """Verdicts in row order; threads take contiguous slices (one task per slice, not
+    per file: a stat is microseconds, a task hand-off is not much less)."""
+    def part(sl: list[upkeep.Saved]) -> list[tuple[str, str, int] | None]:
+        return [check(cfg.install_path, s, want_hash=cfg.hash, want_decode=cfg.decode,
+                      throttle=throttle) for s in sl]
+    if pool is None:
+        return part(rows)
+    step = -(-len(rows) // cfg.threads)
+    return [v for vs in pool.map(part, [rows[i:i + step] for i in range(0, len(rows), step)])
+            for v in vs]
+
+
+def _record(conn: sqlite3.Connection, cfg: VerifyConfig, run_id: int,
+            rows: list[upkeep.Saved], verdicts: list, st: VerifyStats) -> None:
+    """One transaction per batch: sound files get last_checked, unsound ones go back
+    to pending (and their gbifIDs roll up); then the unsound files still on disk are
+    removed, so that the downloader fetches them again instead of adopting them."""
+    now = time.time()
+    sound = [r.image_id for r, v in zip(rows, verdicts, strict=True) if v is None]
+    bad = [(r, v) for r, v in zip(rows, verdicts, strict=True) if v is not None]
+    requeued: list[tuple[upkeep.Saved, str]] = []
+
+    def txn() -> None:
+        requeued.clear()
+        with transaction(conn):
+            held = []  # a success awaiting its rename (claimed): in flux, next pass
+            for r, (etype, detail, _) in bad:
+                if upkeep.requeue(conn, [(r.image_id, etype, detail)], now):
+                    requeued.append((r, etype))
+                else:
+                    held.append(r.image_id)
+            upkeep.mark_checked(conn, sound + held, now)
+            if requeued:
+                gbif_ids.rollup(conn, {r.gbif_id for r, _ in requeued},
+                                max_attempts=DEFAULT_MAX_ATTEMPTS, now=now)
+            counts = st.as_dict()
+            counts["checked"] += len(rows)
+            runs.heartbeat(conn, run_id, counts)
+
+    retry_locked(txn)
+    for r, etype in requeued:
+        st.requeued[etype] = st.requeued.get(etype, 0) + 1
+        if etype != VERIFY_MISSING and r.file_path:
+            (cfg.install_path / r.file_path).unlink(missing_ok=True)
+    st.checked += len(rows)
+    st.sound += len(sound)
+    st.bytes_read += sum(v[2] for v in verdicts if v is not None)
+    st.bytes_read += _sound_bytes(cfg, rows, verdicts)
+
+
+def _sound_bytes(cfg: VerifyConfig, rows: list[upkeep.Saved], verdicts: list) -> int:
+    """Bytes read for sound files (their recorded size) when the check read them."""
+    if not (cfg.hash or cfg.decode):
+        return 0
+    return sum(r.file_size or 0 for r, v in zip(rows, verdicts, strict=True)
+               if v is None and (cfg.decode or r.sha256 is not None))
