@@ -124,6 +124,13 @@ class DownloadConfig:
     slack_webhook_url: str = field(default="", repr=False, compare=False)
     notify_every: int = 10_000  # a Slack message per this many saved images (0 = none)
     stall_minutes: float = 30.0  # a Slack message after this long without progress (0 = none)
+    no_proxy: bool = False  # ignore http_proxy/https_proxy/no_proxy and the CA bundle variables
+    # a node without network: pause, probe every offline_probe_every s, exit after this long
+    offline_timeout: float = 1800.0
+    offline_probe_every: float = 30.0
+    # free space kept under the image root and beside the database; None: the larger of
+    # 5 % of the filesystem and 10 GB (files/space.py); 0 = no check
+    min_free: int | None = None
     # job arrays: "K/N", "" = from SGE/Slurm variables, "none" = not a task
     shard: str = ""
     tasks_dir: Path | None = None  # default <db>.tasks
@@ -152,6 +159,9 @@ class DownloadConfig:
             (self.wait_for_retries >= 0, "--wait-for-retries must be >= 0"),
             (self.notify_every >= 0, "--notify-every must be >= 0 (0 = no milestones)"),
             (self.stall_minutes >= 0, "--stall-minutes must be >= 0 (0 = no stall messages)"),
+            (self.offline_timeout > 0, "--offline-timeout must be > 0"),
+            (self.offline_probe_every > 0, "offline_probe_every must be > 0"),
+            (self.min_free is None or self.min_free >= 0, "--min-free must be >= 0"),
             (self.lease >= 2 * self.deadline,
              "--lease must be at least twice --deadline (a claim must outlive a download)"),
         ]

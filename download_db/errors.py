@@ -25,6 +25,13 @@ class UsageError(DownloadDbError):
     exit_code = 64
 
 
+class NetworkDown(DownloadDbError):
+    """The node lost its network (failures on many hosts at once) for --offline-timeout:
+    resubmit the job on another node; nothing was spent on the images."""
+
+    exit_code = 69
+
+
 class StorageError(DownloadDbError):
     """The image root cannot be written (disk full, read-only, quota)."""
 

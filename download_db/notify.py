@@ -269,6 +269,12 @@ class RunNotes:
             f"{_count(c, 'deferred'):,} deferred, {ok / dt:,.1f} img/s, "
             f"{_count(c, 'bytes_fetched') / 1e6:,.1f} MB fetched")
 
+    def notice(self, text: str) -> None:
+        """A state of the run worth hearing about (network down or back); the first
+        process speaks for all."""
+        if self.leader:
+            self.n.send(text)
+
     def crash(self, exc: BaseException) -> None:
         """The type and a redacted, short message: never a traceback or a URL."""
         if not self.enabled:

@@ -36,7 +36,7 @@ VERIFY_ERRORS = (VERIFY_MISSING, VERIFY_SIZE, VERIFY_HASH, VERIFY_UNDECODABLE)
 # every other error_type is permanent.
 TRANSIENT_ERRORS = frozenset({
     "rate_limited", "timeout", "server_error", "connection_broken", "truncated",
-    "empty_response", "tls_error", "dns_error",
+    "empty_response", "tls_error", "dns_error", "proxy_error",
 })
 
 

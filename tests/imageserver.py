@@ -64,6 +64,7 @@ import re
 import select
 import socket
 import socketserver
+import ssl
 import struct
 import threading
 import time
@@ -939,8 +940,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 class ImageServer:
     """A threaded HTTP/1.1 test server on ``host`` (loopback) and ``port`` (0: a free one)."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.host, self.port = host, port
+        self.tls = tls  # a server context: serve HTTPS (e.g. a trustme test CA's cert)
         # per-IIIF-id maxWidth; sizes wider than this answer 403 (see also ?maxw=)
         self.iiif_max_width: dict[str, int] = {}
         # per-IIIF-id image: {"size": (w, h), "level": 0|1|2, "upscale": bool}; default
@@ -967,6 +970,9 @@ class ImageServer:
         cls = _Server6 if ":" in self.host else _Server
         httpd = cls((self.host, self.port), _Handler)
         httpd.app = self
+        if self.tls is not None:  # the handshake happens in the handler thread
+            httpd.socket = self.tls.wrap_socket(httpd.socket, server_side=True,
+                                                do_handshake_on_connect=False)
         self.port = httpd.server_address[1]
         self._httpd = httpd
         self._thread = threading.Thread(
@@ -1017,7 +1023,7 @@ class ImageServer:
         if self._httpd is None:
             raise RuntimeError("ImageServer not started")
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
     def url(self, path: str) -> str:
         return self.base + (path if path.startswith("/") else "/" + path)

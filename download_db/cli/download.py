@@ -89,6 +89,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lease", type=float, default=d.lease, metavar="SECONDS",
                    help="how long a claim is held before another run may take it over "
                         f"(default: {d.lease:g})")
+    g.add_argument("--offline-timeout", type=float, default=d.offline_timeout,
+                   metavar="SECONDS", help="when the node looks offline (network failures on "
+                   "several hosts at once), pause and probe; exit 69 after this long "
+                   f"(default: {d.offline_timeout:g})")
+    g.add_argument("--min-free", type=_size, metavar="SIZE",
+                   help="stop (exit 73) when free space under the image root or beside the "
+                        "database falls below this, e.g. 20G; 0 = no check (default: the "
+                        "larger of 5%% of the filesystem and 10G)")
     g = p.add_argument_group("HTTP")
     g.add_argument("--timeout", type=_pair, default=(d.connect_timeout, d.read_timeout),
                    metavar="CONNECT,READ", help="connect and read timeouts in seconds "
@@ -97,6 +105,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"whole-download limit per request (default: {d.deadline:g})")
     g.add_argument("--max-bytes", type=_size, default=d.max_bytes, metavar="SIZE",
                    help="largest body accepted, e.g. 256M (default: 256M)")
+    g.add_argument("--no-proxy", action="store_true",
+                   help="ignore http_proxy, https_proxy, no_proxy and REQUESTS_CA_BUNDLE "
+                        "(default: honour them, as curl and pip do)")
     g.add_argument("--user-agent", metavar="TEXT",
                    help="User-Agent (default: gbif-download-db/VERSION with DOWNLOADER_CONTACT "
                         "from .env)")
@@ -166,7 +177,8 @@ def config(a: argparse.Namespace, prog: str) -> DownloadConfig:
         lock_dir=a.lock_dir,
         progress_every=a.progress_every, bar=common.bar(a),
         slack_webhook_url=slack, notify_every=a.notify_every, stall_minutes=a.stall_minutes,
-        shard=a.shard, tasks_dir=a.tasks_dir, force=a.force)
+        shard=a.shard, tasks_dir=a.tasks_dir, force=a.force, no_proxy=a.no_proxy,
+        offline_timeout=a.offline_timeout, min_free=a.min_free)
 
 
 def run(a: argparse.Namespace) -> int:

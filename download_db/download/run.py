@@ -12,11 +12,13 @@ import requests
 from .. import notify
 from ..config import DownloadConfig
 from ..db import claims
-from ..files import store
+from ..errors import DownloadDbError, NetworkDown, StorageError
+from ..files import space, store
 from ..progress import RunContext, fmt_secs
 from ..states import FAILED_PERMANENT, FAILED_TRANSIENT, PENDING, SUCCESS
 from ..web import fetch
 from ..web.politeness import HostGate
+from .offline import OfflineDetector, host_of
 from .scheduler import Scheduler
 from .worker import Worker, WorkerConfig
 from .writer import Writer
@@ -51,6 +53,8 @@ class _Crew:
     # directories found missing: they cannot hold files of earlier runs to adopt
     new_dirs: set[str] = field(default_factory=set)
     fatal: list[BaseException] = field(default_factory=list)
+    offline: OfflineDetector | None = None
+    abort: DownloadDbError | None = None  # our state ended the run: offline, disk low
 
 
 def fetch_all(run: Run) -> dict:
@@ -61,10 +65,12 @@ def fetch_all(run: Run) -> dict:
                           user_agent=cfg.user_agent)
     crew = _Crew(WorkerConfig(writer.root, limits, cfg.max_size, cfg.jpeg_quality,
                               cfg.keep_original, cfg.max_pixels),
-                 fetch.new_session(limits, pool_size=cfg.per_host_concurrency),
+                 fetch.new_session(limits, pool_size=cfg.per_host_concurrency,
+                                   use_env=not cfg.no_proxy),
                  Scheduler(writer, run.gate, run.hosts, per_host=cfg.per_host_concurrency,
                            stop=stop, max_items=cfg.max_images,
-                           wait_for_retries=cfg.wait_for_retries))
+                           wait_for_retries=cfg.wait_for_retries),
+                 offline=OfflineDetector(len(run.hosts)))
     threads = [threading.Thread(target=_work, args=(run, crew), name=f"worker-{i}", daemon=True)
                for i in range(cfg.threads)]
     for t in threads:
@@ -86,13 +92,16 @@ def fetch_all(run: Run) -> dict:
     if limit_hit:
         counts["limit"] = limit_hit
     run.ctx.say(summary(counts, time.monotonic() - run.t0))
+    if crew.abort is not None:
+        raise crew.abort
     return counts
 
 
 def _work(run: Run, crew: _Crew) -> None:
     """One worker thread: take an item from the scheduler, process it, hand the result on."""
     w = Worker(crew.wcfg, run.gate, run.writer, run.ctx.stop, crew.session,
-               on_release=crew.sched.slot_released, new_dirs=crew.new_dirs)
+               on_release=crew.sched.slot_released, new_dirs=crew.new_dirs,
+               offline=crew.offline)
     crew.workers.append(w)
     while True:
         got = crew.sched.next()
@@ -120,6 +129,8 @@ def _watch(run: Run, crew: _Crew, threads: list[threading.Thread]) -> str | None
     """Main thread: progress, limits, writer health; returns which limit ended the run."""
     cfg, writer, stop = run.cfg, run.writer, run.ctx.stop
     progress = run.ctx.progress("download", run.todo, item="img", counting=True)
+    outage = _Outage(run, crew)
+    checked_at = 0
     try:
         while any(t.is_alive() for t in threads):
             time.sleep(TICK)
@@ -127,6 +138,16 @@ def _watch(run: Run, crew: _Crew, threads: list[threading.Thread]) -> str | None
             if run.notes.leader:
                 run.notes.tick(counts)
             done = _done(counts)
+            if done - checked_at >= space.CHECK_EVERY:
+                checked_at = done
+                low = space.low_space(places(cfg, writer.root), cfg.min_free)
+                if low is not None:
+                    crew.abort = StorageError(low)
+            if crew.abort is None:
+                crew.abort = outage.tick(time.monotonic())
+            if crew.abort is not None:
+                stop.set()
+                return None
             progress.update(done, done - progress.done_bytes,
                             rates(counts, _bytes(crew), time.monotonic() - run.t0))
             if writer.error is not None:
@@ -140,6 +161,63 @@ def _watch(run: Run, crew: _Crew, threads: list[threading.Thread]) -> str | None
         return "max_images" if limited else None
     finally:
         progress.close()
+
+
+def places(cfg: DownloadConfig, root) -> dict:
+    """Where free space is kept: the image root, and the database's directory."""
+    return {"under the image root": root, "beside the database": cfg.db.resolve().parent}
+
+
+class _Outage:
+    """The main thread's side of an offline node: pause the workers and give their
+    claims back, probe now and then, resume on an answer, give up after
+    --offline-timeout."""
+
+    def __init__(self, run: Run, crew: _Crew) -> None:
+        self.run, self.crew = run, crew
+        self.since: float | None = None
+        self.next_probe = 0.0
+        self.busiest = [h for _id, h, _q in run.hosts]
+
+    def tick(self, now: float) -> DownloadDbError | None:
+        det, cfg, sched = self.crew.offline, self.run.cfg, self.crew.sched
+        if det is None or (self.since is None and not det.offline):
+            return None
+        if self.since is None:
+            self.since, self.next_probe = now, now + cfg.offline_probe_every
+            sched.hold.set()  # workers finish what they hold; in-flight failures are ours
+            self.run.writer.release(sched.remaining())
+            hosts = det.failing_hosts()
+            self._tell(f":electric_plug: network looks down: requests to {len(hosts)} "
+                       f"hosts ({', '.join(hosts[:5])}) reached no server; paused (no attempt "
+                       f"spent), probing every {fmt_secs(cfg.offline_probe_every)}, giving up "
+                       f"after --offline-timeout {fmt_secs(cfg.offline_timeout)}")
+            return None
+        if now >= self.next_probe:
+            timeout = min(cfg.connect_timeout, 5.0)
+            urls = det.probe_urls(self.busiest)[:10]
+            answered = {host_of(u) for u in urls
+                        if fetch.answers(self.crew.session, u, timeout)}
+            if answered:
+                dead = det.back_online(answered)
+                sched.resume()
+                gone = f"; still unreachable, counted as their own failures: " \
+                       f"{', '.join(dead[:5])}" if dead else ""
+                self._tell(f":electric_plug: network back after {fmt_secs(now - self.since)}; "
+                           f"resuming{gone}")
+                self.since = None
+                return None
+            self.next_probe = time.monotonic() + cfg.offline_probe_every
+        if now - self.since >= cfg.offline_timeout:
+            return NetworkDown(f"the network has been down for {fmt_secs(now - self.since)} "
+                               f"(--offline-timeout {fmt_secs(cfg.offline_timeout)}): no "
+                               "server answered a probe; nothing was spent on the images. "
+                               "Run the same command on a node with network")
+        return None
+
+    def _tell(self, text: str) -> None:
+        self.run.ctx.say("download: " + text.split(": ", 1)[1])
+        self.run.notes.notice(text)
 
 
 def _done(counts: dict) -> int:

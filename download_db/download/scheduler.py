@@ -57,11 +57,16 @@ class Scheduler:
         self.max_items = max_items
         self.wait_for_retries = wait_for_retries  # linger while retries fall due this soon
         self.in_flight = 0
+        self.hold = threading.Event()  # set while the node is offline: hand nothing out
 
     # -- for workers -----------------------------------------------------------------
     def next(self) -> tuple[Item, Slot] | None:
         """Block until an item may be fetched; None when the run should end."""
         while not self.stop.is_set():
+            if self.hold.is_set():
+                with self._lock:
+                    self._changed.wait(timeout=0.2)
+                continue
             with self._lock:
                 if self.max_items is not None and self.handed_out >= self.max_items:
                     return None
@@ -140,6 +145,12 @@ class Scheduler:
                             else q.not_before
                 elif q.in_flight == 0 and not q.items and not q.exhausted:
                     q.not_before = 0.0  # its last item is done: is there more? ask now
+            self._changed.notify_all()
+
+    def resume(self) -> None:
+        """The node is back online: hand out work again."""
+        with self._lock:
+            self.hold.clear()
             self._changed.notify_all()
 
     def remaining(self) -> list[tuple[Item, float]]:

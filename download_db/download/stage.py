@@ -23,12 +23,14 @@ from ..db.meta import get_meta
 from ..db.schema import migrate
 from ..db.sqlite import sqlite3
 from ..db.stagelock import stage_lock
-from ..errors import DatabaseError
+from ..errors import DatabaseError, StorageError
+from ..files import space
 from ..progress import RunContext
 from ..signals import stop_on_signals
+from ..web import fetch
 from ..web.politeness import HostGate, Politeness, default_lock_dir
 from .recovery import recover
-from .run import Run, fetch_all
+from .run import Run, fetch_all, places
 from .writer import Writer
 
 
@@ -117,6 +119,10 @@ def _download(cfg: DownloadConfig, stop: threading.Event, out: TextIO | None,
     t0 = time.monotonic()
     ctx = RunContext(out=out, bar=cfg.bar, every=cfg.progress_every, stop=stop)
     root = cfg.install_path.resolve()
+    space.prepare_root(root)
+    low = space.low_space(places(cfg, root), cfg.min_free)  # before the first write
+    if low is not None:
+        raise StorageError(low)
     conn = _open(cfg)
     try:
         if cfg.main_db is None:  # the main DB: fold finished array tasks in first
@@ -134,7 +140,6 @@ def _download(cfg: DownloadConfig, stop: threading.Event, out: TextIO | None,
     run_id = runs.start_run(conn, "download")
     counts: dict = {}
     try:
-        root.mkdir(parents=True, exist_ok=True)
         try:
             with interruptible(conn, stop.is_set):
                 todo = _start_up(conn, cfg, root, ctx)
@@ -147,6 +152,7 @@ def _download(cfg: DownloadConfig, stop: threading.Event, out: TextIO | None,
             return counts
         hosts = host_table.with_images(conn)
         ctx.say(f"download: {todo:,} images with work left on {len(hosts):,} hosts -> {root}")
+        ctx.say(_proxy_line(cfg.no_proxy))
         notes.set_hosts(hosts)
         notes.start(todo, len(hosts), cfg.processes)
         writer = Writer(conn, token=claims.make_token(run_id), run_id=run_id, root=root,
@@ -180,6 +186,14 @@ def _start_up(conn: sqlite3.Connection, cfg: DownloadConfig, root: Path,
                 f"adopted, {rec['lost']:,} lost, {rec['temps']:,} temp files removed); "
                 f"{reopened:,} retries re-opened, {parked:,} parked")
     return tallies.work_left(conn)
+
+
+def _proxy_line(no_proxy: bool) -> str:
+    via = fetch.describe_proxies()
+    if no_proxy:
+        return "download: direct connections (--no-proxy)" + (
+            "; ignoring the environment's proxies" if via else "")
+    return f"download: proxy: {via}" if via else "download: direct connections (no proxy set)"
 
 
 def _gate(cfg: DownloadConfig, conn: sqlite3.Connection, notes: notify.RunNotes) -> HostGate:

@@ -17,9 +17,12 @@ from ..states import FAILED_PERMANENT, FAILED_TRANSIENT, FLAG_RAW, PENDING, SUCC
 from ..web import fetch, iiif, iiif_plan, keys, renditions
 from ..web.fetch import FetchError
 from ..web.politeness import HostGate, Slot
+from . import offline
+from .offline import OfflineDetector
 
 _JSON_ACCEPT = "application/ld+json, application/json;q=0.9, */*;q=0.1"
 _MAX_PACE_WAIT = 2.0  # wait this long for a rate token on a held host; defer beyond
+_UNSURE_RETRY = 5.0  # a network failure before any server answered: try again this soon
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,14 @@ class _Deferred(Exception):
         self.until = until
 
 
+class _Offline(Exception):
+    """The node looks offline, or may be: this failure is ours, not the host's."""
+
+    def __init__(self, retry_at: float) -> None:
+        super().__init__(retry_at)
+        self.retry_at = retry_at
+
+
 class _Failure(Exception):
     def __init__(self, error_type: str, detail: str, http_status: int | None = None) -> None:
         super().__init__(detail)
@@ -54,8 +65,10 @@ class Worker:
     """Processes claimed images; one per worker thread."""
 
     def __init__(self, cfg: WorkerConfig, gate: HostGate, writer, stop: threading.Event,
-                 session, on_release=None, new_dirs: set[str] | None = None) -> None:
+                 session, on_release=None, new_dirs: set[str] | None = None,
+                 offline: OfflineDetector | None = None) -> None:
         self.cfg, self.gate, self.writer, self.stop = cfg, gate, writer, stop
+        self.offline = offline  # told every network-level failure and every answer
         # directories that did not exist when this run first looked (shared by all
         # workers): they cannot hold files from before, so no adoption check there
         self.new_dirs = new_dirs if new_dirs is not None else set()
@@ -95,6 +108,9 @@ class Worker:
                 return self._save(item, data)
             except _Deferred as d:
                 deferred = d.until if deferred is None else min(deferred, d.until)
+            except _Offline as o:
+                # our network, not the image: given back untouched, tried again later
+                return Result(item, PENDING, attempted=False, retry_at=o.retry_at)
             except _Failure as f:
                 failures.append(f)
             except FetchError as e:
@@ -229,8 +245,18 @@ class Worker:
                           accept=_JSON_ACCEPT if want_text else "image/*, */*;q=0.5",
                           want_text=want_text)
         except FetchError as e:
+            if self.offline is not None:
+                now = time.time()
+                verdict = self.offline.failure(url, now) if e.network else None
+                if verdict in (offline.OFFLINE, offline.UNSURE):  # no breaker, no attempt
+                    raise _Offline(now if verdict == offline.OFFLINE
+                                   else now + _UNSURE_RETRY) from None
+                if not e.network:
+                    self.offline.answer(url, now)
             self._after(slot, e)
             raise
+        if self.offline is not None:
+            self.offline.answer(url, time.time())
         self._after(slot, None)
         self.bytes += len(r.body)
         return r

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 import requests
 import urllib3
@@ -43,12 +46,15 @@ class FetchError(Exception):
     host_failure: True when the host misbehaved (timeouts, resets, 5xx), False
     when it answered properly (404, an HTML page), None when it says nothing.
     cooldown: seconds the whole host should be left alone (429/503 Retry-After).
+    network: the request never reached a server (name resolution, connection
+    refused or unreachable, the proxy): across many hosts at once, our network.
     """
 
     def __init__(self, error_type: str, detail: str, *, http_status: int | None = None,
                  host_failure: bool | None = None, cooldown: float | None = None,
-                 retry_after_given: bool = False) -> None:
+                 retry_after_given: bool = False, network: bool = False) -> None:
         super().__init__(f"{error_type}: {detail}")
+        self.network = network
         self.retry_after_given = retry_after_given
         self.error_type = error_type
         self.detail = detail
@@ -116,13 +122,31 @@ def _ensure_watchdog() -> None:
             _watchdog_started = True
 
 
+def _left(timeout):
+    """The socket timeout for connecting, capped by what is left of the deadline: the
+    watchdog only sees a socket once the request is sent, so a TLS handshake (or a
+    proxy's CONNECT answer) that never comes is bounded here instead."""
+    deadline = getattr(_local, "deadline", None)
+    if deadline is None or not isinstance(timeout, (int, float)):
+        return timeout
+    return max(min(timeout, deadline - time.monotonic()), 0.01)
+
+
 class _Conn(urllib3.connection.HTTPConnection):
+    def _new_conn(self) -> socket.socket:
+        self.timeout = _left(self.timeout)
+        return super()._new_conn()
+
     def getresponse(self, *a, **kw):  # type: ignore[override]
         _register(self.sock)
         return super().getresponse(*a, **kw)
 
 
 class _TLSConn(urllib3.connection.HTTPSConnection):
+    def _new_conn(self) -> socket.socket:
+        self.timeout = _left(self.timeout)
+        return super()._new_conn()
+
     def getresponse(self, *a, **kw):  # type: ignore[override]
         _register(self.sock)
         return super().getresponse(*a, **kw)
@@ -136,17 +160,30 @@ class _TLSPool(HTTPSConnectionPool):
     ConnectionCls = _TLSConn
 
 
+_POOLS = {"http": _Pool, "https": _TLSPool}
+
+
 class _Adapter(HTTPAdapter):
     def init_poolmanager(self, *a, **kw) -> None:
         super().init_poolmanager(*a, **kw)
-        self.poolmanager.pool_classes_by_scheme = {"http": _Pool, "https": _TLSPool}
+        self.poolmanager.pool_classes_by_scheme = _POOLS
+
+    def proxy_manager_for(self, proxy: str, **kw):  # type: ignore[override]
+        # through a proxy too, connections are ours: the deadline covers them
+        manager = super().proxy_manager_for(proxy, **kw)
+        manager.pool_classes_by_scheme = _POOLS
+        return manager
 
 
-def new_session(limits: Limits, pool_size: int = 4) -> requests.Session:
+def new_session(limits: Limits, pool_size: int = 4, *, use_env: bool = True) -> requests.Session:
     """One session for all worker threads: keep-alive connections pooled per host,
     at most ``pool_size`` per host (a thread waits for a free one), so idle
     connections stay within the politeness limit too. No automatic retries (we
-    classify and retry ourselves); TLS verification on."""
+    classify and retry ourselves); TLS verification on.
+
+    use_env: honour the environment as curl, pip and requests do (http_proxy,
+    https_proxy, all_proxy, no_proxy in either case; REQUESTS_CA_BUNDLE); False
+    (--no-proxy) ignores it all."""
     _ensure_watchdog()
     s = requests.Session()
     adapter = _Adapter(pool_connections=256, pool_maxsize=pool_size, pool_block=True,
@@ -155,8 +192,37 @@ def new_session(limits: Limits, pool_size: int = 4) -> requests.Session:
     s.mount("https://", adapter)
     s.max_redirects = limits.max_redirects
     s.headers.update({"User-Agent": limits.user_agent, "Accept-Encoding": "identity"})
-    s.trust_env = False  # a cluster's proxy variables must not silently reroute downloads
+    s.trust_env = use_env
     return s
+
+
+def describe_proxies(env: Mapping[str, str] | None = None) -> str | None:
+    """The proxies the environment sets, for one line at start ("https via
+    http://user:***@proxy:3128 (no_proxy: .example.org)"), passwords masked; None
+    without any. Lower case wins over upper case, as in curl and requests."""
+    env = os.environ if env is None else env
+    found: dict[str, str] = {}
+    for lower in (False, True):  # upper case first, so that lower case overrides it
+        for k, v in env.items():
+            if k.lower().endswith("_proxy") and (k == k.lower()) == lower and v.strip():
+                found[k.lower()[:-len("_proxy")]] = v.strip()
+    via = [f"{k} via {mask_url(found[k])}" for k in ("http", "https", "all") if k in found]
+    if not via:
+        return None
+    return ", ".join(via) + (f" (no_proxy: {found['no']})" if "no" in found else "")
+
+
+def mask_url(url: str) -> str:
+    """A proxy URL with its password replaced by ***."""
+    try:
+        parts = urlsplit(url if "://" in url else f"http://{url}")
+        if parts.password is None:
+            return url
+        host = parts.hostname or ""
+        netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))
+    except ValueError:
+        return "(unreadable proxy URL)"
 
 
 def get(session: requests.Session, url: str, limits: Limits, *,
@@ -248,6 +314,9 @@ def _status_error(r: requests.Response, status: int) -> FetchError:
                           retry_after_given=retry is not None)
     if status == 408:
         return FetchError("timeout", "HTTP 408", http_status=status, host_failure=True)
+    if status == 407:  # the proxy wants credentials: ours to fix, not the publisher's
+        return FetchError("proxy_error", "HTTP 407 Proxy Authentication Required",
+                          http_status=status, host_failure=None, network=True)
     if status >= 500:
         cooldown = retry if (status == 503 and retry is not None) else None
         return FetchError("server_error", f"HTTP {status}", http_status=status, host_failure=True,
@@ -265,6 +334,10 @@ def _status_error(r: requests.Response, status: int) -> FetchError:
 def _classify_exception(e: BaseException, start: float, limits: Limits) -> FetchError:
     elapsed = time.monotonic() - start
     msg = str(e)[:300]
+    if "NameResolutionError" in msg or "Name or service not known" in msg \
+            or "Temporary failure in name resolution" in msg:
+        # however long the resolver took: the name did not resolve
+        return FetchError("dns_error", msg, host_failure=True, network=True)
     if elapsed >= limits.deadline - 0.05:
         return FetchError("timeout", f"deadline of {limits.deadline:.0f}s passed",
                           host_failure=True)
@@ -273,6 +346,9 @@ def _classify_exception(e: BaseException, start: float, limits: Limits) -> Fetch
     if isinstance(e, (requests.exceptions.InvalidSchema, requests.exceptions.MissingSchema,
                       requests.exceptions.InvalidURL, requests.exceptions.InvalidHeader)):
         return FetchError("bad_redirect", msg, host_failure=False)
+    if isinstance(e, requests.exceptions.ProxyError):
+        # the proxy is down, refused us or could not reach the host: our state
+        return FetchError("proxy_error", msg, host_failure=None, network=True)
     if isinstance(e, requests.exceptions.SSLError):
         return FetchError("tls_error", msg, host_failure=True)
     if isinstance(e, (requests.exceptions.Timeout, socket.timeout)) or "timed out" in msg.lower():
@@ -280,7 +356,18 @@ def _classify_exception(e: BaseException, start: float, limits: Limits) -> Fetch
         return FetchError("timeout", msg, host_failure=True)
     if isinstance(e, requests.exceptions.ChunkedEncodingError) or "IncompleteRead" in msg:
         return FetchError("truncated", msg, host_failure=True)
-    if "Name or service not known" in msg or "NameResolutionError" in msg \
-            or "Temporary failure in name resolution" in msg:
-        return FetchError("dns_error", msg, host_failure=True)
-    return FetchError("connection_broken", msg, host_failure=True)
+    # no server was reached: refused, unreachable (not a reset mid-request)
+    unreached = "Failed to establish a new connection" in msg or "NewConnectionError" in msg
+    return FetchError("connection_broken", msg, host_failure=True, network=unreached)
+
+
+def answers(session: requests.Session, url: str, timeout: float = 5.0) -> bool:
+    """Does a server answer at url at all (any status, even a TLS refusal)? The offline
+    probe: False only when nothing was reached (name, route, proxy, or no answer in time)."""
+    try:
+        session.head(url, timeout=(timeout, timeout), allow_redirects=False).close()
+        return True
+    except requests.exceptions.SSLError:
+        return True
+    except requests.exceptions.RequestException:
+        return False

@@ -61,5 +61,14 @@ if h_rt=$(sge_h_rt) && [ "$h_rt" -gt 0 ]; then
   margin=$((h_rt / 10 < 600 ? h_rt / 10 : 600))
   args+=(--max-runtime $((h_rt - margin)))
 fi
+rc=0
 run_stage download image_install_db.py "${args[@]}" \
-  ${DOWNLOAD_ARGS[@]+"${DOWNLOAD_ARGS[@]}"} "$@"
+  ${DOWNLOAD_ARGS[@]+"${DOWNLOAD_ARGS[@]}"} "$@" || rc=$?
+# 69: this node had no network for --offline-timeout; nothing was spent on the images. Name
+# the node and the command that runs this task again, alone, anywhere but here.
+if [ "$rc" = 69 ] && [ -n "${SGE_TASK_ID:-}" ] && [ "$SGE_TASK_ID" != undefined ]; then
+  first=${SGE_TASK_FIRST:-1} step=${SGE_TASK_STEPSIZE:-1}
+  k=$(( (SGE_TASK_ID - first) / step + 1 )) n=$(( (${SGE_TASK_LAST:-$SGE_TASK_ID} - first) / step + 1 ))
+  say "node $(hostname) has no network; to run this task on another node: qsub -t $SGE_TASK_ID -l 'h=!$(hostname -s)' scripts/sge/image_install_db.sh --shard $k/$n"
+fi
+exit "$rc"

@@ -54,6 +54,14 @@ source "$ENV_SH"
 # shellcheck source=SCRIPTDIR/../common.sh
 source "$DOWNLOAD_DB_HOME/scripts/common.sh"
 
+rc=0
 run_stage download image_install_db.py --db "$DB" --install-path "$INSTALL_PATH" \
   --processes "${SLURM_CPUS_PER_TASK:-1}" --progress-every "$PROGRESS_EVERY" \
-  ${DOWNLOAD_ARGS[@]+"${DOWNLOAD_ARGS[@]}"} "$@"
+  ${DOWNLOAD_ARGS[@]+"${DOWNLOAD_ARGS[@]}"} "$@" || rc=$?
+# 69: this node had no network for --offline-timeout; nothing was spent on the images. Name
+# the node and the command that runs this task again, alone, anywhere but here.
+if [ "$rc" = 69 ] && [ -n "${SLURM_ARRAY_TASK_ID:-}" ]; then
+  k=$(( SLURM_ARRAY_TASK_ID - ${SLURM_ARRAY_TASK_MIN:-0} + 1 )) n=${SLURM_ARRAY_TASK_COUNT:-?}
+  say "node $(hostname) has no network; to run this task on another node: sbatch --array=$SLURM_ARRAY_TASK_ID --exclude=$(hostname -s) scripts/slurm/image_install_db.sh --shard $k/$n"
+fi
+exit "$rc"

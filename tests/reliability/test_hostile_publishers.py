@@ -256,9 +256,6 @@ def silent_tcp():
     lsock.close()
 
 
-@pytest.mark.xfail(strict=True, reason="FINDING: --deadline is armed only once the request is "
-                   "sent (fetch._Conn.getresponse); a TLS handshake that never completes is "
-                   "bounded by the connect/read timeouts instead")
 def test_tls_handshake_that_never_ends_is_cut_at_the_deadline(tmp_path, silent_tcp) -> None:
     r, seconds = fetch_one(tmp_path, f"https://127.0.0.14:{silent_tcp}/x.jpg",
                            connect_timeout=4, read_timeout=4)
