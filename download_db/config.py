@@ -118,6 +118,8 @@ class DownloadConfig:
     lease: float = DEFAULT_LEASE
     wait_for_retries: float = 300.0
     lock_dir: Path | None = None
+    # per-host limits over the shipped policy (web/policy.py, docs/host-policy.md)
+    host_policy: Path | None = None
     progress_every: float = 10.0
     bar: bool | None = None
     # Slack incoming webhook (SLACK_WEBHOOK_URL); a secret, so kept out of repr()
@@ -169,4 +171,8 @@ class DownloadConfig:
             if not ok:
                 raise UsageError(msg)
         check_webhook_url(self.slack_webhook_url)
+        if self.host_policy is not None:  # a bad file stops the run before it starts
+            from .web.policy import HostLimits, load
+
+            load(self.host_policy, HostLimits())
         return self

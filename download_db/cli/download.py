@@ -75,6 +75,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lock-dir", type=Path, metavar="PATH",
                    help="node-local directory for the per-host locks (default: /dev/shm, "
                         "else $TMPDIR)")
+    g.add_argument("--host-policy", type=Path, metavar="FILE",
+                   help="TOML file of per-host limits (max at once, max rate) over the shipped "
+                        "policy and the two flags above; see docs/host-policy.md")
     g = p.add_argument_group("when to stop")
     g.add_argument("--max-images", type=int, metavar="N",
                    help="stop after handing out N images")
@@ -174,7 +177,7 @@ def config(a: argparse.Namespace, prog: str) -> DownloadConfig:
         jpeg_quality=a.jpeg_quality, keep_original=a.keep_original, max_pixels=a.max_pixels,
         user_agent=a.user_agent or user_agent(contact), max_images=a.max_images,
         max_runtime=a.max_runtime, lease=a.lease, wait_for_retries=a.wait_for_retries,
-        lock_dir=a.lock_dir,
+        lock_dir=a.lock_dir, host_policy=a.host_policy,
         progress_every=a.progress_every, bar=common.bar(a),
         slack_webhook_url=slack, notify_every=a.notify_every, stall_minutes=a.stall_minutes,
         shard=a.shard, tasks_dir=a.tasks_dir, force=a.force, no_proxy=a.no_proxy,

@@ -65,7 +65,7 @@ def fetch_all(run: Run) -> dict:
                           user_agent=cfg.user_agent)
     crew = _Crew(WorkerConfig(writer.root, limits, cfg.max_size, cfg.jpeg_quality,
                               cfg.keep_original, cfg.max_pixels),
-                 fetch.new_session(limits, pool_size=cfg.per_host_concurrency,
+                 fetch.new_session(limits, pool_size=run.gate.most_at_once(),
                                    use_env=not cfg.no_proxy),
                  Scheduler(writer, run.gate, run.hosts, per_host=cfg.per_host_concurrency,
                            stop=stop, max_items=cfg.max_images,

@@ -181,7 +181,7 @@ class Scheduler:
                     if refill is None and not q.exhausted:
                         refill = q  # proposed only: next() decides
                     continue
-                if q.requests >= self.per_host:
+                if q.requests >= self.gate.concurrency(q.host):
                     continue  # this process holds all its slots for the host
                 self._cursor = (self._cursor + k + 1) % n
                 return q, now, None

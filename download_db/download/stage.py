@@ -28,6 +28,7 @@ from ..files import space
 from ..progress import RunContext
 from ..signals import stop_on_signals
 from ..web import fetch
+from ..web import policy as host_policy
 from ..web.politeness import HostGate, Politeness, default_lock_dir
 from .recovery import recover
 from .run import Run, fetch_all, places
@@ -200,9 +201,11 @@ def _gate(cfg: DownloadConfig, conn: sqlite3.Connection, notes: notify.RunNotes)
     """The per-host gate, its shared state seeded from the hosts table; it tells
     Slack itself when it quarantines a host."""
     policy = Politeness(concurrency=cfg.per_host_concurrency, rate=cfg.per_host_rate)
+    hosts = host_policy.load(cfg.host_policy, host_policy.HostLimits(
+        cfg.per_host_concurrency, cfg.per_host_rate))
     gate = HostGate(cfg.lock_dir or default_lock_dir(cfg.db), policy,
                     split={h: (j, k) for h, j, k in cfg.split},
-                    on_quarantine=notes.quarantined if notes.enabled else None)
+                    on_quarantine=notes.quarantined if notes.enabled else None, hosts=hosts)
     now = time.time()
     for host, cooldown, opened in host_table.blocked(conn, now):
         gate.restore(host, cooldown if cooldown and cooldown > now else None,

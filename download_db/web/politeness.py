@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .policy import HostPolicy
+
 # Shared state per host, in a small file guarded by flock:
 # next request time, cooldown end, breaker-open end, half-open probe start, opens in a row.
 _STATE = struct.Struct("<ddddd")
@@ -82,8 +84,11 @@ class HostGate:
 
     def __init__(self, lock_dir: str | os.PathLike, policy: Politeness,
                  split: dict[str, tuple[int, int]] | None = None,
-                 on_quarantine: Callable[[str, int], None] | None = None) -> None:
+                 on_quarantine: Callable[[str, int], None] | None = None,
+                 hosts: HostPolicy | None = None) -> None:
         self.dir = Path(lock_dir)
+        # per-host max at once and rate (the host policy); policy's when None
+        self.hosts = hosts
         # told (host, opens) once per quarantine, by the gate that decides it
         self.on_quarantine = on_quarantine
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -105,13 +110,18 @@ class HostGate:
         return "h" + hashlib.sha1(key.encode("utf-8", "replace")).hexdigest()[:20]
 
     def concurrency(self, host: str) -> int:
+        most = self.hosts.limits(host).max_at_once if self.hosts else self.policy.concurrency
         part = self.split.get(host)
-        return self.policy.concurrency if part is None else max(1, self.policy.concurrency
-                                                                // part[1])
+        return most if part is None else max(1, most // part[1])
 
     def rate(self, host: str) -> float:
+        rate = self.hosts.limits(host).max_rate if self.hosts else self.policy.rate
         part = self.split.get(host)
-        return self.policy.rate if part is None else self.policy.rate / part[1]
+        return rate if part is None else rate / part[1]
+
+    def most_at_once(self) -> int:
+        """The highest concurrency of any host (one process's connection pool size)."""
+        return self.hosts.largest() if self.hosts else self.policy.concurrency
 
     def _state_fd(self, host: str) -> int:
         fd = self._state_fds.get(host)
