@@ -20,6 +20,7 @@ from ..web import fetch
 from ..web.politeness import HostGate
 from .offline import OfflineDetector, host_of
 from .scheduler import Scheduler
+from .shared import SharedFetches
 from .worker import Worker, WorkerConfig
 from .writer import Writer
 
@@ -64,7 +65,7 @@ def fetch_all(run: Run) -> dict:
     limits = fetch.Limits(cfg.connect_timeout, cfg.read_timeout, cfg.deadline, cfg.max_bytes,
                           user_agent=cfg.user_agent)
     crew = _Crew(WorkerConfig(writer.root, limits, cfg.max_size, cfg.jpeg_quality,
-                              cfg.keep_original, cfg.max_pixels),
+                              cfg.keep_original, cfg.max_pixels, shared=SharedFetches()),
                  fetch.new_session(limits, pool_size=run.gate.most_at_once(),
                                    use_env=not cfg.no_proxy),
                  Scheduler(writer, run.gate, run.hosts, per_host=cfg.per_host_concurrency,

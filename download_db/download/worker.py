@@ -19,6 +19,7 @@ from ..web.fetch import FetchError
 from ..web.politeness import HostGate, Slot
 from . import offline
 from .offline import OfflineDetector
+from .shared import SharedFetches
 
 _JSON_ACCEPT = "application/ld+json, application/json;q=0.9, */*;q=0.1"
 _MAX_PACE_WAIT = 2.0  # wait this long for a rate token on a held host; defer beyond
@@ -33,6 +34,8 @@ class WorkerConfig:
     quality: int = 85
     keep_original: bool = False
     max_pixels: int = images.DEFAULT_MAX_PIXELS
+    # one fetch per URL for the images that share it (download/shared.py)
+    shared: SharedFetches | None = None
 
 
 class _Deferred(Exception):
@@ -102,10 +105,11 @@ class Worker:
             if self.stop.is_set():
                 return Result(item, PENDING, attempted=False)
             try:
-                data = self._candidate(url, held)
-                # the host's slot covers the request only, not our decoding and disk
-                self._release(held)
-                return self._save(item, data)
+                if self.cfg.shared is None:
+                    return self._fetch_save(item, url, held)
+                return self.cfg.shared.fetch_once(
+                    url, item, self.cfg.root, lambda u=url: self._fetch_save(item, u, held),
+                    self.stop, self.cfg.limits.deadline)
             except _Deferred as d:
                 deferred = d.until if deferred is None else min(deferred, d.until)
             except _Offline as o:
@@ -129,6 +133,12 @@ class Worker:
                       error_detail=first.detail)
 
     # -- one candidate URL ------------------------------------------------------------
+    def _fetch_save(self, item: Item, url: str, held: dict[str, Slot]) -> Result:
+        data = self._candidate(url, held)
+        # the host's slot covers the request only, not our decoding and disk
+        self._release(held)
+        return self._save(item, data)
+
     def _candidate(self, url: str, held: dict[str, Slot]) -> bytes:
         c = keys.parse_identifier(url)
         kind = c.kind if isinstance(c, keys.Candidate) else keys.KIND_DIRECT

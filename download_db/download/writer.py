@@ -154,6 +154,8 @@ class Writer(threading.Thread):
                     self._settle.append(r.item.image_id)
                 elif r.temp:
                     store.discard(r.temp)  # our lease was taken over: the row is not ours
+            if r.extra.get("shared") and id(r) in kept_ids:  # linked, not fetched again
+                self.counts["requests_saved"] = self.counts.get("requests_saved", 0) + 1
             key = "lost_claim" if id(r) not in kept_ids else (
                 "deferred" if r.status == "pending" else r.status)
             self.counts[key] = self.counts.get(key, 0) + 1

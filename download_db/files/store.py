@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,27 @@ def write_temp(root: Path, gbif_id: int, image_no: int, ext: str, data: bytes) -
             pass
         raise StoreError(f"cannot write under {root}: {e.strerror or e}") from None
     return Written(rel, str(tmp), len(data), hashlib.sha256(data).hexdigest())
+
+
+def link_temp(root: Path, gbif_id: int, image_no: int, src: str | Path) -> str:
+    """Give an image the bytes of another image's file (one fetch for a shared URL): a
+    hard link under this image's temp name, a copy where the filesystem has no hard
+    links. Returns the temp path; FileNotFoundError if ``src`` is gone."""
+    tmp = temp_path(root, gbif_id, image_no)
+    try:
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(src, tmp)
+        except FileNotFoundError:
+            raise
+        except OSError:  # EXDEV, EPERM, EMLINK: a filesystem without (more) links
+            shutil.copyfile(src, tmp)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        discard(str(tmp))
+        raise StoreError(f"cannot write under {root}: {e.strerror or e}") from None
+    return str(tmp)
 
 
 def place(root: Path, temp: str, relpath: str) -> None:
