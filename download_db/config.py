@@ -112,6 +112,7 @@ class DownloadConfig:
     jpeg_quality: int = 85
     keep_original: bool = False
     max_pixels: int = 300_000_000
+    placeholder_hashes: Path | None = None  # a user's list of pictures never to save
     user_agent: str = ""
     max_images: int | None = None
     max_runtime: float | None = None
@@ -175,4 +176,8 @@ class DownloadConfig:
             from .web.policy import HostLimits, load
 
             load(self.host_policy, HostLimits())
+        if self.placeholder_hashes is not None:  # bad lines fail before any work starts
+            from .identity.placeholders import read_hashes_file  # late: numpy
+
+            read_hashes_file(self.placeholder_hashes)
         return self

@@ -32,6 +32,13 @@ VERIFY_HASH = "file_hash_changed"
 VERIFY_UNDECODABLE = "file_undecodable"
 VERIFY_ERRORS = (VERIFY_MISSING, VERIFY_SIZE, VERIFY_HASH, VERIFY_UNDECODABLE)
 
+# Error type of a picture a host serves for many different URLs ("image not
+# available"): permanent, found by dedupe/finalize or a --placeholder-hashes list.
+PLACEHOLDER = "placeholder"
+# More than this many images of one host with one picture make it a placeholder; a
+# sheet carrying several specimens, shared by a few gbifIDs, stays a duplicate group.
+PLACEHOLDER_MAX_SHARED = 20
+
 # Error types worth another attempt (with backoff, within the attempts budget);
 # every other error_type is permanent.
 TRANSIENT_ERRORS = frozenset({

@@ -127,6 +127,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-pixels", type=int, default=d.max_pixels, metavar="N",
                    help="refuse images above this many pixels (decompression-bomb guard; "
                         f"default: {d.max_pixels:,})")
+    g.add_argument("--placeholder-hashes", type=Path, default=None, metavar="FILE",
+                   help="hashes of pictures never to save (one a line: the sha256 of a saved "
+                        "file or a 16-digit pHash): recorded as 'placeholder' failures")
     g = p.add_argument_group("output")
     common.add_progress(g, d.progress_every, "seconds between progress lines in batch logs")
     common.add_debug(g)
@@ -175,6 +178,7 @@ def config(a: argparse.Namespace, prog: str) -> DownloadConfig:
         max_attempts=a.max_attempts, connect_timeout=a.timeout[0], read_timeout=a.timeout[1],
         deadline=a.deadline, max_bytes=a.max_bytes, max_size=a.max_size,
         jpeg_quality=a.jpeg_quality, keep_original=a.keep_original, max_pixels=a.max_pixels,
+        placeholder_hashes=a.placeholder_hashes,
         user_agent=a.user_agent or user_agent(contact), max_images=a.max_images,
         max_runtime=a.max_runtime, lease=a.lease, wait_for_retries=a.wait_for_retries,
         lock_dir=a.lock_dir, host_policy=a.host_policy,

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from ..config import MODE_FINALIZE, InitConfig
+from ..config import DEFAULT_INSTALL, MODE_FINALIZE, InitConfig
 from . import common
 from .ingest import add_force, add_max_attempts
 
@@ -22,6 +23,9 @@ examples:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     common.add_db(p)
+    p.add_argument("--install-path", type=Path, default=Path(DEFAULT_INSTALL), metavar="PATH",
+                   help="image root, where the files of placeholder pictures are removed "
+                        f"(default: ./{DEFAULT_INSTALL})")
     add_max_attempts(p)
     add_force(p)
     common.add_no_bar(p)
@@ -31,6 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(a: argparse.Namespace) -> int:
     from ..ingest.stage import run_init  # imported late: --help stays fast
 
-    run_init(InitConfig(db=a.db, mode=MODE_FINALIZE, max_attempts=a.max_attempts,
+    run_init(InitConfig(db=a.db, mode=MODE_FINALIZE, install_path=a.install_path,
+                        max_attempts=a.max_attempts,
                         force=a.force, bar=common.bar(a)))
     return 0

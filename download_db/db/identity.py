@@ -46,16 +46,17 @@ def set_cursor(conn: sqlite3.Connection, image_id: int) -> None:
 
 
 # -- duplicate groups (dedupe) -------------------------------------------------------------
-# Saved images sharing their bytes: one sort of the saved rows by sha256 (SQLite's
-# sorter spills to temp files, so memory stays flat), only the repeats come back.
+# Saved images sharing their bytes: one sort of the saved rows by sha256 and host
+# (SQLite's sorter spills to temp files, so memory stays flat); only the repeats
+# come back, with how many images of their own host share the bytes.
 _DUPLICATES = """
-SELECT image_id, gid FROM (
-  SELECT image_id, min(image_id) OVER w AS gid, count(*) OVER w AS n
+SELECT image_id, host_id, sha256, n_host FROM (
+  SELECT image_id, host_id, sha256, count(*) OVER w AS n, count(*) OVER wh AS n_host
     FROM images WHERE status = 'success' AND sha256 IS NOT NULL
-  WINDOW w AS (PARTITION BY sha256))
+  WINDOW w AS (PARTITION BY sha256), wh AS (PARTITION BY sha256, host_id))
  WHERE n > 1
 """
-_HASHED = ("SELECT image_id, phash FROM images WHERE status = 'success' "
+_HASHED = ("SELECT image_id, phash, host_id FROM images WHERE status = 'success' "
            "AND phash IS NOT NULL ORDER BY image_id")
 _GROUPED = ("SELECT image_id, dup_group, near_group FROM images "
             "WHERE dup_group IS NOT NULL OR near_group IS NOT NULL")
@@ -63,23 +64,26 @@ _SET_GROUPS = "UPDATE images SET dup_group = ?, near_group = ? WHERE image_id = 
 FETCH = 100_000  # rows per fetch while reading hashes
 
 
-def duplicates(conn: sqlite3.Connection) -> dict[int, int]:
-    """{image_id: group id} of every saved image whose sha256 another one shares."""
-    return dict(conn.execute(_DUPLICATES))
+def duplicates(conn: sqlite3.Connection) -> list[tuple[int, int, str, int]]:
+    """(image_id, host_id, sha256, images of that host with it) of every saved image
+    whose sha256 another saved image shares."""
+    return conn.execute(_DUPLICATES).fetchall()
 
 
-def hashed(conn: sqlite3.Connection) -> tuple[np.ndarray, np.ndarray]:
-    """(image_ids, phashes) of the saved images that have a pHash, as int64 arrays
-    (16 bytes per image: 0.8 GB at 50M)."""
-    ids, hs = [], []
+def hashed(conn: sqlite3.Connection) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image_ids, phashes, host_ids) of the saved images that have a pHash, as int64
+    arrays in image_id order (24 bytes per image: 1.2 GB at 50M)."""
+    parts = []
     cur = conn.execute(_HASHED)
     while rows := cur.fetchmany(FETCH):
-        block = np.array(rows, dtype=np.int64).reshape(-1, 2)
-        ids.append(block[:, 0])
-        hs.append(block[:, 1])
-    if not ids:
-        return np.empty(0, np.int64), np.empty(0, np.int64)
-    return np.concatenate(ids), np.concatenate(hs)
+        parts.append(np.array(rows, dtype=np.int64).reshape(-1, 3))
+    block = np.concatenate(parts) if parts else np.empty((0, 3), np.int64)
+    return block[:, 0].copy(), block[:, 1].copy(), block[:, 2].copy()
+
+
+def sha256_of(conn: sqlite3.Connection, image_id: int) -> str | None:
+    row = conn.execute("SELECT sha256 FROM images WHERE image_id = ?", (image_id,)).fetchone()
+    return row[0] if row else None
 
 
 def grouped(conn: sqlite3.Connection) -> dict[int, tuple[int | None, int | None]]:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from ..errors import DatabaseError
 from ..states import TODO_WHERE
-from . import array_plans, occurrences
+from . import array_plans, occurrences, placeholders
 from .connection import PAGE_SIZE, transaction
 from .meta import get_meta
 from .sqlite import sqlite3
@@ -164,6 +164,7 @@ MIGRATIONS: dict[int, list[str | Callable[[sqlite3.Connection], None]]] = {
         "ALTER TABLE images ADD COLUMN near_group INTEGER"],
     # when verify last found the file sound (upkeep/verify.py); one scan builds the index
     7: ["ALTER TABLE images ADD COLUMN last_checked REAL", INDEX_CHECKED],
+    8: [placeholders.DDL],  # a host's one picture for many URLs (identity/dedupe.py)
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -173,7 +174,8 @@ def create_schema(conn: sqlite3.Connection) -> None:
     if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
         conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")  # only before the first table
     with transaction(conn):
-        for ddl in [*_TABLES, *TALLY_TABLES, array_plans.DDL, occurrences.DDL]:
+        for ddl in [*_TABLES, *TALLY_TABLES, array_plans.DDL, occurrences.DDL,
+                    placeholders.DDL]:
             conn.execute(ddl)
         conn.execute(INDEX_GBIF_STATUS)
         conn.execute(INDEX_CHECKED)

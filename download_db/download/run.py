@@ -14,6 +14,7 @@ from ..config import DownloadConfig
 from ..db import claims
 from ..errors import DownloadDbError, NetworkDown, StorageError
 from ..files import space, store
+from ..identity.placeholders import load_blocklist
 from ..progress import RunContext, fmt_secs
 from ..states import FAILED_PERMANENT, FAILED_TRANSIENT, PENDING, SUCCESS
 from ..web import fetch
@@ -64,8 +65,11 @@ def fetch_all(run: Run) -> dict:
     writer.start()
     limits = fetch.Limits(cfg.connect_timeout, cfg.read_timeout, cfg.deadline, cfg.max_bytes,
                           user_agent=cfg.user_agent)
+    # placeholders dedupe found before (in the main database) and the user's list
+    blocked = load_blocklist(cfg.main_db or cfg.db, cfg.placeholder_hashes)
     crew = _Crew(WorkerConfig(writer.root, limits, cfg.max_size, cfg.jpeg_quality,
-                              cfg.keep_original, cfg.max_pixels, shared=SharedFetches()),
+                              cfg.keep_original, cfg.max_pixels, shared=SharedFetches(),
+                              blocklist=blocked or None),
                  fetch.new_session(limits, pool_size=run.gate.most_at_once(),
                                    use_env=not cfg.no_proxy),
                  Scheduler(writer, run.gate, run.hosts, per_host=cfg.per_host_concurrency,

@@ -13,7 +13,8 @@ from urllib.parse import urlsplit
 from ..db.claims import Item, Result
 from ..files import images, store
 from ..files.layout import image_dir
-from ..states import FAILED_PERMANENT, FAILED_TRANSIENT, FLAG_RAW, PENDING, SUCCESS
+from ..identity.placeholders import Blocklist
+from ..states import FAILED_PERMANENT, FAILED_TRANSIENT, FLAG_RAW, PENDING, PLACEHOLDER, SUCCESS
 from ..web import fetch, iiif, iiif_plan, keys, renditions
 from ..web.fetch import FetchError
 from ..web.politeness import HostGate, Slot
@@ -36,6 +37,8 @@ class WorkerConfig:
     max_pixels: int = images.DEFAULT_MAX_PIXELS
     # one fetch per URL for the images that share it (download/shared.py)
     shared: SharedFetches | None = None
+    # known placeholder pictures (dedupe's finds, --placeholder-hashes): not saved
+    blocklist: Blocklist | None = None
 
 
 class _Deferred(Exception):
@@ -328,6 +331,9 @@ class Worker:
                                      max_pixels=self.cfg.max_pixels)
         except images.ImageError as e:
             raise _Failure(e.error_type, e.detail) from None
+        why = self.cfg.blocklist.match(out.data, out.phash) if self.cfg.blocklist else None
+        if why is not None:
+            raise _Failure(PLACEHOLDER, why)
         if item.taken_over:
             store.clean_temps(self.cfg.root, item.gbif_id, item.image_no)
         w = store.write_temp(self.cfg.root, item.gbif_id, item.image_no, out.ext, out.data)

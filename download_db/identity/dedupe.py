@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+import numpy as np
+
 from ..arrays.merge import refuse_if_tasks_running
 from ..arrays.plan import freeze
 from ..db import identity, runs
@@ -18,7 +20,8 @@ from ..db.stagelock import stage_lock
 from ..errors import DownloadDbError, Interrupted, UsageError
 from ..progress import RunContext
 from ..signals import stop_on_signals
-from . import groups
+from ..states import DEFAULT_MAX_ATTEMPTS
+from . import groups, placeholders
 
 # pHash distance that makes two saved images near copies. Chosen by
 # tests/test_dedupe.py on the shipped herbarium sheets: the same sheet re-encoded or
@@ -36,6 +39,9 @@ CHUNK = 20_000  # group changes per transaction
 class DedupeConfig:
     db: Path
     near_distance: int | None = None  # None: the last dedupe's, else the default
+    install_path: Path | None = None  # where placeholder files are removed; None: kept
+    max_shared: int = placeholders.DEFAULT_MAX_SHARED
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS  # for the gbifID roll-up of placeholders
     force: bool = False
     bar: bool | None = None
     progress_every: float = 10.0
@@ -45,6 +51,10 @@ class DedupeConfig:
             raise UsageError(f"--db {self.db}: no such database")
         if self.near_distance is not None and not 0 <= self.near_distance <= 32:
             raise UsageError("--near-distance must be between 0 and 32")
+        if self.max_shared < 1:
+            raise UsageError("--placeholder-urls must be at least 1")
+        if self.install_path is not None and not self.install_path.is_dir():
+            raise UsageError(f"--install-path {self.install_path}: no such directory")
         return self
 
 
@@ -55,6 +65,9 @@ class DedupeStats:
     near_groups: int = 0
     near_images: int = 0
     near_distance: int = DEFAULT_NEAR_DISTANCE
+    placeholders: int = 0  # groups found by this run
+    placeholder_images: int = 0
+    files_removed: int = 0
     changed: int = 0
     seconds: float = 0.0
 
@@ -65,8 +78,11 @@ class DedupeStats:
 
 
 def dedupe(conn: sqlite3.Connection, ctx: RunContext | None = None, *,
-           near_distance: int | None = None, chunk: int = CHUNK) -> DedupeStats:
-    """Recompute dup_group and near_group of every saved image and write only the
+           near_distance: int | None = None, root: Path | None = None,
+           max_shared: int = placeholders.DEFAULT_MAX_SHARED,
+           max_attempts: int = DEFAULT_MAX_ATTEMPTS, chunk: int = CHUNK) -> DedupeStats:
+    """Flag placeholders (their files removed under ``root`` but one example), then
+    recompute dup_group and near_group of every saved image and write only the
     rows that change, a transaction per chunk: safe to kill and re-run (a re-run
     computes the same groups and finishes the writes). ``near_distance`` None: the
     distance the last dedupe used (remembered in meta), else the default."""
@@ -76,10 +92,23 @@ def dedupe(conn: sqlite3.Connection, ctx: RunContext | None = None, *,
     if k is None:
         k = int(get_meta(conn, META_NEAR_DISTANCE) or DEFAULT_NEAR_DISTANCE)
     st = DedupeStats(near_distance=k)
-    dup = identity.duplicates(conn)
-    ids, hashes = identity.hashed(conn)
+    dup_rows = identity.duplicates(conn)
+    ids, hashes, hosts = identity.hashed(conn)
     a, b = groups.near_pairs(hashes, k)
     near = groups.group_ids(ids, a, b)
+    found = placeholders.find(dup_rows, ids, hosts, near, max_shared)
+    st.placeholders = len(found)
+    phash_of = {int(i): int(h) for i, h in zip(ids[np.isin(ids, [g.ids[0] for g in found])],
+                                               hashes[np.isin(ids, [g.ids[0] for g in found])],
+                                               strict=True)}
+    st.placeholder_images, st.files_removed = placeholders.flag_all(
+        conn, found, root, phash_of, max_attempts)
+    if found:  # the flagged images leave the groups; the rest are regrouped without them
+        gone = np.array(sorted({i for g in found for i in g.ids}), np.int64)
+        dup_rows = [r for r in dup_rows if r[0] not in set(gone.tolist())]
+        keep = ~(np.isin(ids[a], gone) | np.isin(ids[b], gone))
+        near = groups.group_ids(ids, a[keep], b[keep])
+    dup = _exact_groups(dup_rows)
     st.exact_images, st.exact_groups = len(dup), len(set(dup.values()))
     st.near_images, st.near_groups = len(near), len(set(near.values()))
     old = identity.grouped(conn)
@@ -107,11 +136,23 @@ def dedupe(conn: sqlite3.Connection, ctx: RunContext | None = None, *,
     return st
 
 
+def _exact_groups(rows: list[tuple[int, int, str, int]]) -> dict[int, int]:
+    """{image_id: smallest image_id with the same sha256} for groups of two or more."""
+    by_sha: dict[str, list[int]] = {}
+    for image_id, _host, sha, _n in rows:
+        by_sha.setdefault(sha, []).append(image_id)
+    return {i: min(m) for m in by_sha.values() if len(m) > 1 for i in m}
+
+
 def summary(st: DedupeStats, ctx: RunContext) -> None:
     ctx.say(f"dedupe: {st.exact_groups:,} exact groups ({st.exact_images:,} images), "
             f"{st.near_groups:,} near groups within {st.near_distance} bits "
             f"({st.near_images:,} images); "
             f"{st.changed:,} rows changed in {st.seconds:.1f}s")
+    if st.placeholders:
+        ctx.say(f"dedupe: {st.placeholders:,} placeholder pictures: {st.placeholder_images:,} "
+                f"images flagged 'placeholder', {st.files_removed:,} files removed "
+                "(one example kept each)")
 
 
 def run_dedupe(cfg: DedupeConfig, out: TextIO | None = None) -> DedupeStats:
@@ -127,7 +168,8 @@ def run_dedupe(cfg: DedupeConfig, out: TextIO | None = None) -> DedupeStats:
             migrate(conn)
             run_id = runs.start_run(conn, "dedupe")
             try:
-                st = dedupe(conn, ctx, near_distance=cfg.near_distance)
+                st = dedupe(conn, ctx, near_distance=cfg.near_distance, root=cfg.install_path,
+                            max_shared=cfg.max_shared, max_attempts=cfg.max_attempts)
             except (KeyboardInterrupt, Interrupted):
                 runs.finish_run(conn, run_id, runs.INTERRUPTED, None, "stopped by a signal")
                 raise Interrupted("stopped by a signal; run the same command again to "

@@ -112,7 +112,8 @@ def _run(cfg: InitConfig, out: TextIO | None, stop: threading.Event) -> dict:
         if cfg.mode == MODE_FINALIZE:  # the duplicate groups follow what the merge brought
             from ..identity.dedupe import dedupe, summary  # late: scipy only when needed
 
-            dst = dedupe(conn, ctx)
+            root = cfg.install_path if cfg.install_path.is_dir() else None
+            dst = dedupe(conn, ctx, root=root, max_attempts=cfg.max_attempts)
             summary(dst, ctx)
             counts["dedupe"] = dst.as_dict()
         if source is not None:
