@@ -1,17 +1,16 @@
 #!/usr/bin/env python3
 """Merge benchmark: fold N array tasks' results (10M image results in all) into the main
-database, against a baseline measured in the same run.
+database, the merge as shipped before against the merge now, in the same run.
 
     python bench/merge.py --results 10000000 --tasks 4 --workdir /var/tmp/mergebench
 
 It builds a main database (bench/bigdb.py's shape, every image pending), freezes it, lets
 each of N tasks take its share (plan.create_task_db, the code a task runs), marks every
-task image done (success 80%, failed 20%) as a download would, then times
-init_download_db.py's merge (merge.merge_tasks: images, gbifID roll-up, hosts, runs).
-
-Baseline: the same UPDATE ... FROM of the image rows alone, without the counters'
-triggers and without the gbifID roll-up (research note 6.6 step 4: 225k rows/s), on an
-identical copy. Target (issue 5): <= 60 s for 10M task results.
+task image done (success 80%, failed 20%) as a download would, copies the lot, then times
+on one copy the merge as it was (a transaction per task, each side of each counter a pass
+of its own over the task's rows, the connection's 64 MB cache) and on the other
+merge.merge_tasks (a batch of tasks per transaction, one pass per counter, a 1 GiB
+cache). Target (issue 12): <= 60 s for 10M task results.
 """
 
 from __future__ import annotations
@@ -28,9 +27,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import bigdb  # noqa: E402
 
-from download_db.arrays import plan  # noqa: E402
-from download_db.arrays.merge import _IMAGES, merge_tasks  # noqa: E402
-from download_db.db import connection  # noqa: E402
+from download_db.arrays import merge, plan  # noqa: E402
+from download_db.db import connection, hosts, tallies  # noqa: E402
 
 
 def prepare(workdir: Path, results: int, tasks: int) -> Path:
@@ -64,6 +62,35 @@ def prepare(workdir: Path, results: int, tasks: int) -> Path:
     return main
 
 
+def old_merge(main: Path) -> int:
+    """The merge as shipped before this change (0935c58), for the baseline."""
+    conn = connection.connect(main)
+    n = 0
+    for path in plan.task_dbs(plan.tasks_dir_for(main)):
+        conn.execute("ATTACH DATABASE ? AS task", (connection.readonly_uri(path),))
+        changed = merge._CHANGED.format(task="task", done=merge._DONE)
+        stmts = []
+        for t in tallies.TALLIES:
+            if t.source != "images":
+                continue
+            if t.signed:
+                stmts.append(tallies.bulk_sql(t, "i", changed, "-"))
+            stmts.append(tallies.bulk_sql(t, "t", changed, columns_from={"host_id": "i"}))
+        with connection.transaction(conn):
+            for stmt in stmts:
+                conn.execute(stmt)
+            for name, _ in tallies.IMAGE_TRIGGERS:
+                conn.execute(f"DROP TRIGGER {name}")
+            n += conn.execute(merge._IMAGES.format(task="task", done=merge._DONE)).rowcount
+            for _, ddl in tallies.IMAGE_TRIGGERS:
+                conn.execute(ddl)
+            hosts.merge_from(conn, "task")
+        conn.execute("DETACH DATABASE task")
+        connection.remove_database(path, lock_file=True)
+    conn.close()
+    return n
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -75,37 +102,29 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(a.workdir)
     a.workdir.mkdir(parents=True)
     main_db = prepare(a.workdir, a.results, a.tasks)
+    before = a.workdir / "before"
+    before.mkdir()
+    shutil.copy(main_db, before / "main.db")
+    shutil.copytree(plan.tasks_dir_for(main_db), plan.tasks_dir_for(before / "main.db"))
 
-    base = a.workdir / "baseline"
-    base.mkdir()
-    shutil.copy(main_db, base / "main.db")
-    conn = connection.connect(base / "main.db")
-    for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'"
-                                ).fetchall():
-        conn.execute(f"DROP TRIGGER {name}")
     t = time.monotonic()
-    n_base = 0
-    for path in plan.task_dbs(plan.tasks_dir_for(main_db)):
-        conn.execute("ATTACH DATABASE ? AS task", (str(path),))
-        with connection.transaction(conn):
-            n_base += conn.execute(_IMAGES).rowcount
-        conn.execute("DETACH DATABASE task")
-    baseline = time.monotonic() - t
-    conn.close()
-    shutil.rmtree(base)
-    print(f"baseline bare UPDATE ... FROM: {n_base:,} rows in {baseline:.1f}s "
-          f"({n_base / baseline:,.0f} rows/s)", flush=True)
+    n_old = old_merge(before / "main.db")
+    old = time.monotonic() - t
+    shutil.rmtree(before)
+    print(f"merge before: {n_old:,} image results in {old:.1f}s "
+          f"({n_old / old:,.0f} results/s)", flush=True)
 
     conn = connection.connect(main_db)
     t = time.monotonic()
-    st = merge_tasks(conn, main_db, out=sys.stdout)
+    st = merge.merge_tasks(conn, main_db, out=sys.stdout)
     ours = time.monotonic() - t
     conn.close()
-    print(f"merge: {st.tasks} tasks, {st.images:,} image results in "
-          f"{ours:.1f}s ({st.images / ours:,.0f} results/s); merge/baseline = "
-          f"{ours / baseline:.2f}", flush=True)
+    print(f"merge now: {st.tasks} tasks, {st.images:,} image results in "
+          f"{ours:.1f}s ({st.images / ours:,.0f} results/s); before/now = "
+          f"{old / ours:.2f}x", flush=True)
     print(f"TARGET merge of {a.results:,} results <= 60 s: {ours:.0f} s "
           f"{'MET' if ours <= 60 else 'MISSED'}")
+    shutil.rmtree(a.workdir)
     return 0
 
 
