@@ -69,7 +69,8 @@ def _timed(conn, fn, cap: float) -> float | None:
         try:
             fn()
         finally:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # an interrupted statement has rolled it back
+                conn.execute("ROLLBACK")
     except Exception as e:  # noqa: BLE001
         if "interrupted" in str(e):
             return None
