@@ -121,6 +121,9 @@ class DownloadConfig:
     lock_dir: Path | None = None
     # per-host limits over the shipped policy (web/policy.py, docs/host-policy.md)
     host_policy: Path | None = None
+    # adapt every host's concurrency (policy.ADAPTIVE_DEFAULT for hosts the policy does
+    # not name) instead of the fixed --per-host-concurrency / --per-host-rate
+    adaptive: bool = False
     progress_every: float = 10.0
     bar: bool | None = None
     # Slack incoming webhook (SLACK_WEBHOOK_URL); a secret, so kept out of repr()

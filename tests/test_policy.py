@@ -45,7 +45,7 @@ def test_shipped_policy_parses_and_every_entry_cites_its_source():
 def test_shipped_limits_without_a_user_file():
     p = policy.load(None, FLAGS)
     assert p.limits("api.gbif.org") == HostLimits(1, 5.0)
-    assert p.limits("inaturalist-open-data.s3.amazonaws.com") == HostLimits(32, 0.0)
+    assert p.limits("inaturalist-open-data.s3.amazonaws.com") == HostLimits(32, 0.0, True, 4)
     assert p.limits("s3.amazonaws.com") == FLAGS  # the glob needs a label before it
     assert p.limits("images.example.org") == FLAGS
     assert p.largest() == 32
@@ -69,6 +69,26 @@ max_at_once = 2
     assert p.limits("api.gbif.org") == HostLimits(1, 0.5)  # max_at_once still the shipped 1
     assert p.limits("images.example.org") == HostLimits(2, 2.0)  # rate from [default]
     assert p.limits("other.example.org") == HostLimits(4, 2.0)  # flags, then [default]
+
+
+def test_adaptive_and_start_per_host_and_by_default(tmp_path):
+    path = write(tmp_path, """
+[default]
+adaptive = true
+[hosts."fragile.org"]
+adaptive = false
+max_at_once = 2
+[hosts."strong.org"]
+max_at_once = 40
+start = 8
+""")
+    p = policy.load(path, FLAGS)
+    assert p.limits("fragile.org") == HostLimits(2, 5.0, False, 2)
+    assert p.limits("strong.org") == HostLimits(40, 5.0, True, 8)
+    assert p.limits("other.org") == HostLimits(4, 5.0, True, 2)
+    # --adaptive: unknown hosts adapt within [1, 16] from 2, no rate of their own
+    assert policy.load(None, policy.ADAPTIVE_DEFAULT).limits("x.org") == HostLimits(
+        16, 0.0, True, 2)
 
 
 def test_most_specific_pattern_wins(tmp_path):
@@ -134,6 +154,8 @@ def test_the_chosen_pattern_matches_and_none_matching_is_more_specific(pats, lab
     ('[hosts."https://a.org/"]\nmax_at_once = 1', "not a host name or pattern"),
     ('[hosts."*"]\nmax_at_once = 1', "not a host name or pattern"),
     ('hosts = 3', "hosts must be tables"),
+    ('[hosts."a.org"]\nadaptive = 1', "adaptive must be true or false, not 1"),
+    ('[hosts."a.org"]\nstart = 0', "start must be an integer >= 1, not 0"),
     ('[hosts]\n"a.org" = 3', "must be a table of keys"),
 ])
 def test_a_bad_file_is_one_line_naming_the_file_and_the_problem(tmp_path, text, problem):

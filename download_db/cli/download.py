@@ -78,6 +78,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--host-policy", type=Path, metavar="FILE",
                    help="TOML file of per-host limits (max at once, max rate) over the shipped "
                         "policy and the two flags above; see docs/host-policy.md")
+    g.add_argument("--adaptive", action="store_true",
+                   help="find each host's limit as it answers: from 2 at once up to 16 (or the "
+                        "policy's max), shrinking on slower answers, 429/503, timeouts; no "
+                        "fixed rate (default: the fixed limits above)")
     g = p.add_argument_group("when to stop")
     g.add_argument("--max-images", type=int, metavar="N",
                    help="stop after handing out N images")
@@ -181,7 +185,7 @@ def config(a: argparse.Namespace, prog: str) -> DownloadConfig:
         placeholder_hashes=a.placeholder_hashes,
         user_agent=a.user_agent or user_agent(contact), max_images=a.max_images,
         max_runtime=a.max_runtime, lease=a.lease, wait_for_retries=a.wait_for_retries,
-        lock_dir=a.lock_dir, host_policy=a.host_policy,
+        lock_dir=a.lock_dir, host_policy=a.host_policy, adaptive=a.adaptive,
         progress_every=a.progress_every, bar=common.bar(a),
         slack_webhook_url=slack, notify_every=a.notify_every, stall_minutes=a.stall_minutes,
         shard=a.shard, tasks_dir=a.tasks_dir, force=a.force, no_proxy=a.no_proxy,

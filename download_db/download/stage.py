@@ -201,8 +201,9 @@ def _gate(cfg: DownloadConfig, conn: sqlite3.Connection, notes: notify.RunNotes)
     """The per-host gate, its shared state seeded from the hosts table; it tells
     Slack itself when it quarantines a host."""
     policy = Politeness(concurrency=cfg.per_host_concurrency, rate=cfg.per_host_rate)
-    hosts = host_policy.load(cfg.host_policy, host_policy.HostLimits(
-        cfg.per_host_concurrency, cfg.per_host_rate))
+    hosts = host_policy.load(cfg.host_policy, host_policy.ADAPTIVE_DEFAULT if cfg.adaptive
+                             else host_policy.HostLimits(cfg.per_host_concurrency,
+                                                         cfg.per_host_rate))
     gate = HostGate(cfg.lock_dir or default_lock_dir(cfg.db), policy,
                     split={h: (j, k) for h, j, k in cfg.split},
                     on_quarantine=notes.quarantined if notes.enabled else None, hosts=hosts)

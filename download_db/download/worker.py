@@ -15,7 +15,7 @@ from ..files import images, store
 from ..files.layout import image_dir
 from ..identity.placeholders import Blocklist
 from ..states import FAILED_PERMANENT, FAILED_TRANSIENT, FLAG_RAW, PENDING, PLACEHOLDER, SUCCESS
-from ..web import fetch, iiif, iiif_plan, keys, renditions
+from ..web import adaptive, fetch, iiif, iiif_plan, keys, renditions
 from ..web.fetch import FetchError
 from ..web.politeness import HostGate, Slot
 from . import offline
@@ -253,6 +253,7 @@ class Worker:
                 if wait - now > _MAX_PACE_WAIT:
                     raise _Deferred(wait)
                 time.sleep(wait - now)
+        t0 = time.monotonic()
         try:
             r = fetch.get(self.session, url, self.cfg.limits,
                           accept=_JSON_ACCEPT if want_text else "image/*, */*;q=0.5",
@@ -266,19 +267,26 @@ class Worker:
                                    else now + _UNSURE_RETRY) from None
                 if not e.network:
                     self.offline.answer(url, now)
-            self._after(slot, e)
+            self._after(slot, e, time.monotonic() - t0)
             raise
         if self.offline is not None:
             self.offline.answer(url, time.time())
-        self._after(slot, None)
+        self._after(slot, None, time.monotonic() - t0)
         self.bytes += len(r.body)
         return r
 
-    def _after(self, slot: Slot, e: FetchError | None) -> None:
-        """Feed the breaker; publish cooldowns and breaker changes to the hosts table."""
+    def _after(self, slot: Slot, e: FetchError | None, latency: float | None = None) -> None:
+        """Feed the breaker and the host's adaptive limit; publish cooldowns and breaker
+        changes to the hosts table."""
         if self.stop.is_set() and e is not None:
             return  # an abort on stop says nothing about the host
         change = self.gate.record(slot, False if e is None else e.host_failure)
+        if self.gate.adaptive(slot.host):
+            outcome = adaptive.outcome_of(None if e is None else e.error_type,
+                                          None if e is None else e.http_status)
+            if outcome is not None:  # the others still under way: this one is done
+                self.gate.adapt(slot.host, outcome, latency,
+                                self.gate.in_flight(slot.host) - 1)
         now = time.time()
         if e is not None and e.cooldown:
             until = self.gate.cool_down(slot.host, e.cooldown, now)

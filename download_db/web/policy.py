@@ -30,6 +30,8 @@ max_at_once = 1
 [hosts."*.s3.amazonaws.com"]
 max_at_once = 32
 max_rate = 0
+adaptive = true
+start = 4
 """
 SHIPPED_NAME = "the shipped host policy"
 
@@ -38,13 +40,22 @@ SHIPPED_NAME = "the shipped host policy"
 class HostLimits:
     """What one host may be asked, all threads, processes and array tasks together."""
 
-    max_at_once: int = 4  # simultaneous requests
+    max_at_once: int = 4  # simultaneous requests (the adaptive limit's ceiling)
     max_rate: float = 5.0  # requests per second; 0 = only max_at_once applies
+    adaptive: bool = False  # a controller finds the limit within [1, max_at_once]
+    start: int = 2  # where the adaptive limit starts
+
+
+# --adaptive: hosts the policy does not name start at 2 at once and may grow to 16,
+# with no rate limit of their own (the controller backs off on latency and 429/503)
+ADAPTIVE_DEFAULT = HostLimits(max_at_once=16, max_rate=0.0, adaptive=True, start=2)
 
 
 _CHECKS: dict[str, tuple[type | tuple[type, ...], Any, str]] = {
     "max_at_once": (int, lambda v: v >= 1, "an integer >= 1"),
     "max_rate": ((int, float), lambda v: v >= 0, "a number >= 0 (0 = no rate limit)"),
+    "adaptive": (bool, lambda v: True, "true or false"),
+    "start": (int, lambda v: v >= 1, "an integer >= 1"),
 }
 
 
@@ -140,7 +151,8 @@ def _keys(table: Any, where: str, name: str) -> dict[str, Any]:
             known = ", ".join(f.name for f in fields(HostLimits))
             raise InputError(f"{name}: {where}: unknown key {key!r} (known: {known})")
         kind, ok, what = check
-        if isinstance(value, bool) or not isinstance(value, kind) or not ok(value):
+        if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind) \
+                or not ok(value):
             raise InputError(f"{name}: {where}: {key} must be {what}, not {value!r}")
         out[key] = float(value) if key == "max_rate" else value
     return out

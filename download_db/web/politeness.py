@@ -13,11 +13,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .adaptive import Limiter
 from .policy import HostPolicy
 
 # Shared state per host, in a small file guarded by flock:
-# next request time, cooldown end, breaker-open end, half-open probe start, opens in a row.
-_STATE = struct.Struct("<ddddd")
+# next request time, cooldown end, breaker-open end, half-open probe start, opens in a row,
+# then the adaptive controller's (web/adaptive.py) limit, base, short, hold and ceiling.
+_STATE = struct.Struct("<dddddddddd")
+_FIELDS = _STATE.size // 8
+_LIMIT = 5  # index of the adaptive limit (0: the host has no controller state yet)
 MAX_RETRY_AFTER = 3600.0  # a silly Retry-After (or date) must not park a host for days
 DEFAULT_COOLDOWN = 60.0  # 429/503 without a usable Retry-After
 STATE_TTL = 0.5  # how stale a calm host's shared state may be before we read it again
@@ -71,12 +75,14 @@ class Slot:
 
     def __init__(self, gate: HostGate, host: str, fd: int, probe: bool) -> None:
         self._gate, self.host, self._fd, self.probe = gate, host, fd, probe
+        gate._held_by_us(host, +1)
 
     def release(self) -> None:
         if self._fd >= 0:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = -1
+            self._gate._held_by_us(self.host, -1)
 
 
 class HostGate:
@@ -101,6 +107,15 @@ class HostGate:
         self._state_fds: dict[str, int] = {}
         self._outcomes: dict[str, _Window] = {}
         self._seen: dict[str, tuple[float, list[float]]] = {}  # last state read, per host
+        self._held: dict[str, int] = {}  # slots this process holds, per host
+
+    def _held_by_us(self, host: str, n: int) -> None:
+        with self._local:
+            self._held[host] = self._held.get(host, 0) + n
+
+    def in_flight(self, host: str) -> int:
+        """Requests to the host this process has under way (its slots held)."""
+        return self._held.get(host, 0)
 
     # -- shared state file ---------------------------------------------------
     def _name(self, host: str) -> str:
@@ -110,9 +125,39 @@ class HostGate:
         return "h" + hashlib.sha1(key.encode("utf-8", "replace")).hexdigest()[:20]
 
     def concurrency(self, host: str) -> int:
+        """Requests the host may have at once (this task's share of a split host); for an
+        adaptive host, its controller's current limit as last read (no file access)."""
         most = self.hosts.limits(host).max_at_once if self.hosts else self.policy.concurrency
         part = self.split.get(host)
-        return most if part is None else max(1, most // part[1])
+        most = most if part is None else max(1, most // part[1])
+        if self.hosts is not None and self.hosts.limits(host).adaptive:
+            seen = self._seen.get(host)
+            now = seen[1][_LIMIT] if seen is not None else 0.0
+            most = max(1, min(most, int(now) if now >= 1 else self.hosts.limits(host).start))
+        return most
+
+    def adaptive(self, host: str) -> bool:
+        return self.hosts is not None and self.hosts.limits(host).adaptive
+
+    def _limiter(self, host: str, st: list[float]) -> Limiter:
+        lim = self.hosts.limits(host) if self.hosts else None
+        assert lim is not None
+        part = self.split.get(host)
+        most = lim.max_at_once if part is None else max(1, lim.max_at_once // part[1])
+        if st[_LIMIT] < 1:
+            return Limiter.start(lim.start, most)
+        return Limiter(min(st[_LIMIT], most), most, *st[_LIMIT + 1:])
+
+    def adapt(self, host: str, outcome: str, latency: float | None,
+              in_flight: int | None) -> int:
+        """Feed one finished request to the host's controller, shared by every process
+        through the state file; returns the host's limit now."""
+        def f(st: list[float]) -> int:
+            lim = self._limiter(host, st).update(outcome, latency, in_flight)
+            st[_LIMIT:] = [lim.limit, lim.base, lim.short, lim.hold, lim.ceiling]
+            return lim.current()
+
+        return int(self._update(host, f))  # type: ignore[arg-type]
 
     def rate(self, host: str) -> float:
         rate = self.hosts.limits(host).max_rate if self.hosts else self.policy.rate
@@ -137,7 +182,7 @@ class HostGate:
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
                 raw = os.pread(fd, _STATE.size, 0)
-                st = list(_STATE.unpack(raw)) if len(raw) == _STATE.size else [0.0] * 5
+                st = list(_STATE.unpack(raw)) if len(raw) == _STATE.size else [0.0] * _FIELDS
                 before = list(st)
                 result = fn(st)
                 if st != before:
@@ -159,7 +204,8 @@ class HostGate:
 
     def state(self, host: str) -> dict[str, float]:
         st = self._update(host, lambda s: list(s))
-        names = ("next_at", "cooldown_until", "open_until", "probe_at", "opens")
+        names = ("next_at", "cooldown_until", "open_until", "probe_at", "opens", "limit",
+                 "base", "short", "hold", "ceiling")
         return dict(zip(names, st, strict=True))
 
     # -- acquiring ---------------------------------------------------------------
@@ -171,7 +217,7 @@ class HostGate:
 
         def admit(st: list[float]) -> float | None:
             nonlocal probe
-            next_at, cooldown, open_until, probe_at, _ = st
+            next_at, cooldown, open_until, probe_at = st[:4]
             if cooldown > now:
                 return cooldown
             if open_until > now:
