@@ -156,3 +156,22 @@ def test_bands_cover_the_64_bits_once() -> None:
         assert len(bs) == k + 1
         assert [s for s, _ in bs] == list(itertools.accumulate([0] + [w for _, w in bs[:-1]]))
         assert sum(w for _, w in bs) == 64
+
+
+def test_the_export_carries_hashes_groups_and_the_placeholder_flag(tmp_path: Path) -> None:
+    import download_db
+
+    pics = synthetic(3, size=200)
+    db, root = saved_db(tmp_path, [pics[0], pics[1], pics[0], pics[2]], convert=False)
+    assert download_db.read_manifest(db)["placeholder"].isna().all()  # not checked yet
+    run_hash(HashConfig(db=db, install_path=root, bar=False))
+    run_dedupe(DedupeConfig(db=db, bar=False))
+    m = download_db.read_manifest(db).sort_values(["gbif_id", "image_no"])
+    want = q(db, "SELECT phash, dhash, dup_group, near_group FROM images "
+                 "ORDER BY gbif_id, image_no")
+    got = [(int(a), int(b), None if np.isnan(c) else int(c), None if np.isnan(d) else int(d))
+           for a, b, c, d in m[["phash", "dhash", "dup_group", "near_group"]].itertuples(
+               index=False)]
+    assert got == want
+    assert got[0][2] is not None and got[0][2] == got[2][2]  # the repeated picture
+    assert m["placeholder"].tolist() == [False] * 4

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +74,20 @@ def test_one_picture_for_many_urls_is_flagged_removed_and_refused_later(
     assert q(db, "SELECT sha256, n_images, example_image_id FROM placeholders") == \
         [(sha, N_PLACEHOLDER, example[0])]
     assert q(db, "SELECT count(*) FROM gbif_ids WHERE status = 'failed'") == [(N_PLACEHOLDER,)]
+    report = json.loads(subprocess.run(
+        [sys.executable, "-m", "download_db", "report", "--db", str(db), "--json"],
+        capture_output=True, text=True, check=True, cwd=Path(__file__).parent.parent).stdout)
+    ident = report["identity"]
+    assert (ident["dedupe"]["exact_groups"], ident["dedupe"]["exact_images"]) == (1, 3)
+    assert ident["dedupe"]["placeholder_images"] == N_PLACEHOLDER
+    [p] = ident["placeholders"]
+    assert (p["host"], p["sha256"], p["images"], p["example"]) == \
+        ("127.0.0.23", sha, N_PLACEHOLDER, example[4])
+    assert p["example_thumb"].startswith("data:image/jpeg;base64,")
+    page = tmp_path / "report.html"
+    assert main(["report", "--db", str(db), "--html", str(page)]) == 0
+    html = page.read_text()
+    assert "Placeholders by host" in html and p["example_thumb"] in html
     # later matches are not saved as successes
     again = [r[0] for r in ph[1:3]]
     assert main(["check", "--db", str(db), "--install-path", str(root)]) == 0

@@ -45,6 +45,9 @@ def test_a_url_shared_by_three_gbifids_is_requested_once(tmp_path: Path, server,
     counts = [json.loads(c) for (c,) in q(db, "SELECT counts FROM runs WHERE stage = "
                                               "'download'")]
     assert sum(c.get("requests_saved", 0) for c in counts) == 2
+    assert main(["report", "--db", str(db), "--output-dir", str(tmp_path)]) == 0
+    text = next(tmp_path.glob("summary_*.txt")).read_text()
+    assert "requests saved (one fetch per shared URL): 2" in text
 
 
 def test_link_falls_back_to_a_copy_without_hard_links(tmp_path: Path, monkeypatch) -> None:

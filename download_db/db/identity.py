@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
+from . import placeholders, runs
 from .meta import get_meta, set_meta
 from .sqlite import sqlite3
 
@@ -95,3 +98,23 @@ def save_groups(conn: sqlite3.Connection,
                 rows: list[tuple[int | None, int | None, int]]) -> None:
     """(dup_group, near_group, image_id) rows, inside the caller's transaction."""
     conn.executemany(_SET_GROUPS, rows)
+
+
+DEDUPE_STATS = "dedupe_stats"  # meta: the last dedupe's counts, for the report
+
+
+def report(conn: sqlite3.Connection) -> dict:
+    """The report's identity section from small reads: the last dedupe's counts (meta),
+    requests saved by one fetch per URL (runs), placeholders per host (their table)."""
+    stats = get_meta(conn, DEDUPE_STATS)
+    try:
+        found = placeholders.by_host(conn)
+    except sqlite3.OperationalError:  # a database from before the table (never migrated here)
+        found = []
+    return {
+        "dedupe": json.loads(stats) if stats else None,
+        "requests_saved": runs.requests_saved(conn),
+        "placeholders": [{"host": h, "sha256": sha, "phash": None if ph is None else
+                          f"{ph & ((1 << 64) - 1):016x}", "images": n, "example": path}
+                         for h, sha, ph, n, path in found],
+    }

@@ -48,6 +48,14 @@ def finish_run(conn: sqlite3.Connection, run_id: int, outcome: str,
              message, run_id))
 
 
+def requests_saved(conn: sqlite3.Connection) -> int:
+    """Images that got another image's file for the same URL instead of a request, over
+    every download run (their counts)."""
+    row = conn.execute("SELECT coalesce(sum(json_extract(counts, '$.requests_saved')), 0) "
+                       "FROM runs WHERE stage = 'download'").fetchone()
+    return int(row[0])
+
+
 def pid_alive(pid: int | None) -> bool:
     """Is this process id alive on this machine (a run's pid from the runs table)?"""
     if not pid:

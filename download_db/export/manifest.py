@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from ..db import occurrences
 from ..db.sqlite import sqlite3
 from ..errors import DatabaseError, StorageError, UsageError
-from ..states import SUCCESS
+from ..states import PLACEHOLDER, SUCCESS
 from . import FORMATS, licences
 
 # Names and types are a contract (docs/export.md): scripts rely on them.
@@ -81,6 +81,9 @@ class Source:
     attr_ids: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
     attr: dict[str, pa.Array] = field(default_factory=dict)
     duplicates: pa.Array | None = None
+    # dedupe has run: placeholders are flagged 'placeholder' failures, so a saved
+    # image is known not to be one (false, not null)
+    placeholders_checked: bool = False
 
 
 def parse_since(text: str) -> float:
@@ -128,6 +131,8 @@ def prepare(conn: sqlite3.Connection, f: Filters) -> Source:
                             "ingest to the end before exporting")
     src = Source(columns={r[1] for r in conn.execute("PRAGMA table_info(images)")},
                  has_occurrences=occurrences.present(conn))
+    src.placeholders_checked = conn.execute(
+        "SELECT 1 FROM meta WHERE key = 'dedupe_stats'").fetchone() is not None
     for host in f.hosts:
         row = conn.execute("SELECT host_id FROM hosts WHERE host = ?", (host,)).fetchone()
         if row is None:
@@ -189,6 +194,8 @@ def _selected(f: Filters, src: Source) -> dict[str, str]:
            "width": "i.width", "height": "i.height", "bytes": "i.file_size",
            "sha256": "i.sha256"}
     sel.update({c: f"i.{c}" for c in _OPTIONAL[:-1] if c in src.columns})
+    if "placeholder" not in src.columns and src.placeholders_checked:
+        sel["placeholder"] = f"i.error_type IS '{PLACEHOLDER}'"
     sel["url"] = (f"coalesce(i.fetched_url, {_SINGLE_URL})" if "fetched_url" in src.columns
                   else _SINGLE_URL)
     sel["attribution_id"] = "i.attribution_id"

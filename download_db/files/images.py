@@ -205,6 +205,20 @@ def verify_original(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Out
     return Output(data, sniff.EXT.get(fmt, "img"), w, h, fmt)
 
 
+def thumbnail(data: bytes, edge: int = 160) -> bytes:
+    """A small JPEG of an image (the report's inline example of a placeholder)."""
+    im = _open(data)
+    try:
+        im.draft("RGB", (edge, edge))
+        small = _to_rgb(ImageOps.exif_transpose(im))
+        small.thumbnail((edge, edge))
+        return _encode(small, 80)
+    except (OSError, ValueError, SyntaxError) as e:
+        raise ImageError("not_an_image", f"cannot decode: {e}") from None
+    finally:
+        im.close()
+
+
 def verify_saved(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Output:
     """Check a file we (or an earlier run) wrote: a complete, decodable image.
     Used to adopt files instead of fetching them again; decodes fully for JPEGs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,9 +131,11 @@ def dedupe(conn: sqlite3.Connection, ctx: RunContext | None = None, *,
             ctx.check_stop()
     finally:
         progress.close()
+    st.seconds = time.monotonic() - t0
     with transaction(conn):
         set_meta(conn, META_NEAR_DISTANCE, str(k))
-    st.seconds = time.monotonic() - t0
+        set_meta(conn, identity.DEDUPE_STATS,
+                 json.dumps({**st.as_dict(), "finished_at": time.time()}, sort_keys=True))
     return st
 
 

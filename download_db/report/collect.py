@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 import time
@@ -11,13 +12,15 @@ from pathlib import Path
 from typing import TypeVar
 
 from ..arrays.plan import task_dbs, tasks_dir_for
-from ..db import connection, runs, upkeep
+from ..config import DEFAULT_INSTALL
+from ..db import connection, identity, runs, upkeep
 from ..db import hosts as host_table
 from ..db.connection import READ_ERRORS, retry_locked
 from ..db.schema import SCHEMA_VERSION, schema_version
 from ..db.sqlite import sqlite3
 from ..db.tallies import tallies_installed
 from ..errors import DatabaseError
+from ..files import images
 from ..states import (
     ALIVE_WINDOW,
     FLAG_LEGACY,
@@ -92,6 +95,7 @@ def collect(conn: sqlite3.Connection, *, db: Path | None = None, now: float | No
         return _snapshot(conn, lambda c, _: _collect(c, now, [p for p in parts if p]), None)
     data = _retry(read)
     data["db"] = str(db.resolve()) if db is not None else None
+    _example_thumbs(data["identity"], db)
     data["array"] = {"tasks_dir": str(tasks_dir_for(db)) if db is not None else None,
                      "tasks": [task_summary(p, now, _run_state) for p in parts if p]}
     return data
@@ -132,8 +136,23 @@ def _collect(conn: sqlite3.Connection, now: float, tasks: list[dict]) -> dict:
         "hosts_quarantined": _quarantined(states, per, hosts),
         "history": _history(activity),
         "verify": _verify(conn),
+        "identity": identity.report(conn),
         "notes": NOTES,
     }
+
+
+def _example_thumbs(ident: dict, db: Path | None) -> None:
+    """A small inline copy of each placeholder's example file for the HTML page when the
+    images sit beside the database (the default layout); None where they do not."""
+    root = db.resolve().parent / DEFAULT_INSTALL if db is not None else None
+    for p in ident["placeholders"]:
+        p["example_thumb"] = None
+        if root is not None and p["example"]:
+            try:
+                data = images.thumbnail((root / p["example"]).read_bytes())
+            except (OSError, images.ImageError):
+                continue
+            p["example_thumb"] = "data:image/jpeg;base64," + base64.b64encode(data).decode()
 
 
 def _verify(conn: sqlite3.Connection) -> dict:

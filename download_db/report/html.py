@@ -102,6 +102,25 @@ def _timeline(history: list[dict], width: int = 1000, height: int = 200) -> str:
             + "".join(cols) + axis + "</svg>")
 
 
+def _identity(ident: dict) -> str:
+    s = ident["dedupe"]
+    rows = [["requests saved (one fetch per shared URL)", f"{ident['requests_saved']:,}"]]
+    if s is not None:
+        rows[:0] = [["exact duplicate groups (same sha256)",
+                     f"{s['exact_groups']:,} ({s['exact_images']:,} images)"],
+                    [f"near-copy groups (pHash within {s['near_distance']} bits)",
+                     f"{s['near_groups']:,} ({s['near_images']:,} images)"]]
+    else:
+        rows.insert(0, ["duplicate groups", "not computed yet (gbif-download-db dedupe)"])
+    found = "".join(
+        f"<p><b>{_e(p['host'])}</b> {p['images']:,} images, sha256 "
+        f"<span class=sample>{_e(p['sha256'])}</span> · example {_e(p['example'] or '')}<br>"
+        + (f"<img alt='placeholder example' src='{_e(p['example_thumb'])}'>"
+           if p.get("example_thumb") else "") + "</p>"
+        for p in ident["placeholders"]) or "<p class=muted>no placeholders found</p>"
+    return _table(["", ""], rows) + "<h3>Placeholders by host</h3>" + found
+
+
 def render_html(d: dict) -> str:
     p, g, im, t = d["pipeline"], d["gbif_ids"], d["images"], d["throughput"]
     klass = {"running": "run", "idle": "ok", "empty": "ok"}.get(p["state"], "bad")
@@ -137,6 +156,8 @@ def render_html(d: dict) -> str:
         f"<p>ETA: {_e(eta)}</p>",
         "<h2>Progress over time (saved green, failed red, per hour)</h2>",
         _timeline(d["history"]),
+        "<h2>Identity: duplicates and placeholders</h2>",
+        _identity(d["identity"]),
         "<h2>Failures by type</h2>",
         _hbars("failed images by error type",
                [(f"{f['error_type']} ({'retryable' if f['retryable'] else 'permanent'})",

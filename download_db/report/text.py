@@ -23,6 +23,25 @@ def _counts(out: list[str], by: dict[str, int], pct: dict[str, float], total: in
     out.append(f"  {'total':<20} {total:>14,}")
 
 
+def _identity(out: list[str], ident: dict) -> None:
+    _section(out, "IDENTITY (gbif-download-db dedupe, finalize)")
+    s = ident["dedupe"]
+    if s is None:
+        out.append("  duplicate groups: not computed yet (gbif-download-db dedupe)")
+    else:
+        out.append(f"  exact duplicates (same sha256): {s['exact_groups']:,} groups, "
+                   f"{s['exact_images']:,} images")
+        out.append(f"  near copies (pHash within {s['near_distance']} bits): "
+                   f"{s['near_groups']:,} groups, {s['near_images']:,} images  "
+                   f"(as of {when(s.get('finished_at'))})")
+    out.append(f"  requests saved (one fetch per shared URL): {ident['requests_saved']:,}")
+    if not ident["placeholders"]:
+        out.append("  placeholders: none found")
+    for p in ident["placeholders"]:
+        out.append(f"  placeholder on {p['host']}: {p['images']:,} images, sha256 "
+                   f"{p['sha256'][:16]}..., example {p['example'] or '(none)'}")
+
+
 def render_text(d: dict) -> str:
     out: list[str] = [f"GBIF image download status  {when(d['generated_at'])}",
                       f"database: {d['db']}"]
@@ -69,6 +88,8 @@ def render_text(d: dict) -> str:
     else:
         out.append(f"  ETA: {fmt_secs(t['eta_seconds'])} for {im['work_left']:,} images at the "
                    f"{t['eta_basis']}'s rate")
+
+    _identity(out, d["identity"])
 
     _section(out, "FAILURES BY TYPE")
     if not d["failures"]:
