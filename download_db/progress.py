@@ -44,9 +44,10 @@ class Progress:
 
     def __init__(self, label: str, total: int | None, *, start_bytes: int = 0,
                  item: str = "rows", every: float = 10.0, stream: TextIO | None = None,
-                 bar: bool | None = None, counting: bool = False,
+                 bar: bool | None = None, counting: bool = False, word: str = "done",
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.label = label
+        self.word = word  # what the position counts, in log lines: "done", "saved"
         self.counting = counting
         self.total = total
         self.item = item
@@ -93,7 +94,7 @@ class Progress:
         eta = self.eta()
         eta_s = f", ETA {fmt_secs(eta)}" if eta is not None else ""
         if self.detail is not None:
-            return (f"{self.label}: {self.done_bytes:,}/{self.total or 0:,} done; "
+            return (f"{self.label}: {self.done_bytes:,}/{self.total or 0:,} {self.word}; "
                     f"{self.detail}{eta_s}")
         if self.counting:
             pct = f" ({100 * self.items / self.total:.1f}%)" if self.total else ""

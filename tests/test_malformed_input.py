@@ -214,6 +214,9 @@ def test_never_crash_and_every_line_is_counted(tmp_path_factory, lines, final_ne
     if lines and not final_newline and lines[-1][0][0]:
         data = data[:-1]  # last line without its \n (it still counts)
     rc, db = build(tmp_path_factory.mktemp("prop"), data)
+    if not any(c.strip(b"\r\n") for (c, _, _), _ in lines):  # only line ends after the header
+        assert rc == 2 and not db.exists()
+        return
     assert rc == 0
     ing = ingest_counts(db)
     assert ing["lines"] == len(lines)
@@ -282,13 +285,13 @@ def test_duplicate_unused_header_names(tmp_path):
 @pytest.mark.parametrize("data", [text_file([]), "\t".join(HEADER).encode(),
                                   ("\t".join(HEADER) + "\r\n").encode()],
                          ids=["header-newline", "header-no-newline", "header-crlf"])
-def test_header_without_rows_builds_an_empty_database(tmp_path, data):
+def test_header_without_rows_is_a_one_line_error(tmp_path, data, capsys):
+    # an empty download or the wrong file: "0 rows ingested" with exit 0 hid it
     rc, db = build(tmp_path, data)
-    assert rc == 0
-    ing = ingest_counts(db)
-    assert (ing["lines"], ing["rows_ok"], ing["images"], ing["skips"]) == (0, 0, 0, {})
-    assert q(db, "SELECT count(*) FROM images") == [(0,)]
-    assert q(db, "SELECT value FROM meta WHERE key = 'ingest_phase'") == [("done",)]
+    assert rc == 2
+    msg = one_line(capsys.readouterr().err)
+    assert "has a header line but no data lines" in msg
+    assert not db.exists()
 
 
 def test_no_header_row_is_a_one_line_error(tmp_path, capsys):

@@ -47,4 +47,17 @@ def stage_lock(db: str | os.PathLike, *, exclusive: bool, what: str) -> Iterator
             os.pwrite(fd, f"{what} (host {socket.gethostname()}, pid {os.getpid()})".encode(), 0)
         yield
     finally:
+        _drop_if_no_database(db, path, fd)
         os.close(fd)  # releases the lock
+
+
+def _drop_if_no_database(db: str | os.PathLike, path: Path, fd: int) -> None:
+    """A command that failed before the database existed (a wrong --db, input refused)
+    leaves no <db>.lock behind; removed only when nobody else holds it."""
+    if os.path.exists(db):
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        path.unlink()
+    except OSError:
+        pass  # someone else holds it, or it is gone already

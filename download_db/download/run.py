@@ -94,9 +94,14 @@ def fetch_all(run: Run) -> dict:
         raise crew.fatal[0]
     counts = dict(writer.counts)
     counts["bytes_fetched"] = _bytes(crew)
+    if limit_hit is None and cfg.max_images is not None \
+            and crew.sched.handed_out >= cfg.max_images:
+        limit_hit = "max_images"  # the last results were still on their way to the writer
     if limit_hit:
         counts["limit"] = limit_hit
-    run.ctx.say(summary(counts, time.monotonic() - run.t0))
+    how = ("stopped" if crew.abort is not None else f"stopped at --{limit_hit.replace('_', '-')}"
+           if limit_hit else "interrupted (resumable)" if stop.is_set() else "finished")
+    run.ctx.say(summary(counts, time.monotonic() - run.t0, how))
     if crew.abort is not None:
         raise crew.abort
     return counts
@@ -133,7 +138,10 @@ def _work(run: Run, crew: _Crew) -> None:
 def _watch(run: Run, crew: _Crew, threads: list[threading.Thread]) -> str | None:
     """Main thread: progress, limits, writer health; returns which limit ended the run."""
     cfg, writer, stop = run.cfg, run.writer, run.ctx.stop
-    progress = run.ctx.progress("download", run.todo, item="img", counting=True)
+    # the position is the images saved: the ETA says when the work is saved, and a run
+    # whose every attempt fails shows no ETA at all
+    progress = run.ctx.progress("download", run.todo, item="img", counting=True,
+                                word="saved")
     outage = _Outage(run, crew)
     checked_at = 0
     try:
@@ -153,7 +161,8 @@ def _watch(run: Run, crew: _Crew, threads: list[threading.Thread]) -> str | None
             if crew.abort is not None:
                 stop.set()
                 return None
-            progress.update(done, done - progress.done_bytes,
+            saved = counts.get(SUCCESS, 0)
+            progress.update(saved, saved - progress.done_bytes,
                             rates(counts, _bytes(crew), time.monotonic() - run.t0))
             if writer.error is not None:
                 stop.set()
@@ -242,9 +251,16 @@ def rates(counts: dict, fetched: int, seconds: float) -> str:
             f"{ok / dt:,.1f} img/s, {fetched / 1e6 / dt:,.1f} MB/s")
 
 
-def summary(counts: dict, seconds: float) -> str:
-    """The line a download process ends with."""
-    return (f"download: finished in {fmt_secs(seconds)}: {counts.get(SUCCESS, 0):,} saved, "
+def summary(counts: dict, seconds: float, how: str = "finished") -> str:
+    """The line a download process ends with: how it ended ("finished", "interrupted
+    (resumable)", "stopped at --max-runtime"), and a warning when nothing was saved
+    although every attempt failed: then the network or the hosts look down."""
+    failed = counts.get(FAILED_TRANSIENT, 0) + counts.get(FAILED_PERMANENT, 0)
+    warn = (f" - NOTHING SAVED: all {failed:,} attempts failed; the network or the hosts "
+            "look down (see the report's failures by type)"
+            if failed and not counts.get(SUCCESS, 0) else "")
+    return (f"download: {how} after {fmt_secs(seconds)}{warn}: "
+            f"{counts.get(SUCCESS, 0):,} saved, "
             f"{counts.get(FAILED_TRANSIENT, 0):,} failed (will retry), "
             f"{counts.get(FAILED_PERMANENT, 0):,} failed permanently, "
             f"{counts.get('deferred', 0):,} deferred (host cooling down / busy), "

@@ -127,6 +127,10 @@ class Source:
             text = line.decode("utf-8-sig")
         except UnicodeDecodeError:
             raise InputError(f"{self.path}: header line is not UTF-8") from None
+        if "\r" in text.rstrip("\r\n"):
+            # the whole file would read as one header line that holds every row
+            raise InputError(f"{self.path}: its line ends are carriage returns only (an old Mac "
+                             "export?); convert them first: tr '\\r' '\\n' < IN > OUT")
         raw = text.rstrip("\r\n").split("\t")
         names: list[str] = []
         index: dict[str, int] = {}
@@ -146,6 +150,19 @@ class Source:
                 f"multimedia.txt? (header starts: {text[:80].strip()!r})")
         return Header(names, index, len(line))
 
+    def require_lines(self) -> None:
+        """Refuse a file with a header and no data line (only line ends after it): an
+        empty download, or the wrong file; an ingest of it would "succeed" with 0 rows."""
+        f = self.open()
+        try:
+            _skip_to(f, self.header.data_offset, self.path)
+            if _safe_read(f, self.path, lambda: _any_line(f)):
+                return
+        finally:
+            f.close()
+        raise InputError(f"{self.path} has a header line but no data lines: nothing to "
+                         "ingest (an empty GBIF download, or the wrong file?)")
+
     def chunks(self, start: int | None = None, chunk_bytes: int = CHUNK_BYTES) -> Iterator[Chunk]:
         """Chunks of whole gbifID runs from ``start`` (default: first data line)."""
         pos = self.header.data_offset if start is None else start
@@ -155,6 +172,14 @@ class Source:
             yield from _cut(f, pos, chunk_bytes, self.path)
         finally:
             f.close()
+
+
+def _any_line(f: BinaryIO) -> bool:
+    """Is there anything but line ends from here on? (Stops at the first byte that is.)"""
+    while block := f.read(1 << 16):
+        if block.strip(b"\r\n"):
+            return True
+    return False
 
 
 def _safe_read(f: BinaryIO, path: Path, fn):

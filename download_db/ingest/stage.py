@@ -61,6 +61,7 @@ def _run(cfg: InitConfig, out: TextIO | None, stop: threading.Event) -> dict:
         occ = occurrences.find(None, cfg.occurrence, lambda m: say(m, out))
     else:
         source = Source(cfg.multimedia)
+        source.require_lines()
         # bad input fails before the load
         occ = occurrences.find(source.path, cfg.occurrence, lambda m: say(m, out))
         if state == "foreign":

@@ -194,11 +194,29 @@ def _pipeline(conn: sqlite3.Connection, now: float, tasks: list[dict]) -> dict:
                     f" on {last['hostname']}) {_ended(last)}")
         if last.get("message"):
             headline += f": {last['message']}"
+    elif _saved_nothing(last):
+        c = last["counts"] or {}
+        state = "nothing saved"
+        headline = (f"NOTHING SAVED: the last run ({last['stage']}, run {last['run_id']} on "
+                    f"{last['hostname']}) ended, but all its "
+                    f"{_failed(c):,} attempts failed: the network or the hosts look down "
+                    "(see FAILURES BY TYPE: dns_error, connection_broken or proxy_error on "
+                    "every host means the node's network)")
     else:
         state = "idle"
         headline = f"idle: the last run ({last['stage']}, run {last['run_id']}) finished ok"
     return {"state": state, "headline": headline, "running": running,
             "last_by_stage": _last_by_stage(rows), "recent": rows[:10]}
+
+
+def _failed(c: dict) -> int:
+    return int(c.get("failed_transient", 0) or 0) + int(c.get("failed_permanent", 0) or 0)
+
+
+def _saved_nothing(r: dict) -> bool:
+    """A download run that ended with every attempt failed: not a run that "finished ok"."""
+    c = r["counts"] if isinstance(r["counts"], dict) else {}
+    return r["stage"] == "download" and not c.get("success") and _failed(c) > 0
 
 
 def _run_state(r: dict, now: float) -> str:
@@ -272,19 +290,27 @@ def _activity(conn: sqlite3.Connection, now: float, tasks: list[dict],
 
 
 def _throughput(activity: dict[int, list[int]], now: float, work_left: int) -> dict:
+    """Saved images per hour over the last hour and day, and the ETA at that pace. A
+    window's rate divides by the time it covers (from its first activity to now, at least
+    a minute), so a run that began two hours ago is not averaged over 24. The ETA counts
+    saved images: attempts that fail do not bring the end nearer."""
     def window(seconds: int) -> dict:
         since = int((now - seconds) // 60)
         a = s = f = b = 0
+        first = None
         for minute, (a1, s1, f1, b1) in activity.items():
             if minute >= since:
                 a, s, f, b = a + a1, s + s1, f + f1, b + b1
-        hours = seconds / 3600
+                first = minute if first is None else min(first, minute)
+        covered = min(max(now - first * 60, 60.0), seconds) if first is not None else seconds
+        hours = covered / 3600
         return {"attempts": a, "successes": s, "failures": f, "bytes": b,
+                "covered_seconds": round(covered),
                 "successes_per_hour": round(s / hours, 1),
                 "attempts_per_hour": round(a / hours, 1)}
     hour, day = window(3600), window(86400)
-    basis = "last hour" if hour["attempts"] else "last day" if day["attempts"] else None
-    rate = (hour if hour["attempts"] else day)["attempts_per_hour"]
+    basis = "last hour" if hour["successes"] else "last day" if day["successes"] else None
+    rate = (hour if hour["successes"] else day)["successes_per_hour"]
     eta = round(work_left / rate * 3600) if rate and work_left else (0 if not work_left else None)
     return {"last_hour": hour, "last_day": day, "eta_seconds": eta, "eta_basis": basis}
 

@@ -59,21 +59,28 @@ def _hbars(title: str, rows: list[tuple[str, int, int]], width: int = 520) -> st
         return f"<p class=muted>{_e(title)}: none</p>"
     top = max(a + b for _, a, b in rows) or 1
     h = 18
+    # the label column fits the longest label (host names are never cut)
+    x0 = max(220, round(max(len(label) for label, _, _ in rows) * 6.6) + 12)
+    span = width - 230
     items = []
     for i, (label, a, b) in enumerate(rows):
         y = 22 + i * (h + 4)
-        wa, wb = (width - 230) * a / top, (width - 230) * b / top
+        wa, wb = span * a / top, span * b / top
         items.append(
-            f'<text x="0" y="{y + 13}" font-size="11">{_e(label[:32])}</text>'
-            f'<rect x="220" y="{y}" width="{wa:.2f}" height="{h}" fill="#c62828">'
+            f'<text x="0" y="{y + 13}" font-size="11">{_e(label)}</text>'
+            f'<rect x="{x0}" y="{y}" width="{wa:.2f}" height="{h}" fill="#c62828">'
             f"<title>{_e(label)}: {a:,}</title></rect>"
-            f'<rect x="{220 + wa:.2f}" y="{y}" width="{wb:.2f}" height="{h}" fill="#2e7d32">'
+            f'<rect x="{x0 + wa:.2f}" y="{y}" width="{wb:.2f}" height="{h}" fill="#2e7d32">'
             f"<title>{_e(label)}: {b:,}</title></rect>"
-            f'<text x="{224 + wa + wb:.2f}" y="{y + 13}" font-size="11">{a:,}</text>')
+            f'<text x="{x0 + 4 + wa + wb:.2f}" y="{y + 13}" font-size="11">{a:,}</text>')
     height = 30 + len(rows) * (h + 4)
-    return (f'<svg role="img" aria-label="{_e(title)}" width="{width + 60}" height="{height}">'
+    return (f'<svg role="img" aria-label="{_e(title)}" width="{x0 + span + 70}" '
+            f'height="{height}">'
             f'<text x="0" y="14" font-size="13" font-weight="600">{_e(title)}</text>'
             + "".join(items) + "</svg>")
+
+
+MIN_HOURS = 12  # the chart spans at least this many hours, so a first hour is one column
 
 
 def _timeline(history: list[dict], width: int = 1000, height: int = 200) -> str:
@@ -81,6 +88,7 @@ def _timeline(history: list[dict], width: int = 1000, height: int = 200) -> str:
     if not history:
         return "<p class=muted>no finished attempts in the last 14 days</p>"
     start, end = history[0]["hour"], history[-1]["hour"]
+    start = min(start, end - (MIN_HOURS - 1) * 3600)
     n = int((end - start) // 3600) + 1
     bw = max(width / n, 1.0)
     top = max(r["successes"] + r["failures"] for r in history) or 1
@@ -95,9 +103,11 @@ def _timeline(history: list[dict], width: int = 1000, height: int = 200) -> str:
                     f'height="{hs:.2f}" fill="#2e7d32"/>'
                     f'<rect x="{x:.2f}" y="{height - 20 - hs - hf:.2f}" width="{bw:.2f}" '
                     f'height="{hf:.2f}" fill="#c62828"/></g>')
+    # labels at the edges of the hours shown: the start of the first, the end of the last
     axis = (f'<text x="0" y="{height - 4}" font-size="11">{_e(when(start))}</text>'
             f'<text x="{width}" y="{height - 4}" font-size="11" text-anchor="end">'
-            f'{_e(when(end))}</text><text x="0" y="12" font-size="11">{top:,} per hour</text>')
+            f'{_e(when(end + 3600))}</text>'
+            f'<text x="0" y="12" font-size="11">{top:,} per hour</text>')
     return (f'<svg role="img" aria-label="images per hour" width="{width}" height="{height}">'
             + "".join(cols) + axis + "</svg>")
 

@@ -78,11 +78,14 @@ def render_text(d: dict) -> str:
 
     t = d["throughput"]
     _section(out, "THROUGHPUT")
-    for label, w in (("last hour", t["last_hour"]), ("last day", t["last_day"])):
+    for label, w, full in (("last hour", t["last_hour"], 3600), ("last day", t["last_day"], 86400)):
+        span = w.get("covered_seconds", full)
+        over = f"  (over {fmt_secs(span)})" if span < full else ""
         out.append(f"  {label:<10} {w['successes']:>10,} saved  {w['failures']:>9,} failed  "
-                   f"{w['successes_per_hour']:>12,.0f} images/hour  {human_bytes(w['bytes'])}")
+                   f"{w['successes_per_hour']:>12,.0f} images/hour  {human_bytes(w['bytes'])}"
+                   f"{over}")
     if t["eta_seconds"] is None:
-        out.append("  ETA: unknown (nothing finished in the last day)")
+        out.append("  ETA: unknown (nothing saved in the last day)")
     elif t["eta_seconds"] == 0:
         out.append("  ETA: nothing left to do")
     else:

@@ -245,6 +245,9 @@ def test_every_line_is_ingested_or_counted(tmp_path_factory, f, gz, small_chunks
     extra = ("--chunk-mb", "1") if small_chunks else ()
     rc, err, db = ingest_bytes(tmp_path_factory.mktemp("mm"), data, name, *extra)
     assert_clean_exit(rc, err)
+    if not body.strip(b"\r\n"):  # a header and nothing else: an input error, not 0 rows
+        assert rc == 2 and "no data lines" in err, err
+        return
     assert rc == 0, err  # gbifID and identifier are always in these headers, once
     ing = ingest_counts(db)
     assert integrity(db) == "ok"
@@ -307,13 +310,10 @@ CASES = [
     ("double-bom", BOM + BOM + _hdr(HEADER), 2, "gbifID"),
     ("nul-file", b"\x00" * 5000, 2, "gbifID"),
     ("png-file", b"\x89PNG\r\n\x1a\n" + b"\x00" * 100, 2, "UTF-8"),
-    pytest.param(
-        "only-cr-line-ends", _hdr(HEADER, b"\r") + _row("1", "https://h.example/a.jpg") + b"\r",
-        2, "line", marks=pytest.mark.xfail(strict=True, reason=(
-            "FINDING: a file with CR-only line ends (old Mac) is read as one long header line "
-            "that happens to contain gbifID and identifier, and no data: exit 0 with '0 lines' "
-            "instead of an input error"))),
-    ("header-only-crlf", BOM + _hdr(HEADER, b"\r\n"), 0, (0, 0)),
+    ("only-cr-line-ends", _hdr(HEADER, b"\r") + _row("1", "https://h.example/a.jpg") + b"\r",
+     2, "line ends are carriage returns only"),
+    ("header-only-crlf", BOM + _hdr(HEADER, b"\r\n"), 2, "no data lines"),
+    ("header-and-blank-lines", _hdr(HEADER) + b"\n\n\r\n", 2, "no data lines"),
     ("crlf-everywhere", _hdr(HEADER, b"\r\n") + _row("1", "https://h.example/a.jpg") +
      b"\r\n" + b"\r\n" + _row("2", "https://h.example/b.jpg") + b"\r\n", 0, (3, 2)),
     ("lone-cr-inside-a-line", _hdr(HEADER) + _row("1", "https://h.example/a\rb.jpg") + b"\n" +
