@@ -3,6 +3,7 @@ end to end by the downloader against loopback hosts."""
 
 from __future__ import annotations
 
+import json
 import sqlite3 as stdlib_sqlite3
 import threading
 
@@ -72,7 +73,8 @@ def test_the_worker_halves_a_host_that_answers_503(tmp_path):
             gate.close()
 
 
-def test_an_adaptive_host_never_has_more_at_once_than_its_max(tmp_path):
+def test_an_adaptive_host_never_has_more_at_once_than_its_max_and_its_limit_is_reported(
+        tmp_path, capsys):
     with ImageServer("127.0.0.17") as srv:
         urls = [srv.url(f"/slow/a{i}.jpg?delay=0.2&w=64&h=64") for i in range(40)]
         mm = write_multimedia(tmp_path / "m.txt", [row(1001 + i, u) for i, u in enumerate(urls)])
@@ -92,5 +94,14 @@ def test_an_adaptive_host_never_has_more_at_once_than_its_max(tmp_path):
     try:
         assert c.execute("SELECT count(*) FROM images WHERE status = 'success'").fetchone()[0] \
             == len(urls)
+        (limit,) = c.execute("SELECT concurrency_limit FROM hosts WHERE host = ?",
+                             (srv.host,)).fetchone()
     finally:
         c.close()
+    assert 1 <= limit <= 3  # recorded for the report
+    capsys.readouterr()
+    assert main(["report", "--db", str(db), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)["host_limits"]
+    assert [(h["host"], h["limit"]) for h in shown] == [(srv.host, limit)]
+    assert main(["report", "--db", str(db)]) == 0
+    assert f"{srv.host}" in capsys.readouterr().out.split("ADAPTIVE LIMITS")[1]

@@ -10,11 +10,12 @@ from .sqlite import sqlite3
 
 # A host's politeness and circuit-breaker state, as the report and a merge read it.
 STATE_COLUMNS = ("host_id", "cooldown_until", "cooldown_reason", "breaker_state", "quarantined",
-                 "quarantined_at", "last_error", "sample_detail", "updated_at")
+                 "quarantined_at", "last_error", "sample_detail", "updated_at",
+                 "concurrency_limit")
 # What a downloader may save about a host (HostGate's fields).
 SAVED_COLUMNS = frozenset({"cooldown_until", "cooldown_reason", "breaker_state",
                            "breaker_opened_at", "quarantined", "quarantined_at", "last_error",
-                           "sample_detail"})
+                           "sample_detail", "concurrency_limit"})
 _STATE = ", ".join(STATE_COLUMNS)
 
 
@@ -87,7 +88,8 @@ def merge_from(conn: sqlite3.Connection, schema: str) -> None:
 UPDATE hosts SET cooldown_until = t.cooldown_until, cooldown_reason = t.cooldown_reason,
        breaker_state = t.breaker_state, breaker_opened_at = t.breaker_opened_at,
        quarantined = t.quarantined, quarantined_at = t.quarantined_at, last_error = t.last_error,
-       sample_detail = coalesce(t.sample_detail, hosts.sample_detail), updated_at = t.updated_at
+       sample_detail = coalesce(t.sample_detail, hosts.sample_detail), updated_at = t.updated_at,
+       concurrency_limit = coalesce(t.concurrency_limit, hosts.concurrency_limit)
   FROM {schema}.hosts AS t
  WHERE t.host_id = hosts.host_id AND t.updated_at > coalesce(hosts.updated_at, 0)
 """)
@@ -110,6 +112,12 @@ def samples(conn: sqlite3.Connection, host_ids: Iterable[int]) -> dict[int, str 
     """The captured text of a non-image response, per host."""
     return dict(conn.execute("SELECT host_id, sample_detail FROM hosts WHERE host_id IN "
                              "(SELECT value FROM json_each(?))", (json.dumps(list(host_ids)),)))
+
+
+def limits(conn: sqlite3.Connection) -> list[tuple]:
+    """STATE_COLUMNS of hosts whose adaptive limit a downloader recorded."""
+    return conn.execute(f"SELECT {_STATE} FROM hosts WHERE concurrency_limit IS NOT NULL"
+                        ).fetchall()
 
 
 def miscounted(conn: sqlite3.Connection) -> int:

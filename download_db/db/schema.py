@@ -74,7 +74,8 @@ _TABLES = [
         window_started_at REAL,
         last_error        TEXT,
         sample_detail     TEXT,
-        updated_at        REAL
+        updated_at        REAL,
+        concurrency_limit INTEGER
     )""",
     # license / rightsHolder / creator of an image's best multimedia row,
     # stored once per distinct combination; the id is a content hash.
@@ -165,6 +166,8 @@ MIGRATIONS: dict[int, list[str | Callable[[sqlite3.Connection], None]]] = {
     # when verify last found the file sound (upkeep/verify.py); one scan builds the index
     7: ["ALTER TABLE images ADD COLUMN last_checked REAL", INDEX_CHECKED],
     8: [placeholders.DDL],  # a host's one picture for many URLs (identity/dedupe.py)
+    # each host's adaptive limit as its downloader last set it (web/adaptive.py)
+    10: ["ALTER TABLE hosts ADD COLUMN concurrency_limit INTEGER"],
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 

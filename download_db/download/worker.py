@@ -285,8 +285,10 @@ class Worker:
             outcome = adaptive.outcome_of(None if e is None else e.error_type,
                                           None if e is None else e.http_status)
             if outcome is not None:  # the others still under way: this one is done
-                self.gate.adapt(slot.host, outcome, latency,
-                                self.gate.in_flight(slot.host) - 1)
+                limit = self.gate.adapt(slot.host, outcome, latency,
+                                        self.gate.in_flight(slot.host) - 1)
+                if self.gate.news(slot.host, limit):  # for the report
+                    self.writer.host_state(slot.host, concurrency_limit=limit)
         now = time.time()
         if e is not None and e.cooldown:
             until = self.gate.cool_down(slot.host, e.cooldown, now)

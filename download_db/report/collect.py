@@ -134,6 +134,7 @@ def _collect(conn: sqlite3.Connection, now: float, tasks: list[dict]) -> dict:
         "top_failing_hosts": _top_failing(per, hosts),
         "hosts_cooling_down": _cooling(states, now, hosts),
         "hosts_quarantined": _quarantined(states, per, hosts),
+        "host_limits": _limits(conn, tasks, per, hosts),
         "history": _history(activity),
         "verify": _verify(conn),
         "identity": identity.report(conn),
@@ -383,6 +384,20 @@ def _host_rows(conn: sqlite3.Connection, tasks: list[dict]) -> dict[int, tuple]:
             if r[0] not in rows or (r[8] or 0) > (rows[r[0]][8] or 0):
                 rows[r[0]] = r
     return rows
+
+
+def _limits(conn: sqlite3.Connection, tasks: list[dict], per: dict[int, dict[str, int]],
+            hosts: dict[int, str]) -> list[dict]:
+    """Each adaptive host's limit as last recorded (the newest of the main DB and the
+    tasks), hosts with the most work left first."""
+    rows = {r[0]: r for r in host_table.limits(conn)}
+    for t in tasks:
+        for r in t["hosts"]:
+            if len(r) > 9 and r[9] is not None and (r[8] or 0) >= (rows.get(r[0], r)[8] or 0):
+                rows[r[0]] = r
+    out = [{"host": hosts.get(hid, str(hid)), "limit": r[9], "set_at": r[8],
+            "work_left": per.get(hid, {}).get("work_left", 0)} for hid, r in rows.items()]
+    return sorted(out, key=lambda h: (-h["work_left"], h["host"]))[:100]
 
 
 def _cooling(states: dict[int, tuple], now: float, hosts: dict[int, str]) -> list[dict]:

@@ -190,6 +190,10 @@ def render_html(d: dict) -> str:
         _table(["host", "until", "reason", "breaker"],
                [[h["host"], when(h["until"]), h["reason"] or "", h["breaker"]]
                 for h in d["hosts_cooling_down"]]),
+        "<h2>Adaptive limits</h2>",
+        _table(["host", "at once", "set", "work left"],
+               [[h["host"], str(h["limit"]), when(h["set_at"]), f"{h['work_left']:,}"]
+                for h in d.get("host_limits", [])]),
         "<h2>Quarantined hosts</h2>",
         _table(["host", "since", "failed", "success", "work left"],
                [[h["host"], when(h["since"]), f"{h['failed']:,}", f"{h['success']:,}",

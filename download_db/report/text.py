@@ -132,6 +132,13 @@ def render_text(d: dict) -> str:
         out.append(f"  {h['host']:<40} until {when(h['until'])}  {h['reason'] or ''}  "
                    f"breaker {h['breaker']}")
 
+    _section(out, "ADAPTIVE LIMITS (requests at once, as last set)")
+    if not d.get("host_limits"):
+        out.append("  none")
+    for h in d.get("host_limits", []):
+        out.append(f"  {h['host'][:40]:<40} {h['limit']:>4} at once  set {when(h['set_at'])}"
+                   f"  work left {h['work_left']:,}")
+
     _section(out, "QUARANTINED HOSTS (deprioritised, never failed)")
     if not d["hosts_quarantined"]:
         out.append("  none")

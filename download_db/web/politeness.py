@@ -108,10 +108,20 @@ class HostGate:
         self._outcomes: dict[str, _Window] = {}
         self._seen: dict[str, tuple[float, list[float]]] = {}  # last state read, per host
         self._held: dict[str, int] = {}  # slots this process holds, per host
+        self._told: dict[str, int] = {}  # adaptive limits last recorded, per host
 
     def _held_by_us(self, host: str, n: int) -> None:
         with self._local:
             self._held[host] = self._held.get(host, 0) + n
+
+    def news(self, host: str, limit: int) -> bool:
+        """True once per change of a host's adaptive limit in this process: worth
+        recording in the hosts table."""
+        with self._local:
+            if self._told.get(host) == limit:
+                return False
+            self._told[host] = limit
+            return True
 
     def in_flight(self, host: str) -> int:
         """Requests to the host this process has under way (its slots held)."""
