@@ -37,6 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--placeholder-urls", type=int, default=PLACEHOLDER_MAX_SHARED, metavar="N",
                    help="more than N images of one host showing the same picture make it a "
                         f"placeholder (default: {PLACEHOLDER_MAX_SHARED})")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="processes comparing the bands of the near-duplicate index at once "
+                        "(default: 1)")
     p.add_argument("--force", action="store_true",
                    help="run although array tasks may still be writing")
     common.add_progress(p, 10.0)
@@ -53,7 +56,7 @@ def run(a: argparse.Namespace) -> int:
 
     run_dedupe(DedupeConfig(db=a.db, near_distance=a.near_distance,
                             install_path=a.install_path or _default_root(),
-                            max_shared=a.placeholder_urls,
+                            max_shared=a.placeholder_urls, workers=a.workers,
                             force=a.force,
                             bar=common.bar(a), progress_every=a.progress_every))
     return 0

@@ -43,6 +43,7 @@ class DedupeConfig:
     install_path: Path | None = None  # where placeholder files are removed; None: kept
     max_shared: int = placeholders.DEFAULT_MAX_SHARED
     max_attempts: int = DEFAULT_MAX_ATTEMPTS  # for the gbifID roll-up of placeholders
+    workers: int = 1  # processes for the bands of the near-duplicate index
     force: bool = False
     bar: bool | None = None
     progress_every: float = 10.0
@@ -52,6 +53,8 @@ class DedupeConfig:
             raise UsageError(f"--db {self.db}: no such database")
         if self.near_distance is not None and not 0 <= self.near_distance <= 32:
             raise UsageError("--near-distance must be between 0 and 32")
+        if not 1 <= self.workers <= 64:
+            raise UsageError("--workers must be between 1 and 64")
         if self.max_shared < 1:
             raise UsageError("--placeholder-urls must be at least 1")
         if self.install_path is not None and not self.install_path.is_dir():
@@ -81,7 +84,8 @@ class DedupeStats:
 def dedupe(conn: sqlite3.Connection, ctx: RunContext | None = None, *,
            near_distance: int | None = None, root: Path | None = None,
            max_shared: int = placeholders.DEFAULT_MAX_SHARED,
-           max_attempts: int = DEFAULT_MAX_ATTEMPTS, chunk: int = CHUNK) -> DedupeStats:
+           max_attempts: int = DEFAULT_MAX_ATTEMPTS, chunk: int = CHUNK,
+           workers: int = 1) -> DedupeStats:
     """Flag placeholders (their files removed under ``root`` but one example), then
     recompute dup_group and near_group of every saved image and write only the
     rows that change, a transaction per chunk: safe to kill and re-run (a re-run
@@ -95,7 +99,7 @@ def dedupe(conn: sqlite3.Connection, ctx: RunContext | None = None, *,
     st = DedupeStats(near_distance=k)
     dup_rows = identity.duplicates(conn)
     ids, hashes, hosts = identity.hashed(conn)
-    a, b = groups.near_pairs(hashes, k)
+    a, b = groups.near_pairs(hashes, k, workers=workers)
     near = groups.group_ids(ids, a, b)
     found = placeholders.find(dup_rows, ids, hosts, near, max_shared)
     st.placeholders = len(found)
@@ -172,7 +176,8 @@ def run_dedupe(cfg: DedupeConfig, out: TextIO | None = None) -> DedupeStats:
             run_id = runs.start_run(conn, "dedupe")
             try:
                 st = dedupe(conn, ctx, near_distance=cfg.near_distance, root=cfg.install_path,
-                            max_shared=cfg.max_shared, max_attempts=cfg.max_attempts)
+                            max_shared=cfg.max_shared, max_attempts=cfg.max_attempts,
+                            workers=cfg.workers)
             except (KeyboardInterrupt, Interrupted):
                 runs.finish_run(conn, run_id, runs.INTERRUPTED, None, "stopped by a signal")
                 raise Interrupted("stopped by a signal; run the same command again to "

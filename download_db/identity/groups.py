@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing as mp
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 from scipy.sparse import coo_matrix
@@ -77,21 +79,48 @@ def _band_pairs(h: np.ndarray, shift: int, width: int, k: int,
         live = live[left[live] >= d]
 
 
-def near_pairs(hashes: np.ndarray, k: int, *,
-               max_pairs: int = 1 << 22) -> tuple[np.ndarray, np.ndarray]:
+def _one_band(h: np.ndarray, shift: int, width: int, k: int,
+              max_pairs: int) -> tuple[np.ndarray, np.ndarray]:
+    a_parts, b_parts = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
+    for a, b in _band_pairs(h, shift, width, k, max_pairs):
+        a_parts.append(np.minimum(a, b))
+        b_parts.append(np.maximum(a, b))
+    return np.concatenate(a_parts), np.concatenate(b_parts)
+
+
+# The hashes a forked band worker reads: inherited copy-on-write, never pickled.
+_FORKED: np.ndarray | None = None
+
+
+def _band_job(job: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    assert _FORKED is not None
+    return _one_band(_FORKED, *job)
+
+
+def near_pairs(hashes: np.ndarray, k: int, *, max_pairs: int = 1 << 22,
+               workers: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Every pair of indices whose hashes are within Hamming distance k (each pair
-    once, a < b). Exact: no pair within k is missed, none beyond k is returned."""
+    once, a < b). Exact: no pair within k is missed, none beyond k is returned.
+    ``workers`` > 1: the bands run in forked processes at once (each needs about 30
+    bytes per hash of its own)."""
+    global _FORKED
     h = np.asarray(hashes).astype(np.int64, copy=False).view(np.uint64)
-    a_parts, b_parts = [], []
-    for shift, width in bands(k):
-        for a, b in _band_pairs(h, shift, width, k, max_pairs):
-            a_parts.append(np.minimum(a, b))
-            b_parts.append(np.maximum(a, b))
-    if not a_parts:
-        empty = np.empty(0, np.int64)
-        return empty, empty
-    pairs = np.unique(np.stack([np.concatenate(a_parts), np.concatenate(b_parts)], axis=1),
-                      axis=0)  # a pair agreeing on several bands is found once per band
+    jobs = [(shift, width, k, max_pairs) for shift, width in bands(k)]
+    if workers > 1 and len(jobs) > 1 and len(h) and "fork" in mp.get_all_start_methods():
+        _FORKED = h
+        try:
+            with ProcessPoolExecutor(min(workers, len(jobs)),
+                                     mp_context=mp.get_context("fork")) as pool:
+                found = list(pool.map(_band_job, jobs))
+        finally:
+            _FORKED = None
+    else:
+        found = [_one_band(h, *job) for job in jobs]
+    a = np.concatenate([f[0] for f in found])
+    b = np.concatenate([f[1] for f in found])
+    if not len(a):
+        return a, b
+    pairs = np.unique(np.stack([a, b], axis=1), axis=0)  # found once per agreeing band
     return pairs[:, 0].astype(np.int64), pairs[:, 1].astype(np.int64)
 
 
