@@ -43,7 +43,8 @@ size; ``?w=&h=`` override the default 1500x2000 size, one of them alone keeps 3:
 ``/photos/{id}/{size}.jpg``             iNaturalist-style renditions: original 2048 px long
                                         edge, large 1024, medium 500, small 240, thumb 100
                                         (3:4); ``ImageServer.gone_renditions`` fail
-``/manifest/v{2|3}/{id}.json``          IIIF Presentation manifest (``?canvases=N``), also
+``/manifest/v{2|3}/{id}.json``          IIIF Presentation manifest (``?canvases=N``; v2
+                                        ``?images=BASE``: its image service there), also
                                         ``/manifest/v{2|3}/{id}/manifest``
 ``/manifest/bad.json``, ``/empty.json`` invalid JSON / a v3 manifest without canvases
 ``/__stats``, ``/__reset``              stats as JSON / reset them (not counted in stats)
@@ -824,6 +825,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def manifest_v2(self, ident: str, canvas_ids: list[str]) -> dict:
         u = self.server.app.url
+        # ?images=http://host:port: the image service on another server (another host)
+        images = self.query.get("images", self.server.app.base)
+
+        def iu(path: str) -> str:
+            return images.rstrip("/") + path
         canvases = []
         for cid in canvas_ids:
             canvas = u(f"/canvas/{cid}")
@@ -839,14 +845,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     "motivation": "sc:painting",
                     "on": canvas,
                     "resource": {
-                        "@id": u(f"/iiif/2/{cid}/full/full/0/default.jpg"),
+                        "@id": iu(f"/iiif/2/{cid}/full/full/0/default.jpg"),
                         "@type": "dctypes:Image",
                         "format": "image/jpeg",
                         "width": IIIF_W,
                         "height": IIIF_H,
                         "service": {
                             "@context": "http://iiif.io/api/image/2/context.json",
-                            "@id": u(f"/iiif/2/{cid}"),
+                            "@id": iu(f"/iiif/2/{cid}"),
                             "profile": "http://iiif.io/api/image/2/level2.json",
                         },
                     },

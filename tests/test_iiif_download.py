@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from download_db.db.claims import Item, Result
+from download_db.download.docs import DocCache
 from download_db.download.worker import Worker, WorkerConfig
 from download_db.states import FAILED_PERMANENT, SUCCESS
 from download_db.web import fetch
@@ -32,10 +33,11 @@ def run(tmp_path: Path, srv: ImageServer):
     srv.iiif_max_width.clear()
     gate = HostGate(tmp_path / "locks", Politeness(concurrency=2))
     session = fetch.new_session(LIMITS)
+    docs = DocCache()  # one per process, as in a run
 
     def _run(path: str, max_size: int = 256, keep_original: bool = False) -> Result:
         cfg = WorkerConfig(root=tmp_path / "images", limits=LIMITS, max_size=max_size,
-                           keep_original=keep_original)
+                           keep_original=keep_original, docs=docs)
         worker = Worker(cfg, gate, _NoWriter(), threading.Event(), session)
         item = Item(image_id=1, gbif_id=1234567890, image_no=0, status="pending", attempts=0,
                     error_type=None, host_id=1, urls=[srv.url(path)])
@@ -43,6 +45,7 @@ def run(tmp_path: Path, srv: ImageServer):
         assert isinstance(slot, Slot)
         return worker.process(item, slot)
 
+    _run.gate = gate  # type: ignore[attr-defined]
     yield _run
     session.close()
     gate.close()
@@ -109,3 +112,22 @@ def test_a_listed_size_that_is_gone_is_a_verdict(run, srv):
     srv.iiif_images["gone"] = {"level": 0, "size": (0, 0)}  # lists nothing, serves nothing
     r = run("/iiif/2/gone/info.json")
     assert r.status == FAILED_PERMANENT
+
+
+def test_a_manifest_is_fetched_once_per_image_when_the_image_host_is_busy(run, srv):
+    with ImageServer("127.0.0.18") as pixels:
+        path = f"/manifest/v2/elsewhere.json?images={pixels.base}"
+        gate_slots = []
+        for _ in range(2):  # the image host's slots are taken (other work, other processes)
+            got = run.gate.acquire(pixels.host)
+            assert isinstance(got, Slot)
+            gate_slots.append(got)
+        first = run(path)
+        assert (first.status, first.attempted) == ("pending", False)  # deferred: ours
+        for s in gate_slots:
+            s.release()
+        second = run(path)
+        assert second.status == SUCCESS
+        # the manifest was read once; its image asked for once it could be
+        assert srv.hits("/manifest/v2/elsewhere.json") == 1
+        assert pixels.hits("/iiif/2/elsewhere/full/!256,256/0/default.jpg") == 1

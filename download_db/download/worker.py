@@ -6,7 +6,7 @@ import hashlib
 import json
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -19,6 +19,7 @@ from ..web import adaptive, fetch, iiif, iiif_plan, keys, renditions
 from ..web.fetch import FetchError
 from ..web.politeness import HostGate, Slot
 from . import offline
+from .docs import DocCache
 from .offline import OfflineDetector
 from .shared import SharedFetches
 
@@ -37,6 +38,8 @@ class WorkerConfig:
     max_pixels: int = images.DEFAULT_MAX_PIXELS
     # one fetch per URL for the images that share it (download/shared.py)
     shared: SharedFetches | None = None
+    # IIIF documents kept for an image's next try (one manifest fetch per image)
+    docs: DocCache = field(default_factory=DocCache)
     # known placeholder pictures (dedupe's finds, --placeholder-hashes): not saved
     blocklist: Blocklist | None = None
 
@@ -151,9 +154,14 @@ class Worker:
         if service and not self.cfg.keep_original:
             # the target size first, then the URL as given (nothing in between)
             return self._iiif(iiif.ServiceInfo(service, 2), held, body=url, first=True)
+        known = self.cfg.docs.get(url)  # read on an earlier try of this image
+        if known is not None:
+            return self._resolve(known, url, held)
         r = self._direct(url, held)
         if r.iiif_json:  # a manifest or info.json behind a URL that did not say so
-            return self._resolve(self._parse_json(r.body), url, held)
+            doc = self._parse_json(r.body)
+            self.cfg.docs.put(url, doc)
+            return self._resolve(doc, url, held)
         return r.body
 
     def _direct(self, url: str, held: dict[str, Slot]) -> fetch.Response:
@@ -229,7 +237,11 @@ class Worker:
             return None
 
     def _json(self, url: str, held: dict[str, Slot]):
-        return self._parse_json(self._get(url, held, want_text=True).body)
+        doc = self.cfg.docs.get(url)
+        if doc is None:
+            doc = self._parse_json(self._get(url, held, want_text=True).body)
+            self.cfg.docs.put(url, doc)
+        return doc
 
     @staticmethod
     def _parse_json(body: bytes):
