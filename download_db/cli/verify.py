@@ -22,6 +22,8 @@ examples:
     {prog} --db /data/download_status.db --install-path /data/images --max-runtime 7200
   a full check, gentle on a shared filesystem:
     {prog} --hash --decode --max-mb-per-s 50
+  give links that failed for good over 30 days ago another chance (then download):
+    {prog} --revisit-failed-older-than 30 --revisit-only
   what was not checked for 30 days, in 4 processes on the database's host:
     for k in 1 2 3 4; do {prog} --older-than 30 --shard $k/4 & done; wait
 """
@@ -50,6 +52,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard", default="", metavar="K/N",
                    help="check only share K of N (image_id modulo N), for N processes on the "
                         "database's host")
+    p.add_argument("--revisit-failed-older-than", type=float, default=None, metavar="DAYS",
+                   help="first give permanent failures last tried over DAYS days ago a fresh "
+                        "attempts budget (pending again, for the next download), each host's "
+                        "oldest first and the hosts served evenly")
+    p.add_argument("--revisit-limit", type=int, default=100_000, metavar="N",
+                   help="reopen at most N permanent failures per run (default: 100000)")
+    p.add_argument("--revisit-only", action="store_true",
+                   help="only revisit failures; check no files")
     common.add_progress(p, 10.0)
     common.add_debug(p)
 
@@ -60,6 +70,9 @@ def run(a: argparse.Namespace) -> int:
     run_verify(VerifyConfig(db=a.db, install_path=a.install_path, hash=a.hash, decode=a.decode,
                             limit=a.limit, max_runtime=a.max_runtime,
                             max_mb_per_s=a.max_mb_per_s, older_than_days=a.older_than,
-                            threads=a.threads, shard=a.shard, bar=common.bar(a),
+                            threads=a.threads, shard=a.shard,
+                            revisit_days=a.revisit_failed_older_than,
+                            revisit_limit=a.revisit_limit, revisit_only=a.revisit_only,
+                            bar=common.bar(a),
                             progress_every=a.progress_every))
     return 0

@@ -49,7 +49,8 @@ _TABLES = [
         dhash           INTEGER,
         dup_group       INTEGER,
         near_group      INTEGER,
-        last_checked    REAL
+        last_checked    REAL,
+        prev_error      TEXT
     )""",
     """CREATE TABLE IF NOT EXISTS gbif_ids (
         gbif_id      INTEGER PRIMARY KEY,
@@ -135,6 +136,10 @@ INDEX_GBIF_STATUS = "CREATE INDEX IF NOT EXISTS gbif_ids_status ON gbif_ids(stat
 # load (all pending) pays nothing for it.
 INDEX_CHECKED = ("CREATE INDEX IF NOT EXISTS images_checked ON images(last_checked) "
                  "WHERE status = 'success'")
+# revisiting old permanent failures (upkeep/revisit.py): per host, oldest attempt
+# first. Partial: permanent failures are a few percent of the images.
+INDEX_FAILED = ("CREATE INDEX IF NOT EXISTS images_failed ON images(host_id, last_attempt_at) "
+                "WHERE status = 'failed_permanent'")
 
 
 def _migrate_v2(conn: sqlite3.Connection) -> None:
@@ -168,6 +173,8 @@ MIGRATIONS: dict[int, list[str | Callable[[sqlite3.Connection], None]]] = {
     8: [placeholders.DDL],  # a host's one picture for many URLs (identity/dedupe.py)
     # each host's adaptive limit as its downloader last set it (web/adaptive.py)
     10: ["ALTER TABLE hosts ADD COLUMN concurrency_limit INTEGER"],
+    # the outcome a revisit replaced (upkeep/revisit.py), and the index it walks
+    11: ["ALTER TABLE images ADD COLUMN prev_error TEXT", INDEX_FAILED],
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -182,6 +189,7 @@ def create_schema(conn: sqlite3.Connection) -> None:
             conn.execute(ddl)
         conn.execute(INDEX_GBIF_STATUS)
         conn.execute(INDEX_CHECKED)
+        conn.execute(INDEX_FAILED)
         conn.execute(
             "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
             (str(SCHEMA_VERSION),),

@@ -1,4 +1,4 @@
-"""Upkeep SQL over images: verify's walk by last_checked, requeueing saved images."""
+"""Upkeep SQL over images: verify's walk by last_checked, requeueing, revisiting old failures."""
 
 from __future__ import annotations
 
@@ -81,3 +81,48 @@ def oldest_check(conn: sqlite3.Connection) -> tuple[bool, float | None]:
     oldest = conn.execute("SELECT min(last_checked) FROM images INDEXED BY images_checked "
                           "WHERE status = 'success' AND last_checked IS NOT NULL").fetchone()
     return never is not None, oldest[0] if oldest else None
+
+
+# --- revisiting permanent failures (upkeep/revisit.py) --------------------------------
+# images_failed (partial on failed_permanent): per host, oldest last attempt first.
+_FAILED_HOSTS = ("SELECT host_id, sum(n) FROM image_tally WHERE status = 'failed_permanent' "
+                 "AND n > 0 GROUP BY host_id")
+_DUE_COUNT = ("SELECT count(*) FROM (SELECT 1 FROM images INDEXED BY images_failed "
+              "WHERE status = 'failed_permanent' AND host_id = ? AND last_attempt_at < ? "
+              "LIMIT ?)")
+_DUE = ("SELECT image_id FROM images INDEXED BY images_failed "
+        "WHERE status = 'failed_permanent' AND host_id = ? AND last_attempt_at < ? "
+        "ORDER BY last_attempt_at LIMIT ?")
+# A fresh attempts budget, due at its old attempt's time (so the claim, oldest due first,
+# takes a host's oldest failures first); the outcome it replaces is kept in prev_error.
+_REOPEN = """
+UPDATE images SET status = 'pending', attempts = 0, next_attempt_at = last_attempt_at,
+       prev_error = substr(error_type || coalesce(' (HTTP ' || http_status || ')', '')
+                           || ' at ' || datetime(last_attempt_at, 'unixepoch')
+                           || coalesce(': ' || error_detail, ''), 1, 2000),
+       error_type = NULL, error_detail = NULL, http_status = NULL
+ WHERE image_id IN (SELECT value FROM json_each(:ids)) AND status = 'failed_permanent'
+   AND claimed_by IS NULL
+RETURNING gbif_id
+"""
+
+
+def failed_hosts(conn: sqlite3.Connection) -> dict[int, int]:
+    """host_id -> permanent failures, from the counters (no scan of images)."""
+    return dict(conn.execute(_FAILED_HOSTS).fetchall())
+
+
+def due_for_revisit(conn: sqlite3.Connection, host_id: int, before: float, cap: int) -> int:
+    """A host's permanent failures last tried before ``before``, counted up to ``cap``."""
+    return conn.execute(_DUE_COUNT, (host_id, before, cap)).fetchone()[0]
+
+
+def oldest_failed(conn: sqlite3.Connection, host_id: int, before: float, n: int) -> list[int]:
+    return [r[0] for r in conn.execute(_DUE, (host_id, before, n))]
+
+
+def reopen(conn: sqlite3.Connection, image_ids: list[int]) -> list[int]:
+    """Reopen these permanent failures (inside the caller's transaction); returns the
+    gbifIDs of those reopened, for the roll-up."""
+    return [r[0] for r in conn.execute(_REOPEN, {"ids": json.dumps(image_ids)}).fetchall()]
+

@@ -31,6 +31,7 @@ from ..states import (
     VERIFY_UNDECODABLE,
 )
 from ..web import sniff
+from . import revisit
 from .throttle import Throttle
 
 BATCH = 10_000  # images per read and per commit: bounds memory and what a kill redoes
@@ -50,6 +51,9 @@ class VerifyConfig:
     threads: int = 8  # files checked at once (a shared filesystem's latency hides behind them)
     batch: int = BATCH
     shard: str = ""  # "K/N": this process's share (processes on the database's host)
+    revisit_days: float | None = None  # reopen permanent failures last tried this long ago
+    revisit_limit: int = revisit.DEFAULT_LIMIT
+    revisit_only: bool = False  # no file checks
     bar: bool | None = None
     progress_every: float = 10.0
 
@@ -65,6 +69,11 @@ class VerifyConfig:
             (self.older_than_days >= 0, "--older-than must be >= 0 days"),
             (1 <= self.threads <= 256, "--threads must be between 1 and 256"),
             (1 <= self.batch <= 100_000, "--batch must be between 1 and 100000"),
+            (self.revisit_days is None or self.revisit_days >= 0,
+             "--revisit-failed-older-than must be >= 0 days"),
+            (self.revisit_limit >= 1, "--revisit-limit must be at least 1"),
+            (not self.revisit_only or self.revisit_days is not None,
+             "--revisit-only needs --revisit-failed-older-than DAYS"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -79,12 +88,14 @@ class VerifyStats:
     checked: int = 0
     sound: int = 0
     requeued: dict[str, int] = field(default_factory=dict)  # by reason (error_type)
+    revisited: int = 0  # permanent failures reopened (--revisit-failed-older-than)
     bytes_read: int = 0
     throttled_s: float = 0.0
     seconds: float = 0.0
 
     def as_dict(self) -> dict:
         return {"checked": self.checked, "sound": self.sound, "requeued": dict(self.requeued),
+                "revisited": self.revisited,
                 "bytes_read": self.bytes_read, "throttled_s": round(self.throttled_s, 1),
                 "seconds": round(self.seconds, 2)}
 
@@ -174,6 +185,13 @@ def _run(conn: sqlite3.Connection, cfg: VerifyConfig, ctx: RunContext) -> Verify
     st = VerifyStats()
     throttle = Throttle(cfg.max_mb_per_s * 1e6)
     run_id = runs.start_run(conn, "verify")
+    if cfg.revisit_days is not None:
+        st.revisited = revisit.revisit(conn, cfg.revisit_days, cfg.revisit_limit, ctx,
+                                       now=start).reopened
+    if cfg.revisit_only:
+        st.seconds = time.monotonic() - t0
+        runs.finish_run(conn, run_id, runs.OK, st.as_dict())
+        return st
     saved = conn.execute("SELECT coalesce(sum(n), 0) FROM image_tally WHERE status = 'success'"
                          ).fetchone()[0]
     total = min(saved, cfg.limit) if cfg.limit else saved
