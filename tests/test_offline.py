@@ -4,9 +4,14 @@ whose every host fails DNS, and whose loopback servers vanish and come back."""
 from __future__ import annotations
 
 import io
+import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -216,3 +221,42 @@ def test_a_lone_dead_host_among_live_ones_is_its_own_failure(tmp_path) -> None:
     assert "network looks down" not in out.getvalue()
     assert q(db, "SELECT status, error_type, attempts FROM images WHERE error_type IS NOT NULL"
              ) == [("failed_transient", "dns_error", 1)]
+
+
+@pytest.mark.parametrize(("script", "env", "hint"), [
+    ("sge", {"SGE_TASK_ID": "2", "SGE_TASK_FIRST": "1", "SGE_TASK_LAST": "4",
+             "SGE_TASK_STEPSIZE": "1", "JOB_ID": "77"},
+     "qsub -t 2 -l 'h=!{host}' scripts/sge/image_install_db.sh --shard 2/4"),
+    ("slurm", {"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_MIN": "1",
+               "SLURM_ARRAY_TASK_COUNT": "4", "SLURM_JOB_ID": "77"},
+     "sbatch --array=2 --exclude={host} scripts/slurm/image_install_db.sh --shard 2/4"),
+])
+def test_the_job_wrapper_names_the_node_and_how_to_run_elsewhere(tmp_path, script, env,
+                                                                 hint) -> None:
+    """Run by hand, as a job would run it (no scheduler needed)."""
+    root = Path(__file__).resolve().parents[1]
+    db = make_db(tmp_path, [f"http://w{h}.gbif-test.invalid/{i}.jpg" for h in range(3)
+                            for i in range(2)])
+    activate = Path(sys.prefix) / "bin" / "activate"
+    (tmp_path / "env.sh").write_text(f"""DOWNLOAD_DB_HOME='{root}'
+source '{activate}'
+DB='{db}'
+INSTALL_PATH='{tmp_path}/images'
+LOG_DIR='{tmp_path}/logs'
+MULTIMEDIA=
+NICE=0
+PROGRESS_EVERY=60
+INGEST_ARGS=() FINALIZE_ARGS=() REPORT_ARGS=() CHECK_ARGS=()
+DOWNLOAD_ARGS=(--shard none --offline-timeout 1 --lock-dir '{tmp_path}/locks'
+               --contact t@example.org)
+QSUB_ARGS=() SBATCH_ARGS=()
+""")
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith(("SGE_", "SLURM_", "PIPELINE_DIR", "DOWNLOAD_DB_ENV", "JOB_"))}
+    r = subprocess.run(["bash", str(root / f"scripts/{script}/image_install_db.sh")],
+                       capture_output=True, text=True, timeout=120, cwd=root,
+                       env={**clean, **env, "DOWNLOAD_DB_ENV": str(tmp_path / "env.sh")})
+    assert r.returncode == 69, r.stderr
+    host = socket.gethostname().split(".")[0]
+    assert f"node {socket.gethostname()} has no network; to run this task on another node: " \
+        f"{hint.format(host=host)}" in r.stderr, r.stderr
