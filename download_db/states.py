@@ -23,6 +23,8 @@ FLAG_LEGACY = "legacy_unverified_index"
 FLAG_RAW = "raw_unprocessed"
 # A legacy file that does not decode (ingest/legacy.py): its image is left pending.
 LEGACY_INVALID = "legacy_invalid"
+# A camera raw that converts to no usable image (upkeep/convert.py): failed for good.
+RAW_UNUSABLE = "raw_unusable"
 
 # Error types verify (upkeep/verify.py) gives a saved image it sends back to pending:
 # the file is gone, or is not the file recorded (size, sha256), or does not decode.

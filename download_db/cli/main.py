@@ -27,6 +27,7 @@ COMMANDS: tuple[str, ...] = (
     "hash",
     "dedupe",
     "verify",
+    "convert",
 )
 
 EXAMPLES = f"""\

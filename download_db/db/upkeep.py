@@ -126,3 +126,59 @@ def reopen(conn: sqlite3.Connection, image_ids: list[int]) -> list[int]:
     gbifIDs of those reopened, for the roll-up."""
     return [r[0] for r in conn.execute(_REOPEN, {"ids": json.dumps(image_ids)}).fetchall()]
 
+
+# --- raw conversion (upkeep/convert.py) --------------------------------------------
+# Raws are few: a walk by rowid from a cursor reads the table once per pass, chunk by
+# chunk, and the counters say at once when there is nothing to do.
+_RAWS = ("SELECT image_id, gbif_id, image_no, file_path FROM images WHERE image_id > ? "
+         "AND status = 'success' AND error_type = 'raw_unprocessed' AND file_path IS NOT NULL "
+         "ORDER BY image_id LIMIT ?")
+# Only rows still as read (a raw at that path): a re-download meanwhile wins.
+_CONVERTED = """
+UPDATE images SET error_type = NULL, error_detail = :detail, file_path = :path,
+       file_size = :size, sha256 = :sha, width = :w, height = :h, phash = :ph, dhash = :dh,
+       last_checked = NULL
+ WHERE image_id = :id AND status = 'success' AND error_type = 'raw_unprocessed'
+   AND file_path = :raw AND claimed_by IS NULL
+RETURNING gbif_id
+"""
+_UNCONVERTIBLE = """
+UPDATE images SET status = 'failed_permanent', error_type = :etype, error_detail = :detail,
+       file_path = NULL, file_size = NULL, sha256 = NULL, width = NULL, height = NULL,
+       phash = NULL, dhash = NULL, last_checked = NULL
+ WHERE image_id = :id AND status = 'success' AND error_type = 'raw_unprocessed'
+   AND file_path = :raw AND claimed_by IS NULL
+RETURNING gbif_id
+"""
+
+
+def count_raws(conn: sqlite3.Connection) -> int:
+    return conn.execute("SELECT coalesce(sum(n), 0) FROM image_tally WHERE status = 'success' "
+                        "AND error_type = 'raw_unprocessed'").fetchone()[0]
+
+
+def raws_after(conn: sqlite3.Connection, after: int, n: int) -> list[tuple[int, int, int, str]]:
+    """(image_id, gbif_id, image_no, file_path) of the next raws kept as is."""
+    return conn.execute(_RAWS, (after, n)).fetchall()
+
+
+def record_converted(conn: sqlite3.Connection, rows: list[tuple]) -> list[int]:
+    """(image_id, raw path, new path, size, sha256, width, height, phash, dhash, detail)
+    rows, inside the caller's transaction; returns the gbifIDs of the rows changed."""
+    out = []
+    for i, raw, path, size, sha, w, h, ph, dh, detail in rows:
+        out += [r[0] for r in conn.execute(_CONVERTED, {
+            "id": i, "raw": raw, "path": path, "size": size, "sha": sha, "w": w, "h": h,
+            "ph": ph, "dh": dh, "detail": detail})]
+    return out
+
+
+def record_unconvertible(conn: sqlite3.Connection, rows: list[tuple[int, str, str, str]]
+                         ) -> list[int]:
+    """(image_id, raw path, error_type, detail): a raw that yields no usable image fails
+    for good (inside the caller's transaction); returns the gbifIDs changed."""
+    out = []
+    for i, raw, etype, detail in rows:
+        out += [r[0] for r in conn.execute(_UNCONVERTIBLE, {
+            "id": i, "raw": raw, "etype": etype, "detail": detail[:2000]})]
+    return out
