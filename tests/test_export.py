@@ -158,6 +158,21 @@ def test_exclude_placeholders_uses_the_flag_once_it_exists(collection, tmp_path)
     assert download_db.read_manifest(db)["placeholder"].tolist().count(True) == 1
 
 
+def test_exclude_duplicates_keeps_one_per_near_group(collection, tmp_path):
+    db = tmp_path / "copy.db"
+    shutil.copy(collection[0], db)
+    c = stdlib_sqlite3.connect(db)
+    if "near_group" not in {r[1] for r in c.execute("PRAGMA table_info(images)")}:
+        c.execute("ALTER TABLE images ADD COLUMN near_group INTEGER")
+    c.execute("UPDATE images SET near_group = NULL")
+    # 1002 and 1005: different bytes, one picture (as dedupe groups pHash neighbours)
+    c.execute("UPDATE images SET near_group = (SELECT min(image_id) FROM images WHERE gbif_id "
+              "IN (1002, 1005)) WHERE gbif_id IN (1002, 1005)")
+    c.commit()
+    c.close()
+    assert _ids(db, exclude_duplicates=True) == [(1001, 0), (1002, 0), (1003, 0), (1003, 1)]
+
+
 def test_the_hot_query_walks_the_gbif_index(collection):
     db = collection[0]
     c = stdlib_sqlite3.connect(f"file:{db}?mode=ro", uri=True)

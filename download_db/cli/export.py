@@ -38,7 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="only images downloaded on or after DATE (YYYY-MM-DD or ISO date-time, "
                         "UTC unless it says otherwise)")
     p.add_argument("--exclude-duplicates", action="store_true",
-                   help="one image per identical file (same sha256), the first downloaded")
+                   help="one image per picture, the first downloaded: identical files (same "
+                        "sha256) and, once dedupe has run, near groups")
     p.add_argument("--exclude-placeholders", action="store_true",
                    help="leave out images flagged as a publisher's placeholder picture")
     p.add_argument("--force", action="store_true",

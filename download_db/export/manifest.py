@@ -161,14 +161,18 @@ def _where(f: Filters, src: Source) -> str:
 
 
 def _duplicates(conn: sqlite3.Connection, f: Filters, src: Source) -> pa.Array:
-    """image_ids that repeat an earlier exported image's bytes (same sha256).
+    """image_ids that repeat an earlier exported image: the same bytes (sha256) or,
+    once dedupe has grouped them, the same near group (pHash within its distance).
 
-    One sort of the selected rows by sha256 (SQLite spills it to temp files);
+    One sort of the selected rows per criterion (SQLite spills it to temp files);
     memory holds only the duplicates, not every row.
     """
-    sql = (f"SELECT image_id FROM (SELECT i.image_id, row_number() OVER "
-           f"(PARTITION BY i.sha256 ORDER BY i.image_id) AS rn FROM images i "
-           f"WHERE {_where(f, src)} AND i.sha256 IS NOT NULL) WHERE rn > 1")
+    near = ("CASE WHEN i.near_group IS NULL THEN 1 ELSE row_number() OVER "
+            "(PARTITION BY i.near_group ORDER BY i.image_id) END"
+            if "near_group" in src.columns else "1")
+    sql = (f"SELECT image_id FROM (SELECT i.image_id, CASE WHEN i.sha256 IS NULL THEN 1 ELSE "
+           f"row_number() OVER (PARTITION BY i.sha256 ORDER BY i.image_id) END AS exact, "
+           f"{near} AS near FROM images i WHERE {_where(f, src)}) WHERE exact > 1 OR near > 1")
     return pa.array(np.fromiter((r[0] for r in conn.execute(sql)), dtype=np.int64), pa.int64())
 
 
