@@ -56,6 +56,15 @@ def requests_saved(conn: sqlite3.Connection) -> int:
     return int(row[0])
 
 
+def requests_made(conn: sqlite3.Connection) -> tuple[int, int]:
+    """(HTTP requests, images saved) over the download runs that counted their requests."""
+    row = conn.execute("SELECT coalesce(sum(json_extract(counts, '$.requests')), 0), "
+                       "coalesce(sum(json_extract(counts, '$.success')), 0) FROM runs "
+                       "WHERE stage = 'download' AND json_extract(counts, '$.requests') "
+                       "IS NOT NULL").fetchone()
+    return int(row[0]), int(row[1])
+
+
 def pid_alive(pid: int | None) -> bool:
     """Is this process id alive on this machine (a run's pid from the runs table)?"""
     if not pid:

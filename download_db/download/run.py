@@ -94,6 +94,7 @@ def fetch_all(run: Run) -> dict:
         raise crew.fatal[0]
     counts = dict(writer.counts)
     counts["bytes_fetched"] = _bytes(crew)
+    counts["requests"] = sum(w.requests for w in list(crew.workers))
     if limit_hit is None and cfg.max_images is not None \
             and crew.sched.handed_out >= cfg.max_images:
         limit_hit = "max_images"  # the last results were still on their way to the writer

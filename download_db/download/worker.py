@@ -84,6 +84,7 @@ class Worker:
         self.session = session  # shared: its per-host pools bound the open connections
         self.on_release = on_release  # wakes workers waiting for a host slot
         self.bytes = 0
+        self.requests = 0  # HTTP requests made (the report divides them by saved images)
 
     def process(self, item: Item, slot: Slot) -> Result:
         held: dict[str, Slot] = {slot.host: slot}
@@ -266,6 +267,7 @@ class Worker:
                     raise _Deferred(wait)
                 time.sleep(wait - now)
         t0 = time.monotonic()
+        self.requests += 1
         try:
             r = fetch.get(self.session, url, self.cfg.limits,
                           accept=_JSON_ACCEPT if want_text else "image/*, */*;q=0.5",

@@ -135,6 +135,7 @@ def _collect(conn: sqlite3.Connection, now: float, tasks: list[dict]) -> dict:
         "hosts_cooling_down": _cooling(states, now, hosts),
         "hosts_quarantined": _quarantined(states, per, hosts),
         "host_limits": _limits(conn, tasks, per, hosts),
+        "requests": dict(zip(("requests", "saved"), runs.requests_made(conn), strict=True)),
         "history": _history(activity),
         "verify": _verify(conn),
         "identity": identity.report(conn),

@@ -164,6 +164,9 @@ def render_html(d: dict) -> str:
                  f"{w['successes_per_hour']:,.0f}", human_bytes(w["bytes"])]
                 for k, w in (("last hour", t["last_hour"]), ("last day", t["last_day"]))]),
         f"<p>ETA: {_e(eta)}</p>",
+        (f"<p>{d['requests']['requests']:,} requests for {d['requests']['saved']:,} saved "
+         f"images ({d['requests']['requests'] / d['requests']['saved']:.2f} per saved image)"
+         "</p>") if d.get("requests", {}).get("saved") else "",
         "<h2>Progress over time (saved green, failed red, per hour)</h2>",
         _timeline(d["history"]),
         "<h2>Identity: duplicates and placeholders</h2>",

@@ -91,6 +91,10 @@ def render_text(d: dict) -> str:
     else:
         out.append(f"  ETA: {fmt_secs(t['eta_seconds'])} for {im['work_left']:,} images at the "
                    f"{t['eta_basis']}'s rate")
+    rq = d.get("requests") or {}
+    if rq.get("saved"):
+        out.append(f"  requests: {rq['requests']:,} for {rq['saved']:,} saved images "
+                   f"({rq['requests'] / rq['saved']:.2f} per saved image, all finished runs)")
 
     _identity(out, d["identity"])
 
