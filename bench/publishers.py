@@ -136,7 +136,7 @@ def write_input(work: Path, hosts: list[Host]) -> Path:
     return path
 
 
-def run(config: str, work: Path, mm: Path, hosts: list[Host]) -> dict:
+def run(config: str, work: Path, mm: Path, hosts: list[Host], threads: int) -> dict:
     from download_db.cli.main import main as cli
     from download_db.config import DownloadConfig
     from download_db.download.stage import run_download
@@ -149,7 +149,7 @@ def run(config: str, work: Path, mm: Path, hosts: list[Host]) -> dict:
     # the strong host is one the shipped policy would know (like *.s3.amazonaws.com)
     policy.write_text(f'[hosts."{hosts[0].ip}"]\nmax_at_once = 64\nadaptive = true\n'
                       "start = 4\n", encoding="utf-8")
-    base = DownloadConfig(db=db, install_path=d / "images", threads=96, keep_original=True,
+    base = DownloadConfig(db=db, install_path=d / "images", threads=threads, keep_original=True,
                           lock_dir=d / "locks", bar=False, progress_every=1e9,
                           user_agent="bench", wait_for_retries=30, max_attempts=20)
     cfg = {"adaptive": replace(base, adaptive=True, host_policy=policy),
@@ -173,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=1500, help="images in all (default 1500)")
     ap.add_argument("--configs", default="adaptive,fixed,fixed16")
+    ap.add_argument("--threads", type=int, default=96, help="download threads (default 96)")
     a = ap.parse_args(argv)
     hosts = population(a.images)
     bound = max(h.images * h.base / h.cap for h in hosts)
@@ -191,12 +192,11 @@ def main(argv: list[str] | None = None) -> int:
             work = Path(tmp)
             mm = write_input(work, hosts)
             for config in a.configs.split(","):
-                results[config] = r = run(config, work, mm, hosts)
+                results[config] = r = run(config, work, mm, hosts, a.threads)
                 over = r["overloads"] / max(r["requests"], 1)
                 above = sum(m > lim for m, lim in zip(r["most"], r["allowed"], strict=True))
                 left = sum(h.images for h in hosts) - r["saved"]
-                end = f" (not a makespan: {left:,} images left for later retries)" if left \
-                    else ""
+                end = f" (not a makespan: {left:,} left for later retries)" if left else ""
                 print(f"\n{config}: makespan {r['makespan']:.1f} s = {r['makespan'] / bound:.2f}"
                       f" x bound{end}; {r['saved']:,} saved; {r['requests']:,} requests, "
                       f"503 {over * 100:.2f} %; hosts above their policy max: {above}")
