@@ -48,7 +48,7 @@ def test_a_uniform_sensor_block_is_no_success(tmp_path: Path, value: int) -> Non
 def test_a_raw_with_nothing_to_decode_is_unusable() -> None:
     with pytest.raises(images.ImageError) as e:
         convert_raw(STRIPPED.read_bytes())
-    assert e.value.error_type == "raw_unusable"
+    assert e.value.error_type == "raw_unusable" and "cannot hold its" in e.value.detail
 
 
 def _raw_db(tmp_path: Path, raws: list[bytes]) -> tuple[Path, Path]:

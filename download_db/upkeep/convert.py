@@ -30,6 +30,10 @@ CHUNK = 64  # raws per transaction (each is megabytes of decoding)
 # is a blank, not a specimen: a zeroed or saturated sensor block, a lost white balance.
 UNIFORM_STDDEV = 2.0
 # LibRaw's flip -> the rotation that stands the preview up (the demosaic applies it itself)
+# A raw file this many bytes per sensor pixel or less cannot hold its sensor data (lossy
+# DNGs keep ~0.3, lossless raws 1-2): it was cut short or stripped, and LibRaw would
+# demosaic whatever its buffer held (zeros, or on a bad day leftover memory).
+MIN_BYTES_PER_PIXEL = 0.01
 _FLIP = {3: Image.Transpose.ROTATE_180, 5: Image.Transpose.ROTATE_90,
          6: Image.Transpose.ROTATE_270}
 
@@ -57,6 +61,10 @@ def convert_raw(data: bytes, *, max_size: int = 1024, quality: int = 85,
                 raise images.ImageError("too_large", f"raw is {w}x{h}, above --max-pixels")
             im, how = _preview(raw, min(max_size, max(w, h))), "preview"
             if im is None:
+                if len(data) <= MIN_BYTES_PER_PIXEL * raw.sizes.raw_width * raw.sizes.raw_height:
+                    raise images.ImageError(RAW_UNUSABLE, (
+                        f"camera raw of {len(data):,} bytes cannot hold its {w}x{h} sensor "
+                        "data (cut short or stripped)"))
                 half = max(w, h) / 2 >= max_size * images.DRAFT_SLACK
                 rgb = raw.postprocess(use_camera_wb=True, half_size=half, output_bps=8)
                 im, how = Image.fromarray(rgb), "demosaic"
