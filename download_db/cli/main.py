@@ -28,6 +28,7 @@ COMMANDS: tuple[str, ...] = (
     "dedupe",
     "verify",
     "convert",
+    "derive",
 )
 
 EXAMPLES = f"""\

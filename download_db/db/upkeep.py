@@ -1,4 +1,4 @@
-"""Upkeep SQL over images: verify's walk by last_checked, requeueing, revisiting old failures."""
+"""Upkeep SQL over images: verify's walk, requeueing, revisiting failures, raws, derive."""
 
 from __future__ import annotations
 
@@ -182,3 +182,20 @@ def record_unconvertible(conn: sqlite3.Connection, rows: list[tuple[int, str, st
         out += [r[0] for r in conn.execute(_UNCONVERTIBLE, {
             "id": i, "raw": raw, "etype": etype, "detail": detail[:2000]})]
     return out
+
+
+# --- re-derive (upkeep/derive.py) ------------------------------------------------------
+_SAVED = ("SELECT image_id, gbif_id, image_no, file_path, error_type FROM images "
+          "WHERE image_id > ? AND status = 'success' AND file_path IS NOT NULL "
+          "ORDER BY image_id LIMIT ?")
+
+
+def count_saved(conn: sqlite3.Connection) -> int:
+    return conn.execute("SELECT coalesce(sum(n), 0) FROM image_tally "
+                        "WHERE status = 'success'").fetchone()[0]
+
+
+def saved_after(conn: sqlite3.Connection, after: int, n: int) -> list[tuple]:
+    """(image_id, gbif_id, image_no, file_path, error_type) of the next saved images
+    (a walk by rowid: one pass reads the table once)."""
+    return conn.execute(_SAVED, (after, n)).fetchall()
