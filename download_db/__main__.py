@@ -2,4 +2,5 @@
 
 from .cli.main import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # a spawned worker (convert) imports this module again
+    raise SystemExit(main())

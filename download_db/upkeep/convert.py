@@ -159,6 +159,12 @@ def convert_file(job: tuple[str, int, int]) -> Converted | tuple[str, str]:
         return (e.error_type, e.detail)
 
 
+def _pool_context() -> multiprocessing.context.BaseContext:
+    """Spawned workers, as rawpy asks: LibRaw's OpenMP thread pool does not survive a
+    fork once this process has used it (the child hangs: seen in the tests)."""
+    return multiprocessing.get_context("spawn")
+
+
 def run_convert(cfg: ConvertConfig, out: TextIO | None = None) -> ConvertStats:
     """Convert every raw_unprocessed image; recorded in runs as 'convert'. Each raw's
     JPEG is renamed into place before its row points at it, and the raw removed after
@@ -186,9 +192,7 @@ def _run(conn: sqlite3.Connection, cfg: ConvertConfig, ctx: RunContext) -> Conve
     ctx.say(f"convert: {total:,} camera raws to JPEG (long edge {cfg.max_size} px) under "
             f"{cfg.install_path}{', keeping the raws' if cfg.keep_raw else ''}")
     progress = ctx.progress("convert", total, item="raws", counting=True)
-    # spawned, not forked: LibRaw's OpenMP threads in this process (a raw converted
-    # here before) would leave a forked child's thread pool deadlocked
-    pool = (ProcessPoolExecutor(cfg.workers, mp_context=multiprocessing.get_context("spawn"))
+    pool = (ProcessPoolExecutor(cfg.workers, mp_context=_pool_context())
             if cfg.workers > 1 else None)
     after, done = -1, 0
     try:
