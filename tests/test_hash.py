@@ -18,7 +18,7 @@ from PIL import Image
 
 from download_db.cli.main import main
 from download_db.db.connection import connect
-from download_db.db.schema import SCHEMA_VERSION, migrate
+from download_db.db.schema import MIGRATIONS, SCHEMA_VERSION, migrate
 from download_db.files import images, phash
 from download_db.identity.backfill import HashConfig, run_hash
 from tests.helpers import q
@@ -66,26 +66,25 @@ def test_kept_originals_have_no_hashes_until_the_backfill() -> None:
     assert out.phash is None and out.dhash is None
 
 
-def test_migration_adds_the_columns_to_an_older_database(tmp_path: Path) -> None:
+def test_identity_migrations_add_their_columns_and_table(tmp_path: Path) -> None:
+    """Migrations 4, 6 and 8 on a database without what they add (the other migrations'
+    steps belong to their own tests), and the schema version follows the table."""
     db, _root = saved_db(tmp_path, synthetic(2))
-    conn = stdlib_sqlite3.connect(db)
-    cols = [r[1] for r in conn.execute("PRAGMA table_info(images)")]
-    later = cols[cols.index("error_detail") + 1:]
-    with conn:  # the v3 shape: every column later migrations added goes, with its index
-        for name, sql in conn.execute("SELECT name, sql FROM sqlite_master WHERE type = "
-                                      "'index' AND tbl_name = 'images' AND sql IS NOT NULL"
-                                      ).fetchall():
-            if any(c in sql for c in later):
-                conn.execute(f"DROP INDEX {name}")
-        for col in later:
-            conn.execute(f"ALTER TABLE images DROP COLUMN {col}")
-        conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    conn = stdlib_sqlite3.connect(db, isolation_level=None)
+    for col in ("phash", "dhash", "dup_group", "near_group"):
+        conn.execute(f"ALTER TABLE images DROP COLUMN {col}")
+    conn.execute("DROP TABLE placeholders")
+    for v in (4, 6, 8):
+        for step in MIGRATIONS[v]:
+            conn.execute(step)
     conn.close()
-    c = connect(db)
-    assert migrate(c) == SCHEMA_VERSION
-    c.close()
     cols = {r[1] for r in q(db, "PRAGMA table_info(images)")}
     assert {"phash", "dhash", "dup_group", "near_group"} <= cols
+    assert q(db, "SELECT count(*) FROM placeholders") == [(0,)]
+    assert SCHEMA_VERSION == max(MIGRATIONS) >= 8
+    c = connect(db)
+    assert migrate(c) == SCHEMA_VERSION  # a current database: nothing to do
+    c.close()
 
 
 def expected(db: Path, root: Path) -> dict[int, tuple[int, int]]:
