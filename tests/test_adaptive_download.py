@@ -10,6 +10,8 @@ import threading
 from download_db.cli.main import main
 from download_db.config import DownloadConfig
 from download_db.db.claims import Item
+from download_db.db.connection import connect
+from download_db.db.schema import MIGRATIONS, SCHEMA_VERSION, migrate
 from download_db.download.stage import run_download
 from download_db.download.worker import Worker, WorkerConfig
 from download_db.web import fetch
@@ -105,3 +107,21 @@ def test_an_adaptive_host_never_has_more_at_once_than_its_max_and_its_limit_is_r
     assert [(h["host"], h["limit"]) for h in shown] == [(srv.host, limit)]
     assert main(["report", "--db", str(db)]) == 0
     assert f"{srv.host}" in capsys.readouterr().out.split("ADAPTIVE LIMITS")[1]
+
+
+def test_migration_10_adds_the_hosts_limit_column(tmp_path):
+    """Its own step on a database without the column (other migrations have their tests)."""
+    mm = write_multimedia(tmp_path / "m.txt", [row(1001, "https://a.org/x.jpg")])
+    db = tmp_path / "d.db"
+    assert main(["ingest", "--db", str(db), "--multimedia", str(mm), "--no-bar"]) == 0
+    conn = stdlib_sqlite3.connect(db, isolation_level=None)
+    conn.execute("ALTER TABLE hosts DROP COLUMN concurrency_limit")
+    for step in MIGRATIONS[10]:
+        conn.execute(step)
+    assert "concurrency_limit" in {r[1] for r in conn.execute("PRAGMA table_info(hosts)")}
+    conn.close()
+    c = connect(db)
+    try:
+        assert migrate(c) == SCHEMA_VERSION  # a current database: nothing to do
+    finally:
+        c.close()
