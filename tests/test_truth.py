@@ -14,7 +14,7 @@ import pytest
 from download_db.cli.main import download_main, init_main
 from download_db.download.stage import run_download
 from download_db.progress import Progress
-from download_db.report import collect
+from download_db.report import collect, rates
 from download_db.report.html import _hbars, _timeline, render_html
 from download_db.report.text import render_text
 from tests.helpers import HEADER
@@ -84,14 +84,14 @@ def test_the_eta_counts_saved_images_and_a_short_day_is_not_divided_by_24() -> N
     minute = int(now // 60)
     # two hours of work: 100 saved and 100 failed an hour, the last hour as well
     activity = {minute - m: [2, 1, 1, 1000] for m in range(120)}
-    t = collect._throughput(activity, now, work_left=1000)
+    t = rates.throughput(activity, now, work_left=1000)
     assert t["last_hour"]["successes_per_hour"] == pytest.approx(60, rel=0.05)
     day = t["last_day"]
     assert day["covered_seconds"] == pytest.approx(7200, abs=61)
     assert day["successes_per_hour"] == pytest.approx(60, rel=0.05)  # not 120 / 24 = 5
     assert t["eta_seconds"] == pytest.approx(1000 / 60 * 3600, rel=0.05)  # saved, not attempts
     failing = {minute - m: [2, 0, 2, 0] for m in range(120)}
-    t = collect._throughput(failing, now, work_left=1000)
+    t = rates.throughput(failing, now, work_left=1000)
     assert (t["eta_seconds"], t["eta_basis"]) == (None, None)  # no "ETA 32h" beside 0/hour
 
 

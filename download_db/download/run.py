@@ -68,8 +68,8 @@ def fetch_all(run: Run) -> dict:
     # placeholders dedupe found before (in the main database) and the user's list
     blocked = load_blocklist(cfg.main_db or cfg.db, cfg.placeholder_hashes)
     crew = _Crew(WorkerConfig(writer.root, limits, cfg.max_size, cfg.jpeg_quality,
-                              cfg.keep_original, cfg.max_pixels, shared=SharedFetches(),
-                              blocklist=blocked or None),
+                              cfg.keep_original, cfg.max_pixels, blocklist=blocked or None,
+                              shared=SharedFetches()),
                  fetch.new_session(limits, pool_size=run.gate.most_at_once(),
                                    use_env=not cfg.no_proxy),
                  Scheduler(writer, run.gate, run.hosts, per_host=cfg.per_host_concurrency,

@@ -36,12 +36,12 @@ class WorkerConfig:
     quality: int = 85
     keep_original: bool = False
     max_pixels: int = images.DEFAULT_MAX_PIXELS
+    # known placeholder pictures (dedupe's finds, --placeholder-hashes): not saved
+    blocklist: Blocklist | None = None
     # one fetch per URL for the images that share it (download/shared.py)
     shared: SharedFetches | None = None
     # IIIF documents kept for an image's next try (one manifest fetch per image)
     docs: DocCache = field(default_factory=DocCache)
-    # known placeholder pictures (dedupe's finds, --placeholder-hashes): not saved
-    blocklist: Blocklist | None = None
 
 
 class _Deferred(Exception):

@@ -30,6 +30,7 @@ from ..states import (
     has_work_left,
     is_transient,
 )
+from . import rates
 from .arrays import add_deltas, read_task, task_summary
 
 T = TypeVar("T")
@@ -127,7 +128,7 @@ def _collect(conn: sqlite3.Connection, now: float, tasks: list[dict]) -> dict:
         "pipeline": _pipeline(conn, now, tasks),
         "gbif_ids": _gbif(conn),
         "images": images,
-        "throughput": _throughput(activity, now, images["work_left"]),
+        "throughput": rates.throughput(activity, now, images["work_left"]),
         "failures": _failures(tally),
         "retries": _retries(tally),
         "non_image_by_host": _non_image(conn, per, hosts),
@@ -136,7 +137,7 @@ def _collect(conn: sqlite3.Connection, now: float, tasks: list[dict]) -> dict:
         "hosts_quarantined": _quarantined(states, per, hosts),
         "host_limits": _limits(conn, tasks, per, hosts),
         "requests": dict(zip(("requests", "saved"), runs.requests_made(conn), strict=True)),
-        "history": _history(activity),
+        "history": rates.history(activity),
         "verify": _verify(conn),
         "identity": identity.report(conn),
         "notes": NOTES,
@@ -291,32 +292,6 @@ def _activity(conn: sqlite3.Connection, now: float, tasks: list[dict],
     return out
 
 
-def _throughput(activity: dict[int, list[int]], now: float, work_left: int) -> dict:
-    """Saved images per hour over the last hour and day, and the ETA at that pace. A
-    window's rate divides by the time it covers (from its first activity to now, at least
-    a minute), so a run that began two hours ago is not averaged over 24. The ETA counts
-    saved images: attempts that fail do not bring the end nearer."""
-    def window(seconds: int) -> dict:
-        since = int((now - seconds) // 60)
-        a = s = f = b = 0
-        first = None
-        for minute, (a1, s1, f1, b1) in activity.items():
-            if minute >= since:
-                a, s, f, b = a + a1, s + s1, f + f1, b + b1
-                first = minute if first is None else min(first, minute)
-        covered = min(max(now - first * 60, 60.0), seconds) if first is not None else seconds
-        hours = covered / 3600
-        return {"attempts": a, "successes": s, "failures": f, "bytes": b,
-                "covered_seconds": round(covered),
-                "successes_per_hour": round(s / hours, 1),
-                "attempts_per_hour": round(a / hours, 1)}
-    hour, day = window(3600), window(86400)
-    basis = "last hour" if hour["successes"] else "last day" if day["successes"] else None
-    rate = (hour if hour["successes"] else day)["successes_per_hour"]
-    eta = round(work_left / rate * 3600) if rate and work_left else (0 if not work_left else None)
-    return {"last_hour": hour, "last_day": day, "eta_seconds": eta, "eta_basis": basis}
-
-
 def _failures(tally: list) -> list[dict]:
     agg: dict[tuple[str, str], int] = defaultdict(int)
     for _h, status, etype, _a, _p, n, _b in tally:
@@ -415,14 +390,3 @@ def _quarantined(states: dict[int, tuple], per: dict[int, dict[str, int]],
              "failed": per[r[0]]["failed_permanent"] + per[r[0]]["failed_transient"],
              "success": per[r[0]]["success"], "work_left": per[r[0]]["work_left"]}
             for r in rows]
-
-
-def _history(activity: dict[int, list[int]]) -> list[dict]:
-    """Hourly finished attempts (for the chart)."""
-    hours: dict[int, list[int]] = {}
-    for minute, vals in activity.items():
-        acc = hours.setdefault(minute // 60, [0, 0, 0, 0])
-        for i, v in enumerate(vals):
-            acc[i] += v
-    return [{"hour": h * 3600, "attempts": a, "successes": s, "failures": f, "bytes": b}
-            for h, (a, s, f, b) in sorted(hours.items())]
