@@ -11,7 +11,7 @@ from download_db.cli.main import main
 from download_db.config import DownloadConfig
 from download_db.db.claims import Item
 from download_db.db.connection import connect
-from download_db.db.schema import MIGRATIONS, SCHEMA_VERSION, migrate
+from download_db.db.schema import SCHEMA_VERSION, apply_migration, migrate
 from download_db.download.stage import run_download
 from download_db.download.worker import Worker, WorkerConfig
 from download_db.web import fetch
@@ -116,8 +116,7 @@ def test_migration_10_adds_the_hosts_limit_column(tmp_path):
     assert main(["ingest", "--db", str(db), "--multimedia", str(mm), "--no-bar"]) == 0
     conn = stdlib_sqlite3.connect(db, isolation_level=None)
     conn.execute("ALTER TABLE hosts DROP COLUMN concurrency_limit")
-    for step in MIGRATIONS[10]:
-        conn.execute(step)
+    apply_migration(conn, 9)
     assert "concurrency_limit" in {r[1] for r in conn.execute("PRAGMA table_info(hosts)")}
     conn.close()
     c = connect(db)

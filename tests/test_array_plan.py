@@ -159,13 +159,12 @@ def test_hosts_the_plan_does_not_know_go_to_exactly_one_task(built, tmp_path) ->
 
 
 def test_migration_3_adds_the_plan_table_to_an_old_database(built, tmp_path) -> None:
-    from download_db.db.schema import MIGRATIONS
+    from download_db.db.schema import apply_migration
 
     main = _copy(built, tmp_path)
     conn = connection.connect(main)
     conn.execute("DROP TABLE array_plan")  # as a database made before plans were stored
     with connection.transaction(conn):
-        for step in MIGRATIONS[3]:
-            conn.execute(step) if isinstance(step, str) else step(conn)
+        apply_migration(conn, 3)
     assert conn.execute("SELECT count(*) FROM array_plan").fetchone()[0] == 0
     conn.close()

@@ -18,7 +18,7 @@ from PIL import Image
 
 from download_db.cli.main import main
 from download_db.db.connection import connect
-from download_db.db.schema import MIGRATIONS, SCHEMA_VERSION, migrate
+from download_db.db.schema import MIGRATIONS, SCHEMA_VERSION, apply_migration, migrate
 from download_db.files import images, phash
 from download_db.identity.backfill import HashConfig, run_hash
 from tests.helpers import q
@@ -75,8 +75,7 @@ def test_identity_migrations_add_their_columns_and_table(tmp_path: Path) -> None
         conn.execute(f"ALTER TABLE images DROP COLUMN {col}")
     conn.execute("DROP TABLE placeholders")
     for v in (4, 6, 8):
-        for step in MIGRATIONS[v]:
-            conn.execute(step)
+        apply_migration(conn, v)
     conn.close()
     cols = {r[1] for r in q(db, "PRAGMA table_info(images)")}
     assert {"phash", "dhash", "dup_group", "near_group"} <= cols

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from download_db.cli.main import main
 from download_db.db import upkeep
 from download_db.db.connection import connect, transaction
-from download_db.db.schema import MIGRATIONS, SCHEMA_VERSION
+from download_db.db.schema import SCHEMA_VERSION, apply_migration
 from download_db.report.collect import collect, open_readonly
 from download_db.report.text import render_text
 from download_db.upkeep.throttle import BURST, Throttle
@@ -162,8 +162,7 @@ def test_migration_adds_last_checked_and_its_index(tmp_path: Path) -> None:
     conn.close()
     c = connect(db)
     with transaction(c):  # the migration's own steps (later ones belong to other tests)
-        for step in MIGRATIONS[7]:
-            c.execute(step)
+        apply_migration(c, 7)
     c.close()
     assert SCHEMA_VERSION >= 7
     assert "last_checked" in {r[1] for r in q(db, "PRAGMA table_info(images)")}

@@ -158,23 +158,37 @@ def _migrate_v2(conn: sqlite3.Connection) -> None:
 # _TABLES and is stamped SCHEMA_VERSION. Never rebuild a large table: ALTER TABLE
 # ... ADD COLUMN, CREATE INDEX/TABLE/TRIGGER and counting scans only.
 # A change adds its entry under the next free number; the version follows.
-MIGRATIONS: dict[int, list[str | Callable[[sqlite3.Connection], None]]] = {
+class AddColumn:
+    """ALTER TABLE ... ADD COLUMN, skipped when the column is there already, so a
+    database whose stamp is older than its shape (a version step interrupted by hand,
+    an old copy patched with SQL) still migrates instead of failing on a duplicate."""
+
+    def __init__(self, table: str, column: str, decl: str) -> None:
+        self.table, self.column, self.decl = table, column, decl
+
+    def __call__(self, conn: sqlite3.Connection) -> None:
+        have = {r[1] for r in conn.execute(f"PRAGMA table_info({self.table})")}
+        if self.column not in have:
+            conn.execute(f"ALTER TABLE {self.table} ADD COLUMN {self.column} {self.decl}")
+
+
+Step = str | Callable[[sqlite3.Connection], None]
+MIGRATIONS: dict[int, list[Step]] = {
     2: [_migrate_v2],
     3: [array_plans.DDL],  # each job array's host -> task plan (arrays/plan.py)
     # imagehash pHash/dHash of each saved image (files/phash.py), signed 64-bit
-    4: ["ALTER TABLE images ADD COLUMN phash INTEGER",
-        "ALTER TABLE images ADD COLUMN dhash INTEGER"],
+    4: [AddColumn("images", "phash", "INTEGER"), AddColumn("images", "dhash", "INTEGER")],
     5: [occurrences.DDL],  # datasetKey/occurrenceID per gbifID, for citation (export)
     # duplicate groups (identity/dedupe.py): smallest image_id of the group, NULL alone
-    6: ["ALTER TABLE images ADD COLUMN dup_group INTEGER",
-        "ALTER TABLE images ADD COLUMN near_group INTEGER"],
+    6: [AddColumn("images", "dup_group", "INTEGER"),
+        AddColumn("images", "near_group", "INTEGER")],
     # when verify last found the file sound (upkeep/verify.py); one scan builds the index
-    7: ["ALTER TABLE images ADD COLUMN last_checked REAL", INDEX_CHECKED],
+    7: [AddColumn("images", "last_checked", "REAL"), INDEX_CHECKED],
     8: [placeholders.DDL],  # a host's one picture for many URLs (identity/dedupe.py)
     # each host's adaptive limit as its downloader last set it (web/adaptive.py)
-    10: ["ALTER TABLE hosts ADD COLUMN concurrency_limit INTEGER"],
+    9: [AddColumn("hosts", "concurrency_limit", "INTEGER")],
     # the outcome a revisit replaced (upkeep/revisit.py), and the index it walks
-    11: ["ALTER TABLE images ADD COLUMN prev_error TEXT", INDEX_FAILED],
+    10: [AddColumn("images", "prev_error", "TEXT"), INDEX_FAILED],
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -204,6 +218,15 @@ def schema_version(conn: sqlite3.Connection) -> int:
     return int(row[0]) if row else 0
 
 
+def apply_migration(conn: sqlite3.Connection, version: int) -> None:
+    """Run one version's steps (inside the caller's transaction)."""
+    for step in MIGRATIONS[version]:
+        if callable(step):
+            step(conn)
+        else:
+            conn.execute(step)
+
+
 def migrate(conn: sqlite3.Connection) -> int:
     """Bring an existing database up to SCHEMA_VERSION; returns the version."""
     version = schema_version(conn)
@@ -215,10 +238,6 @@ def migrate(conn: sqlite3.Connection) -> int:
                             f"(v{SCHEMA_VERSION}); upgrade the program")
     for v in range(version + 1, SCHEMA_VERSION + 1):
         with transaction(conn):
-            for step in MIGRATIONS.get(v, []):
-                if callable(step):
-                    step(conn)
-                else:
-                    conn.execute(step)
+            apply_migration(conn, v)
             conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(v),))
     return SCHEMA_VERSION
