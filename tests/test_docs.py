@@ -19,7 +19,7 @@ MARKDOWN = [ROOT / "README.md", ROOT / "DEPLOYMENT.md", *sorted(DOCS.glob("*.md"
 SETUP_RUN = (
     "python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/gbif-download-db ingest "
     "--reset --multimedia examples/multimedia_sample.txt && .venv/bin/gbif-download-db download "
-    "--max-images 50"
+    "--max-images 50 --max-runtime 120"
 )
 SETUP_TEST = (
     "python3 -m venv .venv && .venv/bin/pip install -e '.[test]' && .venv/bin/python -m pytest"

@@ -9,16 +9,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from ..arrays.merge import refuse_if_tasks_running
 from ..db import identity, runs
-from ..db.connection import connect, retry_locked, transaction
-from ..db.schema import migrate
+from ..db.connection import retry_locked, transaction
 from ..db.sqlite import sqlite3
-from ..db.stagelock import stage_lock
 from ..errors import DownloadDbError, Interrupted, UsageError
 from ..files import phash
 from ..progress import RunContext
-from ..signals import stop_on_signals
+from ..stages import open_stage
 
 
 @dataclass(frozen=True)
@@ -71,17 +68,8 @@ def run_hash(cfg: HashConfig, out: TextIO | None = None) -> HashStats:
     """Hash every saved image without hashes; resumable (a cursor in meta) and
     recorded in the runs table as stage 'hash'."""
     cfg.validate()
-    if not cfg.force:
-        refuse_if_tasks_running(cfg.db, "hashing")
-    with stage_lock(cfg.db, exclusive=False, what="gbif-download-db hash"), \
-            stop_on_signals() as stop:
-        ctx = RunContext(out=out, bar=cfg.bar, every=cfg.progress_every, stop=stop)
-        conn = connect(cfg.db)
-        try:
-            migrate(conn)
-            return _run(conn, cfg, ctx)
-        finally:
-            conn.close()
+    with open_stage(cfg, "hash", out, refuse_arrays="hashing", force=cfg.force) as (conn, ctx):
+        return _run(conn, cfg, ctx)
 
 
 def _run(conn: sqlite3.Connection, cfg: HashConfig, ctx: RunContext) -> HashStats:

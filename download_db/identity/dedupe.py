@@ -10,17 +10,14 @@ from typing import TextIO
 
 import numpy as np
 
-from ..arrays.merge import refuse_if_tasks_running
 from ..arrays.plan import freeze
 from ..db import identity, runs
-from ..db.connection import connect, retry_locked, transaction
+from ..db.connection import retry_locked, transaction
 from ..db.meta import get_meta, set_meta
-from ..db.schema import migrate
 from ..db.sqlite import sqlite3
-from ..db.stagelock import stage_lock
 from ..errors import DownloadDbError, Interrupted, UsageError
 from ..progress import RunContext
-from ..signals import stop_on_signals
+from ..stages import open_stage
 from ..states import DEFAULT_MAX_ATTEMPTS
 from . import groups, placeholders
 
@@ -165,30 +162,22 @@ def summary(st: DedupeStats, ctx: RunContext) -> None:
 def run_dedupe(cfg: DedupeConfig, out: TextIO | None = None) -> DedupeStats:
     """`gbif-download-db dedupe`: the groups on their own, recorded in runs."""
     cfg.validate()
-    if not cfg.force:
-        refuse_if_tasks_running(cfg.db, "deduplicating")
-    with stage_lock(cfg.db, exclusive=True, what="gbif-download-db dedupe"), \
-            stop_on_signals() as stop:
-        ctx = RunContext(out=out, bar=cfg.bar, every=cfg.progress_every, stop=stop)
-        conn = connect(cfg.db)
+    with open_stage(cfg, "dedupe", out, exclusive=True, refuse_arrays="deduplicating",
+                    force=cfg.force) as (conn, ctx):
+        run_id = runs.start_run(conn, "dedupe")
         try:
-            migrate(conn)
-            run_id = runs.start_run(conn, "dedupe")
-            try:
-                st = dedupe(conn, ctx, near_distance=cfg.near_distance, root=cfg.install_path,
-                            max_shared=cfg.max_shared, max_attempts=cfg.max_attempts,
-                            workers=cfg.workers)
-            except (KeyboardInterrupt, Interrupted):
-                runs.finish_run(conn, run_id, runs.INTERRUPTED, None, "stopped by a signal")
-                raise Interrupted("stopped by a signal; run the same command again to "
-                                  "continue") from None
-            except (DownloadDbError, sqlite3.Error, OSError) as e:
-                runs.finish_run(conn, run_id, runs.FAILED, None, f"{type(e).__name__}: {e}")
-                raise
-            runs.finish_run(conn, run_id, runs.OK, st.as_dict())
-            summary(st, ctx)
-            # readable from other hosts again, as after finalize (arrays read it frozen)
-            freeze(conn)
-            return st
-        finally:
-            conn.close()
+            st = dedupe(conn, ctx, near_distance=cfg.near_distance, root=cfg.install_path,
+                        max_shared=cfg.max_shared, max_attempts=cfg.max_attempts,
+                        workers=cfg.workers)
+        except (KeyboardInterrupt, Interrupted):
+            runs.finish_run(conn, run_id, runs.INTERRUPTED, None, "stopped by a signal")
+            raise Interrupted("stopped by a signal; run the same command again to "
+                              "continue") from None
+        except (DownloadDbError, sqlite3.Error, OSError) as e:
+            runs.finish_run(conn, run_id, runs.FAILED, None, f"{type(e).__name__}: {e}")
+            raise
+        runs.finish_run(conn, run_id, runs.OK, st.as_dict())
+        summary(st, ctx)
+        # readable from other hosts again, as after finalize (arrays read it frozen)
+        freeze(conn)
+        return st

@@ -12,17 +12,14 @@ from typing import TextIO
 
 from PIL import Image, ImageOps, ImageStat
 
-from ..arrays.merge import refuse_if_tasks_running
 from ..db import gbif_ids, runs, upkeep
-from ..db.connection import connect, retry_locked, transaction
-from ..db.schema import migrate
+from ..db.connection import retry_locked, transaction
 from ..db.sqlite import sqlite3
-from ..db.stagelock import stage_lock
 from ..errors import DownloadDbError, Interrupted, UsageError
 from ..files import images, store
 from ..files.layout import image_relpath
 from ..progress import RunContext
-from ..signals import stop_on_signals
+from ..stages import open_stage
 from ..states import DEFAULT_MAX_ATTEMPTS, RAW_UNUSABLE
 
 CHUNK = 64  # raws per transaction (each is megabytes of decoding)
@@ -170,17 +167,9 @@ def run_convert(cfg: ConvertConfig, out: TextIO | None = None) -> ConvertStats:
     JPEG is renamed into place before its row points at it, and the raw removed after
     the commit: a kill at any moment leaves the row true (at worst a stray file)."""
     cfg.validate()
-    if not cfg.force:
-        refuse_if_tasks_running(cfg.db, "converting raws")
-    with stage_lock(cfg.db, exclusive=False, what="gbif-download-db convert"), \
-            stop_on_signals() as stop:
-        ctx = RunContext(out=out, bar=cfg.bar, every=cfg.progress_every, stop=stop)
-        conn = connect(cfg.db)
-        try:
-            migrate(conn)
-            return _run(conn, cfg, ctx)
-        finally:
-            conn.close()
+    with open_stage(cfg, "convert", out, refuse_arrays="converting raws",
+                    force=cfg.force) as (conn, ctx):
+        return _run(conn, cfg, ctx)
 
 
 def _run(conn: sqlite3.Connection, cfg: ConvertConfig, ctx: RunContext) -> ConvertStats:

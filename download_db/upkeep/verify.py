@@ -16,13 +16,11 @@ from PIL import Image
 
 from ..arrays.plan import Shard, parse_shard
 from ..db import gbif_ids, runs, upkeep
-from ..db.connection import connect, retry_locked, transaction
-from ..db.schema import migrate
+from ..db.connection import retry_locked, transaction
 from ..db.sqlite import sqlite3
-from ..db.stagelock import stage_lock
 from ..errors import DownloadDbError, Interrupted, UsageError
 from ..progress import RunContext
-from ..signals import stop_on_signals
+from ..stages import open_stage
 from ..states import (
     DEFAULT_MAX_ATTEMPTS,
     VERIFY_HASH,
@@ -166,15 +164,8 @@ def run_verify(cfg: VerifyConfig, out: TextIO | None = None) -> VerifyStats:
     is the state: a checked file moves to the end), recorded in runs as 'verify'.
     Runs beside downloads (shared stage lock, short transactions)."""
     cfg.validate()
-    with stage_lock(cfg.db, exclusive=False, what="gbif-download-db verify"), \
-            stop_on_signals() as stop:
-        ctx = RunContext(out=out, bar=cfg.bar, every=cfg.progress_every, stop=stop)
-        conn = connect(cfg.db)
-        try:
-            migrate(conn)
-            return _run(conn, cfg, ctx)
-        finally:
-            conn.close()
+    with open_stage(cfg, "verify", out) as (conn, ctx):
+        return _run(conn, cfg, ctx)
 
 
 def _run(conn: sqlite3.Connection, cfg: VerifyConfig, ctx: RunContext) -> VerifyStats:
