@@ -7,7 +7,9 @@ import os
 import socket
 import sys
 import time
+from typing import NoReturn
 
+from ..errors import DownloadDbError, Interrupted
 from .connection import transaction
 from .sqlite import sqlite3
 
@@ -15,6 +17,11 @@ RUNNING = "running"
 OK = "ok"
 FAILED = "failed"
 INTERRUPTED = "interrupted"
+
+# What ends a stage's run in a way worth recording: a stop signal, or a problem the
+# user can act on. Anything else is a bug: the run stays 'running' and the next
+# start or report calls it crashed.
+ENDING_ERRORS = (KeyboardInterrupt, DownloadDbError, sqlite3.Error, OSError)
 
 
 def start_run(conn: sqlite3.Connection, stage: str, argv: list[str] | None = None) -> int:
@@ -86,3 +93,14 @@ def download_counts(conn: sqlite3.Connection, pids: list[int], since: float) -> 
         "AND started_at >= ? AND pid IN (SELECT value FROM json_each(?))",
         (socket.gethostname(), since, json.dumps(pids))).fetchall()
     return [json.loads(r[0]) for r in rows if r[0]]
+
+
+def end_on_error(conn: sqlite3.Connection, run_id: int, counts: dict | None,
+                 e: BaseException) -> NoReturn:
+    """Record how an exception (one of ENDING_ERRORS) ended the run, then raise it:
+    a stop signal as Interrupted with the resume hint, anything else as it came."""
+    if isinstance(e, (KeyboardInterrupt, Interrupted)):
+        finish_run(conn, run_id, INTERRUPTED, counts, "stopped by a signal")
+        raise Interrupted("stopped by a signal; run the same command again to continue") from None
+    finish_run(conn, run_id, FAILED, counts, f"{type(e).__name__}: {e}")
+    raise e

@@ -12,7 +12,7 @@ from typing import TextIO
 from ..db import identity, runs
 from ..db.connection import retry_locked, transaction
 from ..db.sqlite import sqlite3
-from ..errors import DownloadDbError, Interrupted, UsageError
+from ..errors import UsageError
 from ..files import phash
 from ..progress import RunContext
 from ..stages import open_stage
@@ -109,12 +109,8 @@ def _run(conn: sqlite3.Connection, cfg: HashConfig, ctx: RunContext) -> HashStat
                 pool.shutdown(cancel_futures=True)
         with transaction(conn):
             identity.set_cursor(conn, 0)  # a later run starts over for newer images
-    except (KeyboardInterrupt, Interrupted):
-        runs.finish_run(conn, run_id, runs.INTERRUPTED, st.as_dict(), "stopped by a signal")
-        raise Interrupted("stopped by a signal; run the same command again to continue") from None
-    except (DownloadDbError, sqlite3.Error, OSError) as e:
-        runs.finish_run(conn, run_id, runs.FAILED, st.as_dict(), f"{type(e).__name__}: {e}")
-        raise
+    except runs.ENDING_ERRORS as e:
+        runs.end_on_error(conn, run_id, st.as_dict(), e)
     st.seconds = time.monotonic() - t0
     runs.finish_run(conn, run_id, runs.OK, st.as_dict())
     ctx.say(f"hash: {st.hashed:,} images hashed, {st.missing:,} files missing, "

@@ -15,7 +15,7 @@ from ..db import identity, runs
 from ..db.connection import retry_locked, transaction
 from ..db.meta import get_meta, set_meta
 from ..db.sqlite import sqlite3
-from ..errors import DownloadDbError, Interrupted, UsageError
+from ..errors import UsageError
 from ..progress import RunContext
 from ..stages import open_stage
 from ..states import DEFAULT_MAX_ATTEMPTS
@@ -169,13 +169,8 @@ def run_dedupe(cfg: DedupeConfig, out: TextIO | None = None) -> DedupeStats:
             st = dedupe(conn, ctx, near_distance=cfg.near_distance, root=cfg.install_path,
                         max_shared=cfg.max_shared, max_attempts=cfg.max_attempts,
                         workers=cfg.workers)
-        except (KeyboardInterrupt, Interrupted):
-            runs.finish_run(conn, run_id, runs.INTERRUPTED, None, "stopped by a signal")
-            raise Interrupted("stopped by a signal; run the same command again to "
-                              "continue") from None
-        except (DownloadDbError, sqlite3.Error, OSError) as e:
-            runs.finish_run(conn, run_id, runs.FAILED, None, f"{type(e).__name__}: {e}")
-            raise
+        except runs.ENDING_ERRORS as e:
+            runs.end_on_error(conn, run_id, None, e)
         runs.finish_run(conn, run_id, runs.OK, st.as_dict())
         summary(st, ctx)
         # readable from other hosts again, as after finalize (arrays read it frozen)

@@ -15,7 +15,7 @@ from PIL import Image, ImageOps, ImageStat
 from ..db import gbif_ids, runs, upkeep
 from ..db.connection import retry_locked, transaction
 from ..db.sqlite import sqlite3
-from ..errors import DownloadDbError, Interrupted, UsageError
+from ..errors import UsageError
 from ..files import images, store
 from ..files.layout import image_relpath
 from ..progress import RunContext
@@ -198,12 +198,8 @@ def _run(conn: sqlite3.Connection, cfg: ConvertConfig, ctx: RunContext) -> Conve
             done += len(rows)
             progress.update(done, len(rows))
             ctx.check_stop()
-    except (KeyboardInterrupt, Interrupted):
-        runs.finish_run(conn, run_id, runs.INTERRUPTED, st.as_dict(), "stopped by a signal")
-        raise Interrupted("stopped by a signal; run the same command again to continue") from None
-    except (DownloadDbError, sqlite3.Error, OSError) as e:
-        runs.finish_run(conn, run_id, runs.FAILED, st.as_dict(), f"{type(e).__name__}: {e}")
-        raise
+    except runs.ENDING_ERRORS as e:
+        runs.end_on_error(conn, run_id, st.as_dict(), e)
     finally:
         progress.close()
         if pool is not None:

@@ -18,7 +18,7 @@ from ..arrays.plan import Shard, parse_shard
 from ..db import gbif_ids, runs, upkeep
 from ..db.connection import retry_locked, transaction
 from ..db.sqlite import sqlite3
-from ..errors import DownloadDbError, Interrupted, UsageError
+from ..errors import UsageError
 from ..progress import RunContext
 from ..stages import open_stage
 from ..states import (
@@ -209,13 +209,9 @@ def _run(conn: sqlite3.Connection, cfg: VerifyConfig, ctx: RunContext) -> Verify
             _record(conn, cfg, run_id, rows, verdicts, st)
             progress.update(progress.done_bytes + len(rows), len(rows))
             ctx.check_stop()
-    except (KeyboardInterrupt, Interrupted):
+    except runs.ENDING_ERRORS as e:
         st.seconds = time.monotonic() - t0
-        runs.finish_run(conn, run_id, runs.INTERRUPTED, st.as_dict(), "stopped by a signal")
-        raise Interrupted("stopped by a signal; run the same command again to continue") from None
-    except (DownloadDbError, sqlite3.Error, OSError) as e:
-        runs.finish_run(conn, run_id, runs.FAILED, st.as_dict(), f"{type(e).__name__}: {e}")
-        raise
+        runs.end_on_error(conn, run_id, st.as_dict(), e)
     finally:
         progress.close()
         if pool is not None:
