@@ -183,8 +183,7 @@ def _run(conn: sqlite3.Connection, cfg: VerifyConfig, ctx: RunContext) -> Verify
         st.seconds = time.monotonic() - t0
         runs.finish_run(conn, run_id, runs.OK, st.as_dict())
         return st
-    saved = conn.execute("SELECT coalesce(sum(n), 0) FROM image_tally WHERE status = 'success'"
-                         ).fetchone()[0]
+    saved = upkeep.count_saved(conn)
     total = min(saved, cfg.limit) if cfg.limit else saved
     what = "+".join(["size", *(["sha256"] if cfg.hash else []),
                      *(["decode"] if cfg.decode else [])])
