@@ -152,12 +152,6 @@ RETURNING gbif_id
 """
 
 
-def count_saved(conn: sqlite3.Connection) -> int:
-    """Saved images, from the counters (no scan)."""
-    return conn.execute("SELECT coalesce(sum(n), 0) FROM image_tally WHERE status = 'success'"
-                        ).fetchone()[0]
-
-
 def count_raws(conn: sqlite3.Connection) -> int:
     return conn.execute("SELECT coalesce(sum(n), 0) FROM image_tally WHERE status = 'success' "
                         "AND error_type = 'raw_unprocessed'").fetchone()[0]
