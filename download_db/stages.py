@@ -12,8 +12,17 @@ from .db.connection import connect
 from .db.schema import migrate
 from .db.sqlite import sqlite3
 from .db.stagelock import stage_lock
+from .errors import UsageError
 from .progress import RunContext
 from .signals import stop_on_signals
+
+
+def require_db_and_root(db: Path, install_path: Path) -> None:
+    """The two paths a stage over saved files needs, named by their flags."""
+    if not db.is_file():
+        raise UsageError(f"--db {db}: no such database")
+    if not install_path.is_dir():
+        raise UsageError(f"--install-path {install_path}: no such directory")
 
 
 class StageConfig(Protocol):

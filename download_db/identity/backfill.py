@@ -15,7 +15,7 @@ from ..db.sqlite import sqlite3
 from ..errors import UsageError
 from ..files import phash
 from ..progress import RunContext
-from ..stages import open_stage
+from ..stages import open_stage, require_db_and_root
 
 
 @dataclass(frozen=True)
@@ -29,10 +29,7 @@ class HashConfig:
     progress_every: float = 10.0
 
     def validate(self) -> HashConfig:
-        if not self.db.is_file():
-            raise UsageError(f"--db {self.db}: no such database")
-        if not self.install_path.is_dir():
-            raise UsageError(f"--install-path {self.install_path}: no such directory")
+        require_db_and_root(self.db, self.install_path)
         if not 1 <= self.workers <= 64:
             raise UsageError("--workers must be between 1 and 64")
         if not 1 <= self.chunk <= 100_000:

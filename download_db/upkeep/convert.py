@@ -19,7 +19,7 @@ from ..errors import UsageError
 from ..files import images, store
 from ..files.layout import image_relpath
 from ..progress import RunContext
-from ..stages import open_stage
+from ..stages import open_stage, require_db_and_root
 from ..states import DEFAULT_MAX_ATTEMPTS, RAW_UNUSABLE
 
 CHUNK = 64  # raws per transaction (each is megabytes of decoding)
@@ -116,10 +116,7 @@ class ConvertConfig:
     progress_every: float = 10.0
 
     def validate(self) -> ConvertConfig:
-        if not self.db.is_file():
-            raise UsageError(f"--db {self.db}: no such database")
-        if not self.install_path.is_dir():
-            raise UsageError(f"--install-path {self.install_path}: no such directory")
+        require_db_and_root(self.db, self.install_path)
         for ok, msg in [(64 <= self.max_size <= 20_000, "--max-size must be 64..20000"),
                         (1 <= self.quality <= 95, "--jpeg-quality must be 1..95"),
                         (1 <= self.workers <= 64, "--workers must be between 1 and 64"),

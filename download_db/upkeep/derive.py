@@ -22,6 +22,7 @@ from ..files import images
 from ..files.layout import image_relpath
 from ..progress import RunContext
 from ..signals import stop_on_signals
+from ..stages import require_db_and_root
 
 CHUNK = 512  # images per step of the cursor: a kill redoes at most this many
 STATE = ".derive-state.json"  # in --out: the cursor and what it was made with
@@ -63,10 +64,7 @@ class DeriveConfig:
     progress_every: float = 10.0
 
     def validate(self) -> DeriveConfig:
-        if not self.db.is_file():
-            raise UsageError(f"--db {self.db}: no such database")
-        if not self.install_path.is_dir():
-            raise UsageError(f"--install-path {self.install_path}: no such directory")
+        require_db_and_root(self.db, self.install_path)
         if self.out.resolve() == self.install_path.resolve():
             raise UsageError("--out must not be the image root (it would overwrite the "
                              "saved files)")

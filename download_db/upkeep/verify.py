@@ -20,7 +20,7 @@ from ..db.connection import retry_locked, transaction
 from ..db.sqlite import sqlite3
 from ..errors import UsageError
 from ..progress import RunContext
-from ..stages import open_stage
+from ..stages import open_stage, require_db_and_root
 from ..states import (
     DEFAULT_MAX_ATTEMPTS,
     VERIFY_HASH,
@@ -56,10 +56,7 @@ class VerifyConfig:
     progress_every: float = 10.0
 
     def validate(self) -> VerifyConfig:
-        if not self.db.is_file():
-            raise UsageError(f"--db {self.db}: no such database")
-        if not self.install_path.is_dir():
-            raise UsageError(f"--install-path {self.install_path}: no such directory")
+        require_db_and_root(self.db, self.install_path)
         checks = [
             (self.limit is None or self.limit >= 1, "--limit must be at least 1"),
             (self.max_runtime is None or self.max_runtime > 0, "--max-runtime must be positive"),
