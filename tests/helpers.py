@@ -1,14 +1,21 @@
-"""Plain test helpers (fixtures stay in conftest.py): input writers, DNG, result writes, reads."""
+"""Plain test helpers (fixtures stay in conftest.py): inputs, DNGs, databases, reads, a webhook."""
 
 from __future__ import annotations
 
+import http.server
+import json
 import random
 import sqlite3 as stdlib_sqlite3
+import threading
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from download_db import states
+from download_db.cli.main import init_main
+from download_db.config import DownloadConfig
 from download_db.db import connection
 
 HEADER = [
@@ -229,3 +236,96 @@ def q(db: Path, sql: str, args: tuple = ()) -> list[tuple]:
         return conn.execute(sql, args).fetchall()
     finally:
         conn.close()
+
+
+# -- a download run on a database of given URLs --------------------------------------
+
+DOWNLOAD_DEADLINE = 2.0  # seconds: short, so hostile servers cost the tests little
+
+
+def make_db(tmp_path: Path, urls: list[str], first: int = 7_000_000_001) -> Path:
+    mm = write_multimedia(tmp_path / "m.txt", [row(first + i, u) for i, u in enumerate(urls)])
+    db = tmp_path / "d.db"
+    assert init_main(["--db", str(db), "--multimedia", str(mm), "--no-bar"]) == 0
+    return db
+
+
+def config(tmp_path: Path, db: Path, **kw) -> DownloadConfig:
+    base = DownloadConfig(db=db, install_path=tmp_path / "images", threads=2,
+                          per_host_concurrency=2, per_host_rate=0, connect_timeout=10,
+                          read_timeout=10, deadline=DOWNLOAD_DEADLINE, lease=30, wait_for_retries=0,
+                          lock_dir=tmp_path / "locks", progress_every=1000, bar=False,
+                          user_agent="gbif-download-db-reliability-tests",
+                          max_bytes=8 << 20)
+    return replace(base, **kw)
+
+
+def rows(db: Path) -> list[tuple]:
+    return q(db, "SELECT gbif_id, status, error_type, error_detail, http_status, file_path, "
+                 "attempts FROM images ORDER BY gbif_id")
+
+
+# -- a loopback Slack webhook ----------------------------------------------------------
+
+SECRET = "T0SECRET/B0SECRET/xoxSECRETtoken42"  # looks like a webhook path; must never leak
+
+
+class _Webhook(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        srv: Webhook = self.server.app  # type: ignore[attr-defined]
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if srv.mode == "hang":
+            srv.release.wait(30)  # never answers while the test runs
+            return
+        if srv.mode == "500":
+            self.send_response(500)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        with srv.lock:
+            srv.paths.append(self.path)
+            srv.payloads.append(json.loads(body))
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args) -> None:  # keep the secret path out of test output
+        pass
+
+
+class Webhook:
+    """A loopback Slack incoming webhook that records the JSON payloads it gets."""
+
+    def __init__(self, mode: str = "ok") -> None:
+        self.mode = mode  # ok | hang | 500
+        self.payloads: list[dict] = []
+        self.paths: list[str] = []
+        self.lock = threading.Lock()
+        self.release = threading.Event()
+        self.httpd = _Webhook(("127.0.0.1", 0), _Handler)
+        self.httpd.app = self  # type: ignore[attr-defined]
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/services/{SECRET}"
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                         daemon=True).start()
+
+    @property
+    def texts(self) -> list[str]:
+        with self.lock:
+            return [p["text"] for p in self.payloads]
+
+    def wait_for(self, n: int, timeout: float = 5.0) -> list[str]:
+        end = time.monotonic() + timeout
+        while len(self.texts) < n and time.monotonic() < end:
+            time.sleep(0.01)
+        return self.texts
+
+    def close(self) -> None:
+        self.release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import http.server
-import json
 import logging
 import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -22,76 +19,14 @@ from download_db.config import DownloadConfig
 from download_db.db.claims import Item, Result
 from download_db.errors import UsageError
 from download_db.web.politeness import HostGate, Politeness
-from tests.helpers import row, write_multimedia
+from tests.helpers import SECRET, Webhook, row, write_multimedia
 from tests.imageserver import ImageServer
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.timeout(60)
 
-SECRET = "T0SECRET/B0SECRET/xoxSECRETtoken42"  # looks like a webhook path; must never leak
 PROXY_VARS = ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy",
               "ALL_PROXY")
-
-
-class _Webhook(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-        srv: Webhook = self.server.app  # type: ignore[attr-defined]
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        if srv.mode == "hang":
-            srv.release.wait(30)  # never answers while the test runs
-            return
-        if srv.mode == "500":
-            self.send_response(500)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        with srv.lock:
-            srv.paths.append(self.path)
-            srv.payloads.append(json.loads(body))
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-
-    def log_message(self, *args) -> None:  # keep the secret path out of test output
-        pass
-
-
-class Webhook:
-    """A loopback Slack incoming webhook that records the JSON payloads it gets."""
-
-    def __init__(self, mode: str = "ok") -> None:
-        self.mode = mode  # ok | hang | 500
-        self.payloads: list[dict] = []
-        self.paths: list[str] = []
-        self.lock = threading.Lock()
-        self.release = threading.Event()
-        self.httpd = _Webhook(("127.0.0.1", 0), _Handler)
-        self.httpd.app = self  # type: ignore[attr-defined]
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/services/{SECRET}"
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                         daemon=True).start()
-
-    @property
-    def texts(self) -> list[str]:
-        with self.lock:
-            return [p["text"] for p in self.payloads]
-
-    def wait_for(self, n: int, timeout: float = 5.0) -> list[str]:
-        end = time.monotonic() + timeout
-        while len(self.texts) < n and time.monotonic() < end:
-            time.sleep(0.01)
-        return self.texts
-
-    def close(self) -> None:
-        self.release.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture(autouse=True)

@@ -21,9 +21,8 @@ from download_db.cli.main import download_main
 from download_db.download.offline import HOST, OFFLINE, UNSURE, OfflineDetector
 from download_db.download.stage import run_download
 from download_db.errors import NetworkDown
-from tests.helpers import q
+from tests.helpers import config, make_db, q
 from tests.imageserver import ImageServer
-from tests.reliability.test_hostile_publishers import config, make_db
 
 U = "http://h{}.example.org/img/{}.jpg"
 

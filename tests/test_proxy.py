@@ -19,9 +19,9 @@ import trustme
 from download_db.download.stage import run_download
 from download_db.web import fetch
 from download_db.web.fetch import FetchError, Limits
+from tests.helpers import config, make_db, rows
 from tests.imageserver import ImageServer, image_bytes
 from tests.reliability._support import execute
-from tests.reliability.test_hostile_publishers import config, make_db, rows
 
 LIMITS = Limits(connect_timeout=5.0, read_timeout=5.0, deadline=15.0, max_bytes=4 << 20,
                 user_agent="gbif-download-db-tests/1 (tests@example.org)")

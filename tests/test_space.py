@@ -12,10 +12,8 @@ from download_db.cli.main import download_main
 from download_db.download.stage import run_download
 from download_db.errors import StorageError
 from download_db.files import space
-from tests.helpers import q
+from tests.helpers import Webhook, config, make_db, q
 from tests.imageserver import ImageServer
-from tests.reliability.test_hostile_publishers import config, make_db
-from tests.test_notify import Webhook
 
 GB = 10**9
 

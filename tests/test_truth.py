@@ -17,9 +17,8 @@ from download_db.progress import Progress
 from download_db.report import collect, rates
 from download_db.report.html import _hbars, _timeline, render_html
 from download_db.report.text import render_text
-from tests.helpers import HEADER
+from tests.helpers import HEADER, config, make_db
 from tests.imageserver import ImageServer
-from tests.reliability.test_hostile_publishers import config, make_db
 
 
 @pytest.fixture(scope="module")

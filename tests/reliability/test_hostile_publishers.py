@@ -19,15 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from download_db.cli.main import init_main
-from download_db.config import DownloadConfig
 from download_db.download.stage import run_download
-from tests.helpers import q, row, write_multimedia
+from tests.helpers import DOWNLOAD_DEADLINE, config, make_db, q, rows
 from tests.reliability._support import SOAK, HostileServer, execute
 
 pytestmark = pytest.mark.timeout(120 * SOAK)
 
-DEADLINE = 2.0
+DEADLINE = DOWNLOAD_DEADLINE
 # start-up of a run (database, recovery, threads), the deadline watchdog's 0.2 s tick,
 # and the final commit; a worker held past the deadline shows up as seconds more
 OVERHEAD = 1.5
@@ -40,28 +38,6 @@ IN_FLIGHT = 0.25
 def server():
     with HostileServer("127.0.0.13") as s:
         yield s
-
-
-def make_db(tmp_path: Path, urls: list[str], first: int = 7_000_000_001) -> Path:
-    mm = write_multimedia(tmp_path / "m.txt", [row(first + i, u) for i, u in enumerate(urls)])
-    db = tmp_path / "d.db"
-    assert init_main(["--db", str(db), "--multimedia", str(mm), "--no-bar"]) == 0
-    return db
-
-
-def config(tmp_path: Path, db: Path, **kw) -> DownloadConfig:
-    base = DownloadConfig(db=db, install_path=tmp_path / "images", threads=2,
-                          per_host_concurrency=2, per_host_rate=0, connect_timeout=10,
-                          read_timeout=10, deadline=DEADLINE, lease=30, wait_for_retries=0,
-                          lock_dir=tmp_path / "locks", progress_every=1000, bar=False,
-                          user_agent="gbif-download-db-reliability-tests",
-                          max_bytes=8 << 20)
-    return replace(base, **kw)
-
-
-def rows(db: Path) -> list[tuple]:
-    return q(db, "SELECT gbif_id, status, error_type, error_detail, http_status, file_path, "
-                 "attempts FROM images ORDER BY gbif_id")
 
 
 def fetch_one(tmp_path: Path, url: str, **kw) -> tuple[tuple, float]:
