@@ -8,7 +8,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from ..config import DEFAULT_DB
+from ..config import DEFAULT_DB, DEFAULT_INSTALL
 from ..db.sqlite import sqlite3
 from ..errors import DownloadDbError
 
@@ -53,6 +53,12 @@ def add_db(p: argparse.ArgumentParser | argparse._ArgumentGroup,
            default: Path = Path(DEFAULT_DB)) -> None:
     p.add_argument("--db", type=Path, default=default, metavar="PATH",
                    help=f"tracking database (default: ./{DEFAULT_DB})")
+
+
+def add_install_path(p: argparse.ArgumentParser | argparse._ArgumentGroup,
+                     help: str = "image root directory") -> None:
+    p.add_argument("--install-path", type=Path, default=Path(DEFAULT_INSTALL), metavar="PATH",
+                   help=f"{help} (default: ./{DEFAULT_INSTALL})")
 
 
 def add_debug(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:

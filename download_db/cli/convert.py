@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 
-from ..config import DEFAULT_INSTALL
 from . import common
 
 HELP = "convert camera raws kept as is (raw_unprocessed) to JPEGs"
@@ -28,8 +26,7 @@ examples:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     common.add_db(p)
-    p.add_argument("--install-path", type=Path, default=Path(DEFAULT_INSTALL), metavar="PATH",
-                   help=f"image root the files were saved under (default: ./{DEFAULT_INSTALL})")
+    common.add_install_path(p, "image root the files were saved under")
     p.add_argument("--max-size", type=int, default=1024, metavar="PX",
                    help="long edge of the JPEGs, as the download's --max-size (default: 1024)")
     p.add_argument("--jpeg-quality", type=int, default=85, metavar="Q",

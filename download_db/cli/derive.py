@@ -6,7 +6,6 @@ import argparse
 import os
 from pathlib import Path
 
-from ..config import DEFAULT_INSTALL
 from . import common
 
 HELP = "make another JPEG set (another size) from the saved files, without the network"
@@ -25,8 +24,7 @@ examples:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     common.add_db(p)
-    p.add_argument("--install-path", type=Path, default=Path(DEFAULT_INSTALL), metavar="PATH",
-                   help=f"image root the files were saved under (default: ./{DEFAULT_INSTALL})")
+    common.add_install_path(p, "image root the files were saved under")
     p.add_argument("--out", type=Path, required=True, metavar="DIR",
                    help="root of the new set (same layout as the image root)")
     p.add_argument("--max-size", type=int, default=512, metavar="PX",

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from ..config import DEFAULT_INSTALL
 from ..db.identity import CHUNK
 from . import common
 
@@ -23,8 +21,7 @@ examples:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     common.add_db(p)
-    p.add_argument("--install-path", type=Path, default=Path(DEFAULT_INSTALL), metavar="PATH",
-                   help=f"image root the files were saved under (default: ./{DEFAULT_INSTALL})")
+    common.add_install_path(p, "image root the files were saved under")
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="processes decoding and hashing files (default: 1)")
     p.add_argument("--chunk", type=int, default=CHUNK, metavar="N",

@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 
 from ..config import (
-    DEFAULT_INSTALL,
     MODE_BUILD,
     MODE_FINALIZE,
     MODE_LEGACY,
@@ -44,8 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="occurrence.txt of the unpacked DwC-A: datasetKey and occurrenceID per "
                         "gbifID for the export's citation files (read from a .zip input "
                         "without this flag)")
-    p.add_argument("--install-path", type=Path, default=Path(DEFAULT_INSTALL), metavar="PATH",
-                   help=f"image root directory (default: ./{DEFAULT_INSTALL})")
+    common.add_install_path(p)
     p.add_argument("--processed-file", type=Path, metavar="PATH",
                    help="legacy processed_ids.txt (one gbifID per line) to import")
     p.add_argument("--failed-file", type=Path, metavar="PATH",

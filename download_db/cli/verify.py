@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from ..config import DEFAULT_INSTALL
 from . import common
 
 HELP = "check saved files (oldest check first) and requeue missing or corrupt ones"
@@ -31,8 +29,7 @@ examples:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     common.add_db(p)
-    p.add_argument("--install-path", type=Path, default=Path(DEFAULT_INSTALL), metavar="PATH",
-                   help=f"image root the files were saved under (default: ./{DEFAULT_INSTALL})")
+    common.add_install_path(p, "image root the files were saved under")
     p.add_argument("--hash", action="store_true",
                    help="also compare each file's sha256 with the recorded one (reads it)")
     p.add_argument("--decode", action="store_true",

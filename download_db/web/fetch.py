@@ -132,24 +132,25 @@ def _left(timeout):
     return max(min(timeout, deadline - time.monotonic()), 0.01)
 
 
-class _Conn(urllib3.connection.HTTPConnection):
+class _Deadlined:
+    """Connection mix-in: connect within what is left of the deadline, and arm the
+    watchdog on the socket once the request is sent."""
+
     def _new_conn(self) -> socket.socket:
-        self.timeout = _left(self.timeout)
-        return super()._new_conn()
+        self.timeout = _left(self.timeout)  # type: ignore[has-type]
+        return super()._new_conn()  # type: ignore[misc]
 
-    def getresponse(self, *a, **kw):  # type: ignore[override]
-        _register(self.sock)
-        return super().getresponse(*a, **kw)
+    def getresponse(self, *a, **kw):
+        _register(self.sock)  # type: ignore[attr-defined]
+        return super().getresponse(*a, **kw)  # type: ignore[misc]
 
 
-class _TLSConn(urllib3.connection.HTTPSConnection):
-    def _new_conn(self) -> socket.socket:
-        self.timeout = _left(self.timeout)
-        return super()._new_conn()
+class _Conn(_Deadlined, urllib3.connection.HTTPConnection):
+    pass
 
-    def getresponse(self, *a, **kw):  # type: ignore[override]
-        _register(self.sock)
-        return super().getresponse(*a, **kw)
+
+class _TLSConn(_Deadlined, urllib3.connection.HTTPSConnection):
+    pass
 
 
 class _Pool(HTTPConnectionPool):
