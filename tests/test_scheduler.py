@@ -7,9 +7,11 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from download_db.db.claims import Item
-from download_db.download.scheduler import HOLD_LIMIT, Scheduler
+from download_db.download.scheduler import HOLD_LIMIT, HostQueue, Scheduler, rank
 from download_db.web.politeness import HostGate, Politeness, Slot
 
 A, B = (1, "a.example.org"), (2, "b.example.org")
@@ -196,3 +198,57 @@ def test_stop_ends_waiting_workers_and_leaves_the_claimed_items_to_release(gate)
     assert [it.image_id for it, _ in left] == [1001, 1002, 1003, 1004]
     assert s.remaining() == []  # handed back once
     finish(s, first)
+
+
+def queue(host: str, images: int, cost: float = 0.0, *, queued: int = 0,
+          drained: bool = False) -> HostQueue:
+    q = HostQueue(0, host, images=images, cost=cost, drained=drained)
+    q.items.extend(items(1, queued))
+    return q
+
+
+def test_rank_puts_the_host_that_would_end_last_first() -> None:
+    big_fast = queue("big", 500, cost=0.05)  # 500 x 0.05 / 30 = 0.8 s at its limit
+    fragile = queue("fragile", 250, cost=0.15)  # 250 x 0.15 / 2 = 18.8 s
+    slow = queue("slow", 150, cost=0.25)  # 150 x 0.25 / 4 = 9.4 s
+    limits = {"big": 30, "fragile": 2, "slow": 4}
+    order = rank([big_fast, fragile, slow], limits.__getitem__)
+    assert [q.host for q in order] == ["fragile", "slow", "big"]
+
+
+def test_rank_counts_unmeasured_hosts_at_the_median_cost_and_drained_ones_by_their_queue() -> None:
+    measured = queue("m", 100, cost=0.2)  # 100 x 0.2 = 20
+    new = queue("new", 150)  # at the median (0.2): 30
+    drained = queue("drained", 10_000, cost=0.2, queued=3, drained=True)  # 3 left: 0.6
+    order = rank([measured, new, drained], lambda host: 1)
+    assert [q.host for q in order] == ["new", "m", "drained"]
+    assert new.left() == 150 and drained.left() == 3
+
+
+@given(st.lists(st.tuples(st.integers(1, 10_000), st.floats(0.0, 5.0), st.integers(1, 64)),
+                min_size=1, max_size=30))
+def test_rank_orders_by_time_to_finish_and_keeps_every_host(hosts) -> None:
+    qs = [queue(f"h{k}", n, cost) for k, (n, cost, _lim) in enumerate(hosts)]
+    limit = {f"h{k}": lim for k, (_n, _c, lim) in enumerate(hosts)}
+    order = rank(qs, limit.__getitem__)
+    assert sorted(q.host for q in order) == sorted(q.host for q in qs)
+    known = [q.cost for q in qs if q.cost > 0]
+    default = sorted(known)[len(known) // 2] if known else 1.0
+    finish_at = [q.left() * (q.cost or default) / limit[q.host] for q in order]
+    if len(known) % 2 == 1 or not known:  # the median is one of the costs: exact order
+        assert finish_at == sorted(finish_at, reverse=True)
+
+
+def test_scarce_threads_go_to_the_host_that_would_end_last(tmp_path: Path) -> None:
+    """Four threads, every host may take four: round robin would give the big host one
+    thread in five; ranked, it gets all four while the small hosts wait their turn."""
+    gate = HostGate(tmp_path / "locks", Politeness(concurrency=4))
+    hosts = [(1, "big.example.org", False, 400)] + [
+        (k, f"small{k}.example.org", False, 2) for k in range(2, 6)]
+    claims = FakeClaims({1: items(1, 400), **{k: items(k, 2) for k in range(2, 6)}})
+    s = Scheduler(claims, gate, hosts, per_host=4, stop=threading.Event(), wait_for_retries=0)
+    got = [next_within(s) for _ in range(4)]
+    assert [g[1].host for g in got if g] == ["big.example.org"] * 4
+    for g in got:
+        finish(s, g)
+    gate.close()

@@ -53,9 +53,9 @@ def names(conn: sqlite3.Connection) -> dict[int, str]:
     return dict(conn.execute("SELECT host_id, host FROM hosts"))
 
 
-def with_images(conn: sqlite3.Connection) -> list[tuple[int, str, int]]:
-    """(host_id, host, quarantined) of hosts that have images, most images first."""
-    return conn.execute("SELECT host_id, host, quarantined FROM hosts "
+def with_images(conn: sqlite3.Connection) -> list[tuple[int, str, int, int]]:
+    """(host_id, host, quarantined, n_images) of hosts that have images, most images first."""
+    return conn.execute("SELECT host_id, host, quarantined, n_images FROM hosts "
                         "WHERE n_images > 0 ORDER BY n_images DESC").fetchall()
 
 

@@ -39,7 +39,7 @@ class Run:
     notes: notify.RunNotes
     gate: HostGate  # restored from the hosts table; closed at the end
     writer: Writer  # not started yet
-    hosts: list[tuple[int, str, bool]]  # (host_id, host, quarantined), busiest first
+    hosts: list[tuple[int, str, bool, int]]  # (host_id, host, quarantined, n_images), busiest first
     todo: int
     t0: float  # monotonic start of the run: --max-runtime and the rates count from it
 
@@ -192,7 +192,7 @@ class _Outage:
         self.run, self.crew = run, crew
         self.since: float | None = None
         self.next_probe = 0.0
-        self.busiest = [h for _id, h, _q in run.hosts]
+        self.busiest = [h[1] for h in run.hosts]
 
     def tick(self, now: float) -> DownloadDbError | None:
         det, cfg, sched = self.crew.offline, self.run.cfg, self.crew.sched

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import statistics
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ..db.claims import Item
@@ -17,6 +19,9 @@ NO_WORK_RECHECK = 300.0  # a host without due work is asked again after this lon
 DEFERRAL_GRACE = 10.0
 BUSY_RETRY = 0.02  # all of a host's slots taken (maybe by another process): look again
 HOLD_LIMIT = 5.0  # a host closed longer than this (cooldown, breaker) gives its claims back
+RANK_EVERY = 0.5  # seconds between re-rankings of the hosts (see rank())
+DEFAULT_COST = 1.0  # thread-seconds per image assumed before any host has been measured
+COST_WEIGHT = 0.1  # each finished image's share of its host's moving cost
 
 
 @dataclass
@@ -30,6 +35,30 @@ class HostQueue:
     exhausted: bool = False  # no work at all in the database right now
     in_flight: int = 0  # items of this host being processed here
     requests: int = 0  # of those, holding the host's slot (request in progress)
+    images: int = 1  # the host's images in the database: its share of the work
+    handed: int = 0  # items handed out in this run
+    drained: bool = False  # its last claim came back short: what is queued is all there is
+    cost: float = 0.0  # moving thread-seconds per image (0: none finished yet)
+
+    def left(self) -> int:
+        """Images this host still has for us, as far as this process can tell cheaply."""
+        here = len(self.items) + self.in_flight
+        return here if self.drained else max(self.images - self.handed, here, 1)
+
+
+def rank(queues: Sequence[HostQueue], limit: Callable[[str], int]) -> list[HostQueue]:
+    """Hosts in the order free threads should go to them: longest time to finish first.
+
+    A host's time to finish is its images left x thread-seconds per image / its limit
+    (the time it needs with all the slots it may use). Threads go to the host that would
+    otherwise end last, so when threads are scarcer than the hosts' slots, a big fast
+    host and a slow fragile one both keep their slots busy while hosts that will finish
+    early anyway wait their turn: longest-processing-time-first, which bounds the
+    makespan. Hosts not measured yet count at the median cost of those measured.
+    """
+    known = [q.cost for q in queues if q.cost > 0]
+    default = statistics.median(known) if known else DEFAULT_COST
+    return sorted(queues, key=lambda q: -q.left() * (q.cost or default) / max(limit(q.host), 1))
 
 
 class Scheduler:
@@ -39,7 +68,7 @@ class Scheduler:
     little, and a host's items are claimed only when the host can take them.
     """
 
-    def __init__(self, writer, gate: HostGate, hosts: list[tuple[int, str, bool]], *,
+    def __init__(self, writer, gate: HostGate, hosts: Sequence[tuple], *,
                  per_host: int, stop: threading.Event, max_items: int | None = None,
                  wait_for_retries: float = 300.0) -> None:
         self.writer, self.gate, self.stop = writer, gate, stop
@@ -47,10 +76,14 @@ class Scheduler:
         # the writer; a stop releases what was not handed out
         self.batch = max(8, per_host * 8)
         self.per_host = per_host
-        self.queues = [HostQueue(hid, name, bool(q)) for hid, name, q in hosts]
+        # (host_id, host, quarantined[, n_images]) rows, as db/hosts.with_images gives them
+        self.queues = [HostQueue(h[0], h[1], bool(h[2]), images=h[3] if len(h) > 3 else 1)
+                       for h in hosts]
         self._by_id = {q.host_id: q for q in self.queues}
         self._by_host = {q.host: q for q in self.queues}
-        self._cursor = 0
+        self._order = list(self.queues)
+        self._ranked_at = 0.0
+        self._started: dict[int, float] = {}  # image_id -> when it was handed out
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self.handed_out = 0
@@ -116,7 +149,10 @@ class Scheduler:
             self.handed_out += 1
             self.in_flight += 1
             q.in_flight += 1
-            return q.items.popleft(), slot
+            q.handed += 1
+            item = q.items.popleft()
+            self._started[item.image_id] = time.monotonic()
+            return item, slot
 
     def slot_released(self, host: str, primary: bool = True) -> None:
         """A worker gave a host slot back: waiting workers may take it now.
@@ -136,8 +172,12 @@ class Scheduler:
         with self._lock:
             self.in_flight -= 1
             q = self._by_id.get(item.host_id)
+            began = self._started.pop(item.image_id, None)
             if q is not None:
                 q.in_flight -= 1
+                if began is not None:
+                    took = time.monotonic() - began
+                    q.cost = took if q.cost == 0 else q.cost + COST_WEIGHT * (took - q.cost)
                 if retry_at is not None:
                     q.exhausted = False
                     if not q.items:
@@ -164,14 +204,15 @@ class Scheduler:
 
     # -- internals -----------------------------------------------------------------------
     def _choose(self, now: float) -> tuple[HostQueue | None, float, HostQueue | None]:
-        """In memory only: a host with items and free local capacity (round robin,
+        """In memory only: a host with items and free local capacity (in rank() order,
         quarantined hosts last), else one to refill, else when to look again."""
         wake = now + NO_WORK_RECHECK
-        n = len(self.queues)
+        if now - self._ranked_at >= RANK_EVERY:
+            self._order = rank(self.queues, self.gate.concurrency)
+            self._ranked_at = now
         refill = None
         for second_pass in (False, True):  # quarantined hosts only when nothing else is ready
-            for k in range(n):
-                q = self.queues[(self._cursor + k) % n]
+            for q in self._order:
                 if q.quarantined != second_pass or q.refilling:
                     continue
                 if q.not_before > now:
@@ -183,7 +224,6 @@ class Scheduler:
                     continue
                 if q.requests >= self.gate.concurrency(q.host):
                     continue  # this process holds all its slots for the host
-                self._cursor = (self._cursor + k + 1) % n
                 return q, now, None
             if refill is not None:
                 return None, now, refill
@@ -204,6 +244,7 @@ class Scheduler:
         finally:
             with self._lock:
                 q.items.extend(items)
+                q.drained = len(items) < n
                 q.refilling = False
                 now = time.time()
                 if not items:
