@@ -17,7 +17,7 @@ import pytest
 import trustme
 
 from download_db.download.stage import run_download
-from download_db.web import fetch
+from download_db.web import fetch, proxies
 from download_db.web.fetch import FetchError, Limits
 from tests.helpers import config, make_db, rows
 from tests.imageserver import ImageServer, image_bytes
@@ -132,12 +132,12 @@ def test_the_proxy_shown_at_start_has_its_password_masked() -> None:
            "https_proxy": "http://alice:s3cret@proxy.example.org:8080",
            "http_proxy": "proxy.example.org:3128", "no_proxy": ".example.org,10.0.0.0/8",
            "PATH": "/usr/bin"}
-    line = fetch.describe_proxies(env)
+    line = proxies.describe_proxies(env)
     assert line == ("http via proxy.example.org:3128, https via "
                     "http://alice:***@proxy.example.org:8080 (no_proxy: .example.org,10.0.0.0/8)")
     assert "s3cret" not in line and "per@" not in line
-    assert fetch.describe_proxies({"NO_PROXY": "x", "PATH": "/bin"}) is None
-    assert fetch.describe_proxies({"ALL_PROXY": "socks5://u:p@h:1080"}) == \
+    assert proxies.describe_proxies({"NO_PROXY": "x", "PATH": "/bin"}) is None
+    assert proxies.describe_proxies({"ALL_PROXY": "socks5://u:p@h:1080"}) == \
         "all via socks5://u:***@h:1080"
 
 

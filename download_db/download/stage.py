@@ -27,7 +27,7 @@ from ..errors import DatabaseError, StorageError
 from ..files import space
 from ..progress import RunContext
 from ..signals import stop_on_signals
-from ..web import fetch
+from ..web import proxies
 from ..web import policy as host_policy
 from ..web.politeness import HostGate, Politeness, default_lock_dir
 from .recovery import recover
@@ -190,7 +190,7 @@ def _start_up(conn: sqlite3.Connection, cfg: DownloadConfig, root: Path,
 
 
 def _proxy_line(no_proxy: bool) -> str:
-    via = fetch.describe_proxies()
+    via = proxies.describe_proxies()
     if no_proxy:
         return "download: direct connections (--no-proxy)" + (
             "; ignoring the environment's proxies" if via else "")

@@ -41,8 +41,12 @@ def write_temp(root: Path, gbif_id: int, image_no: int, ext: str, data: bytes) -
     rel = image_relpath(gbif_id, image_no, ext)
     tmp = temp_path(root, gbif_id, image_no)
     try:
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
+        try:
+            f = open(tmp, "wb")
+        except FileNotFoundError:  # the directory's first image: make it (rare after a while)
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            f = open(tmp, "wb")
+        with f:
             f.write(data)
     except OSError as e:
         try:

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import threading
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
 
 import requests
 import urllib3
@@ -19,6 +16,7 @@ from .. import __version__
 from ..states import is_transient
 from . import sniff
 from .politeness import DEFAULT_COOLDOWN, parse_retry_after
+from .proxies import EnvSession
 
 
 @dataclass(frozen=True)
@@ -186,44 +184,14 @@ def new_session(limits: Limits, pool_size: int = 4, *, use_env: bool = True) -> 
     https_proxy, all_proxy, no_proxy in either case; REQUESTS_CA_BUNDLE); False
     (--no-proxy) ignores it all."""
     _ensure_watchdog()
-    s = requests.Session()
+    s = EnvSession(use_env)
     adapter = _Adapter(pool_connections=256, pool_maxsize=pool_size, pool_block=True,
                        max_retries=0)
     s.mount("http://", adapter)
     s.mount("https://", adapter)
     s.max_redirects = limits.max_redirects
     s.headers.update({"User-Agent": limits.user_agent, "Accept-Encoding": "identity"})
-    s.trust_env = use_env
     return s
-
-
-def describe_proxies(env: Mapping[str, str] | None = None) -> str | None:
-    """The proxies the environment sets, for one line at start ("https via
-    http://user:***@proxy:3128 (no_proxy: .example.org)"), passwords masked; None
-    without any. Lower case wins over upper case, as in curl and requests."""
-    env = os.environ if env is None else env
-    found: dict[str, str] = {}
-    for lower in (False, True):  # upper case first, so that lower case overrides it
-        for k, v in env.items():
-            if k.lower().endswith("_proxy") and (k == k.lower()) == lower and v.strip():
-                found[k.lower()[:-len("_proxy")]] = v.strip()
-    via = [f"{k} via {mask_url(found[k])}" for k in ("http", "https", "all") if k in found]
-    if not via:
-        return None
-    return ", ".join(via) + (f" (no_proxy: {found['no']})" if "no" in found else "")
-
-
-def mask_url(url: str) -> str:
-    """A proxy URL with its password replaced by ***."""
-    try:
-        parts = urlsplit(url if "://" in url else f"http://{url}")
-        if parts.password is None:
-            return url
-        host = parts.hostname or ""
-        netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
-        return urlunsplit(parts._replace(netloc=netloc))
-    except ValueError:
-        return "(unreadable proxy URL)"
 
 
 def get(session: requests.Session, url: str, limits: Limits, *,
