@@ -111,6 +111,8 @@ class DownloadConfig:
     max_size: int = 1024
     jpeg_quality: int = 85
     keep_original: bool = False
+    # a IIIF manifest gives its first canvas's image only (else every canvas's)
+    first_canvas_only: bool = False
     max_pixels: int = 300_000_000
     placeholder_hashes: Path | None = None  # a user's list of pictures never to save
     user_agent: str = ""

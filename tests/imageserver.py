@@ -44,7 +44,8 @@ size; ``?w=&h=`` override the default 1500x2000 size, one of them alone keeps 3:
                                         edge, large 1024, medium 500, small 240, thumb 100
                                         (3:4); ``ImageServer.gone_renditions`` fail
 ``/manifest/v{2|3}/{id}.json``          IIIF Presentation manifest (``?canvases=N``; v2
-                                        ``?images=BASE``: its image service there), also
+                                        ``?images=BASE``: its image service there;
+                                        ``?others=BASE``: canvases after the first there), also
                                         ``/manifest/v{2|3}/{id}/manifest``
 ``/manifest/bad.json``, ``/empty.json`` invalid JSON / a v3 manifest without canvases
 ``/__stats``, ``/__reset``              stats as JSON / reset them (not counted in stats)
@@ -823,15 +824,21 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         n = _qint(self.query, "canvases", 1, 0, 500)
         return [ident if i == 1 else f"{ident}-{i}" for i in range(1, n + 1)]
 
+    def _image_base(self, index: int, first: str) -> str:
+        """Where canvas ``index`` (0-based) has its image service: ``?others=BASE``
+        puts every canvas after the first on another server (another host)."""
+        others = self.query.get("others")
+        return (others if index and others else first).rstrip("/")
+
     def manifest_v2(self, ident: str, canvas_ids: list[str]) -> dict:
         u = self.server.app.url
         # ?images=http://host:port: the image service on another server (another host)
         images = self.query.get("images", self.server.app.base)
 
-        def iu(path: str) -> str:
-            return images.rstrip("/") + path
         canvases = []
-        for cid in canvas_ids:
+        for i, cid in enumerate(canvas_ids):
+            def iu(path: str, i: int = i) -> str:
+                return self._image_base(i, images) + path
             canvas = u(f"/canvas/{cid}")
             canvases.append({
                 "@id": canvas,
@@ -873,7 +880,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def manifest_v3(self, ident: str, canvas_ids: list[str]) -> dict:
         u = self.server.app.url
         items = []
-        for cid in canvas_ids:
+        for i, cid in enumerate(canvas_ids):
+            def iu(path: str, i: int = i) -> str:
+                return self._image_base(i, self.server.app.base) + path
             canvas = u(f"/canvas/{cid}")
             items.append({
                 "id": canvas,
@@ -890,13 +899,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                         "motivation": "painting",
                         "target": canvas,
                         "body": {
-                            "id": u(f"/iiif/3/{cid}/full/600,/0/default.jpg"),
+                            "id": iu(f"/iiif/3/{cid}/full/600,/0/default.jpg"),
                             "type": "Image",
                             "format": "image/jpeg",
                             "width": 600,
                             "height": 800,
                             "service": [{
-                                "@id": u(f"/iiif/2/{cid}"),
+                                "@id": iu(f"/iiif/2/{cid}"),
                                 "@type": "ImageService2",
                                 "profile": "http://iiif.io/api/image/2/level2.json",
                             }],

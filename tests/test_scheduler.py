@@ -252,3 +252,24 @@ def test_scarce_threads_go_to_the_host_that_would_end_last(tmp_path: Path) -> No
     for g in got:
         finish(s, g)
     gate.close()
+
+
+def test_rows_of_other_canvases_on_their_way_keep_the_run_going_and_a_new_host_is_asked(
+        gate) -> None:
+    C = (3, "c.example.org")
+    claims = FakeClaims({A[0]: items(A[0], 1), B[0]: [], C[0]: items(C[0], 1)})
+    s = scheduler(claims, gate, hosts=(A, B))
+    got = next_within(s)
+    assert got is not None
+    s.expect()  # its result found another canvas, on a host this run did not know
+    finish(s, got)
+    out: list = []
+    t = threading.Thread(target=lambda: out.append(s.next()), daemon=True)
+    t.start()
+    time.sleep(0.3)
+    assert t.is_alive()  # not finished: the canvas's row is not committed yet
+    s.arrived(1, [C])  # the writer committed it
+    t.join(5)
+    assert not t.is_alive() and out[0] is not None and out[0][0].host_id == C[0]
+    finish(s, out[0])
+    assert next_within(s) is None  # nothing awaited, nothing left

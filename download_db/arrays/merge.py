@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from ..db import array_plans, claims, hosts
+from ..db import array_plans, canvases, claims, hosts
 from ..db.connection import open_readonly, readonly_uri, remove_database, transaction
 from ..db.meta import get_meta
 from ..db.sqlite import sqlite3
@@ -67,6 +67,7 @@ def merge_statements(task: str) -> list[str]:
 class MergeStats:
     tasks: int = 0
     images: int = 0
+    canvases: int = 0  # images rows added for other IIIF canvases the tasks found
     seconds: float = 0.0
     merged: list[str] = field(default_factory=list)
 
@@ -149,13 +150,18 @@ def _merge_batch(conn: sqlite3.Connection, db: Path, paths: list[Path], build: s
                 done.append((path, max(n, 0), time.monotonic() - t1))
             for _, ddl in IMAGE_TRIGGERS:
                 conn.execute(ddl)
+            # new rows (fresh ids and numbers) after the triggers are back: they count
+            added = [canvases.merge_from(conn, name) for name in names]
     finally:
         for name in names[:len(paths)]:
             if any(r[1] == name for r in conn.execute("PRAGMA database_list")):
                 conn.execute(f"DETACH DATABASE {name}")
-    for path, n, secs in done:
+    for (path, n, secs), new in zip(done, added, strict=True):
         remove_database(path, lock_file=True)
         st.tasks += 1
         st.images += n
+        st.canvases += new
         st.merged.append(path.name)
-        say(f"merge: {path.name}: {n:,} image results in {secs:.1f}s", out)
+        say(f"merge: {path.name}: {n:,} image results"
+            + (f", {new:,} images of other IIIF canvases added" if new else "")
+            + f" in {secs:.1f}s", out)

@@ -128,6 +128,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--keep-original", action="store_true",
                    help="store the original bytes under their sniffed extension instead of a "
                         "resized JPEG")
+    g.add_argument("--first-canvas-only", action="store_true",
+                   help="a IIIF manifest gives its first canvas's image only (default: every "
+                        "canvas's, the others as new images of the gbifID)")
     g.add_argument("--max-pixels", type=int, default=d.max_pixels, metavar="N",
                    help="refuse images above this many pixels (decompression-bomb guard; "
                         f"default: {d.max_pixels:,})")
@@ -182,6 +185,7 @@ def config(a: argparse.Namespace, prog: str) -> DownloadConfig:
         max_attempts=a.max_attempts, connect_timeout=a.timeout[0], read_timeout=a.timeout[1],
         deadline=a.deadline, max_bytes=a.max_bytes, max_size=a.max_size,
         jpeg_quality=a.jpeg_quality, keep_original=a.keep_original, max_pixels=a.max_pixels,
+        first_canvas_only=a.first_canvas_only,
         placeholder_hashes=a.placeholder_hashes,
         user_agent=a.user_agent or user_agent(contact), max_images=a.max_images,
         max_runtime=a.max_runtime, lease=a.lease, wait_for_retries=a.wait_for_retries,

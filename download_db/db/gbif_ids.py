@@ -55,6 +55,11 @@ def rollup(conn: sqlite3.Connection, gbif_ids: Iterable[int], *, max_attempts: i
     return max(cur.rowcount, 0)
 
 
+def add_images(conn: sqlite3.Connection, gbif_id: int, n: int) -> None:
+    """Count n images added to a gbifID after the ingest (its other IIIF canvases)."""
+    conn.execute("UPDATE gbif_ids SET n_images = n_images + ? WHERE gbif_id = ?", (n, gbif_id))
+
+
 @dataclass
 class FinalizeStats:
     gbif_ids: int = 0

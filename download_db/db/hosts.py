@@ -42,6 +42,12 @@ def uncount_images(conn: sqlite3.Connection, image_ids: Iterable[int]) -> None:
                      [(i,) for i in image_ids])
 
 
+def ensure(conn: sqlite3.Connection, host: str) -> int:
+    """The host's id, its row made if new (a canvas on a host the ingest did not see)."""
+    conn.execute("INSERT OR IGNORE INTO hosts(host) VALUES (?)", (host,))
+    return conn.execute("SELECT host_id FROM hosts WHERE host = ?", (host,)).fetchone()[0]
+
+
 def copy_from(conn: sqlite3.Connection, schema: str) -> None:
     """Copy every host of an attached database (an array task's from the main DB)."""
     conn.execute(f"INSERT INTO hosts SELECT * FROM {schema}.hosts")

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from ..errors import DatabaseError
 from ..states import TODO_WHERE
-from . import array_plans, occurrences, placeholders
+from . import array_plans, canvases, occurrences, placeholders
 from .connection import PAGE_SIZE, transaction
 from .meta import get_meta
 from .sqlite import sqlite3
@@ -189,6 +189,8 @@ MIGRATIONS: dict[int, list[Step]] = {
     9: [AddColumn("hosts", "concurrency_limit", "INTEGER")],
     # the outcome a revisit replaced (upkeep/revisit.py), and the index it walks
     10: [AddColumn("images", "prev_error", "TEXT"), INDEX_FAILED],
+    # an array task's other IIIF canvases, kept for the merge (db/canvases.py)
+    11: [canvases.DDL],
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -199,7 +201,7 @@ def create_schema(conn: sqlite3.Connection) -> None:
         conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")  # only before the first table
     with transaction(conn):
         for ddl in [*_TABLES, *TALLY_TABLES, array_plans.DDL, occurrences.DDL,
-                    placeholders.DDL]:
+                    placeholders.DDL, canvases.DDL]:
             conn.execute(ddl)
         conn.execute(INDEX_GBIF_STATUS)
         conn.execute(INDEX_CHECKED)

@@ -69,13 +69,14 @@ def fetch_all(run: Run) -> dict:
     blocked = load_blocklist(cfg.main_db or cfg.db, cfg.placeholder_hashes)
     crew = _Crew(WorkerConfig(writer.root, limits, cfg.max_size, cfg.jpeg_quality,
                               cfg.keep_original, cfg.max_pixels, blocklist=blocked or None,
-                              shared=SharedFetches()),
+                              shared=SharedFetches(), first_canvas_only=cfg.first_canvas_only),
                  fetch.new_session(limits, pool_size=run.gate.most_at_once(),
                                    use_env=not cfg.no_proxy),
                  Scheduler(writer, run.gate, run.hosts, per_host=cfg.per_host_concurrency,
                            stop=stop, max_items=cfg.max_images,
                            wait_for_retries=cfg.wait_for_retries),
                  offline=OfflineDetector(len(run.hosts)))
+    writer.on_canvases = crew.sched.arrived
     threads = [threading.Thread(target=_work, args=(run, crew), name=f"worker-{i}", daemon=True)
                for i in range(cfg.threads)]
     for t in threads:
@@ -132,6 +133,8 @@ def _work(run: Run, crew: _Crew) -> None:
                                    error_detail=f"{type(e).__name__}: {e}")
         if result.status in (PENDING, FAILED_TRANSIENT):
             retry_at = result.retry_at or time.time()
+        if result.extra.get("canvases"):
+            crew.sched.expect()  # before done(): the run must not end before their rows
         run.writer.put(result)
         crew.sched.done(item, retry_at)
 
@@ -265,4 +268,8 @@ def summary(counts: dict, seconds: float, how: str = "finished") -> str:
             f"{counts.get(FAILED_TRANSIENT, 0):,} failed (will retry), "
             f"{counts.get(FAILED_PERMANENT, 0):,} failed permanently, "
             f"{counts.get('deferred', 0):,} deferred (host cooling down / busy), "
-            f"{counts.get('bytes_fetched', 0) / 1e6:,.1f} MB fetched")
+            f"{counts.get('bytes_fetched', 0) / 1e6:,.1f} MB fetched"
+            + (f", {counts['canvases']:,} images of other IIIF canvases added"
+               if counts.get("canvases") else "")
+            + (f", {counts['canvases_queued']:,} other IIIF canvases queued for the merge"
+               if counts.get("canvases_queued") else ""))

@@ -91,6 +91,9 @@ class Scheduler:
         self.wait_for_retries = wait_for_retries  # linger while retries fall due this soon
         self.in_flight = 0
         self.hold = threading.Event()  # set while the node is offline: hand nothing out
+        # results with other IIIF canvases not committed yet: their rows are work to
+        # wait for, even when every host looks done
+        self.awaiting = 0
 
     # -- for workers -----------------------------------------------------------------
     def next(self) -> tuple[Item, Slot] | None:
@@ -187,6 +190,27 @@ class Scheduler:
                     q.not_before = 0.0  # its last item is done: is there more? ask now
             self._changed.notify_all()
 
+    def expect(self) -> None:
+        """A result on its way to the writer found other canvases (rows to come)."""
+        with self._lock:
+            self.awaiting += 1
+
+    def arrived(self, results: int, added: list[tuple[int, str]]) -> None:
+        """The writer committed that many such results, adding these (host_id, host)
+        rows: their hosts have work again, a host new to this run gets a queue."""
+        with self._lock:
+            self.awaiting = max(self.awaiting - results, 0)
+            for host_id, host in added:
+                q = self._by_id.get(host_id)
+                if q is None:
+                    q = HostQueue(host_id, host)
+                    self.queues.append(q)
+                    self._by_id[host_id], self._by_host[host] = q, q
+                q.exhausted, q.not_before = False, 0.0  # the gate still says when
+            if added:
+                self._ranked_at = 0.0  # rank the new host in before the next hand-out
+            self._changed.notify_all()
+
     def resume(self) -> None:
         """The node is back online: hand out work again."""
         with self._lock:
@@ -256,8 +280,8 @@ class Scheduler:
     def _finished(self, wake: float) -> bool:
         """Nothing in flight, and nothing (queued or in the database) due soon."""
         horizon = time.time() + max(self.wait_for_retries, DEFERRAL_GRACE)
-        if self.in_flight or any(q.refilling or (q.items and q.not_before <= horizon)
-                                 for q in self.queues):
+        if self.in_flight or self.awaiting or any(
+                q.refilling or (q.items and q.not_before <= horizon) for q in self.queues):
             return False
         if all(q.exhausted or q.items for q in self.queues):
             return True  # what is left waits for hosts that are cooling down

@@ -27,8 +27,8 @@ from ..errors import DatabaseError, StorageError
 from ..files import space
 from ..progress import RunContext
 from ..signals import stop_on_signals
-from ..web import proxies
 from ..web import policy as host_policy
+from ..web import proxies
 from ..web.politeness import HostGate, Politeness, default_lock_dir
 from .recovery import recover
 from .run import Run, fetch_all, places
@@ -158,7 +158,8 @@ def _download(cfg: DownloadConfig, stop: threading.Event, out: TextIO | None,
         notes.start(todo, len(hosts), cfg.processes)
         writer = Writer(conn, token=claims.make_token(run_id), run_id=run_id, root=root,
                         max_attempts=cfg.max_attempts, lease=cfg.lease,
-                        on_commit=notes.committed if notes.enabled else None)
+                        on_commit=notes.committed if notes.enabled else None,
+                        queue_canvases=cfg.main_db is not None)
         counts = fetch_all(Run(cfg, ctx, notes, _gate(cfg, conn, notes), writer, hosts, todo,
                                t0))
     except BaseException as e:

@@ -42,6 +42,8 @@ class WorkerConfig:
     shared: SharedFetches | None = None
     # IIIF documents kept for an image's next try (one manifest fetch per image)
     docs: DocCache = field(default_factory=DocCache)
+    # a manifest's first canvas only (--first-canvas-only); else the others become rows
+    first_canvas_only: bool = False
 
 
 class _Deferred(Exception):
@@ -89,8 +91,12 @@ class Worker:
     def process(self, item: Item, slot: Slot) -> Result:
         held: dict[str, Slot] = {slot.host: slot}
         self._primary = slot
+        self._canvases: list[iiif.CanvasImage] = []  # the manifest's other canvases
         try:
-            return self._process(item, held)
+            result = self._process(item, held)
+            if self._canvases:  # the writer adds their rows with this result
+                result.extra["canvases"] = self._canvases
+            return result
         finally:
             self._release(held)
 
@@ -185,6 +191,8 @@ class Worker:
                 if not refs:
                     raise _Failure("manifest_error", "manifest has no painted image")
                 ref = refs[0]
+                if not self.cfg.first_canvas_only:
+                    self._canvases = iiif.other_canvases(refs)
                 if ref.service is None:
                     return self._get(ref.body or url, held).body
                 return self._iiif(iiif_plan.from_ref(ref), held, body=ref.body)

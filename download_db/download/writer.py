@@ -9,7 +9,7 @@ from concurrent.futures import Future
 from functools import partial
 from pathlib import Path
 
-from ..db import claims, gbif_ids, hosts, runs
+from ..db import canvases, claims, gbif_ids, hosts, runs
 from ..db.claims import Item, Result
 from ..db.connection import retry_locked, transaction
 from ..db.sqlite import sqlite3
@@ -31,11 +31,17 @@ class Writer(threading.Thread):
     """
 
     def __init__(self, conn: sqlite3.Connection, *, token: str, run_id: int, root: Path,
-                 max_attempts: int, lease: float, on_commit=None) -> None:
+                 max_attempts: int, lease: float, on_commit=None,
+                 queue_canvases: bool = False) -> None:
         super().__init__(name="db-writer", daemon=True)
         self.conn, self.token, self.run_id, self.root = conn, token, run_id, root
         self.max_attempts, self.lease = max_attempts, lease
         self.on_commit = on_commit  # callback(list[Result]) after each commit
+        # callback(results with canvases, [(host_id, host)] of rows added) after each
+        # commit: the scheduler waits for those rows and claims them (download/run.py)
+        self.on_canvases = None
+        # an array task's database queues other canvases for the merge (db/canvases.py)
+        self.queue_canvases = queue_canvases
         self.q: queue.Queue = queue.Queue()
         self.error: BaseException | None = None
         self.counts: dict[str, int] = {}
@@ -136,7 +142,8 @@ class Writer(threading.Thread):
                 claims.settle(self.conn, settle, self.token)
                 for host, fields in host_updates.items():
                     hosts.save_state(self.conn, host, fields)
-                if kept:
+                out["added"] = self._add_canvases(kept)
+                if kept:  # after the canvas rows: a gbifID with more to fetch is not done
                     gbif_ids.rollup(self.conn, {r.item.gbif_id for r in kept},
                                     max_attempts=self.max_attempts)
                 runs.heartbeat(self.conn, self.run_id, self.counts)
@@ -161,4 +168,25 @@ class Writer(threading.Thread):
             self.counts[key] = self.counts.get(key, 0) + 1
         if self.on_commit is not None and kept:
             self.on_commit(kept)
+        added, queued = out["added"]
+        for key, n in (("canvases", len(added)), ("canvases_queued", queued)):
+            if n:  # counted after the commit: a retried transaction counts once
+                self.counts[key] = self.counts.get(key, 0) + n
+        found = sum(1 for r in batch if r.extra.get("canvases"))
+        if found and self.on_canvases is not None:
+            self.on_canvases(found, added)
         return out["value"]
+
+    def _add_canvases(self, kept: list[Result]) -> tuple[list[tuple[int, str]], int]:
+        """Rows for the other canvases of the manifests in these results (inside the
+        batch's transaction): (host_id, host) of each row added, and how many an
+        array task queued for its merge instead."""
+        added: list[tuple[int, str]] = []
+        queued = 0
+        for r in kept:
+            found = r.extra.get("canvases")
+            if found and self.queue_canvases:
+                queued += canvases.queue(self.conn, r.item.image_id, found)
+            elif found:
+                added += canvases.add(self.conn, r.item.image_id, found)
+        return added, queued

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
+
+from . import keys
 
 
 class ManifestError(ValueError):
@@ -148,6 +150,46 @@ def parse_manifest(doc: Any) -> list[ImageRef]:
     else:
         raise ManifestError("not a IIIF Presentation manifest (no sequences or items)")
     return refs
+
+
+class CanvasImage(NamedTuple):
+    """One canvas's image as an images row holds it: key, host and candidate URLs."""
+
+    key: str  # canonical image key (web/keys.py): the same as the ingest would give it
+    host: str  # the politeness unit its row is claimed under (the first URL's host)
+    urls: tuple[str, ...]  # candidates, best first
+
+
+def canvas_image(ref: ImageRef) -> CanvasImage | None:
+    """The row for one canvas's image: a rendering of its own service alone (the
+    worker asks the target size first, then it), else the service's info.json (the
+    worker plans from it) then the body; None when no URL is usable."""
+    if ref.service and ref.body and service_of_rendering(ref.body) == ref.service:
+        urls = [ref.body]
+    else:
+        urls = ([f"{ref.service}/info.json"] if ref.service else []) + \
+            ([ref.body] if ref.body else [])
+    good = [c for c in map(keys.parse_identifier, urls) if isinstance(c, keys.Candidate)]
+    if not good:
+        return None
+    return CanvasImage(good[0].key, good[0].host, tuple(dict.fromkeys(c.url for c in good)))
+
+
+def canvas_images(refs: list[ImageRef]) -> list[CanvasImage]:
+    """Each canvas's image once (by key), in canvas order: a manifest that paints one
+    image on two canvases gives it once."""
+    out: dict[str, CanvasImage] = {}
+    for ref in refs:
+        c = canvas_image(ref)
+        if c is not None and c.key not in out:
+            out[c.key] = c
+    return list(out.values())
+
+
+def other_canvases(refs: list[ImageRef]) -> list[CanvasImage]:
+    """Every canvas's image but the first canvas's, which the manifest's own row is."""
+    first = canvas_image(refs[0]) if refs else None
+    return [c for c in canvas_images(refs) if first is None or c.key != first.key]
 
 
 def _choices(body: Any) -> list[dict]:
