@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .adaptive import Limiter
 from .policy import HostPolicy
+from .slots import SlotFiles
 
 # Shared state per host, in a small file guarded by flock:
 # next request time, cooldown end, breaker-open end, half-open probe start, opens in a row,
@@ -73,15 +74,14 @@ class _Window:
 class Slot:
     """A held concurrency slot; release() exactly once."""
 
-    def __init__(self, gate: HostGate, host: str, fd: int, probe: bool) -> None:
-        self._gate, self.host, self._fd, self.probe = gate, host, fd, probe
+    def __init__(self, gate: HostGate, host: str, slot: tuple[int, int], probe: bool) -> None:
+        self._gate, self.host, self._slot, self.probe = gate, host, slot, probe
         gate._held_by_us(host, +1)
 
     def release(self) -> None:
-        if self._fd >= 0:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = -1
+        if self._slot[0] >= 0:
+            self._gate._free_slot(self.host, self._slot)
+            self._slot = (-1, -1)
             self._gate._held_by_us(self.host, -1)
 
 
@@ -109,6 +109,8 @@ class HostGate:
         self._seen: dict[str, tuple[float, list[float]]] = {}  # last state read, per host
         self._held: dict[str, int] = {}  # slots this process holds, per host
         self._told: dict[str, int] = {}  # adaptive limits last recorded, per host
+        self._names: dict[str, str] = {}
+        self._slots = SlotFiles(self.dir, self._name)
 
     def _held_by_us(self, host: str, n: int) -> None:
         with self._local:
@@ -129,10 +131,14 @@ class HostGate:
 
     # -- shared state file ---------------------------------------------------
     def _name(self, host: str) -> str:
-        # file names never come from remote text: a hash of the host name
-        part = self.split.get(host)
-        key = host if part is None else f"{host}#{part[0]}/{part[1]}"
-        return "h" + hashlib.sha1(key.encode("utf-8", "replace")).hexdigest()[:20]
+        name = self._names.get(host)
+        if name is None:
+            # file names never come from remote text: a hash of the host name
+            part = self.split.get(host)
+            key = host if part is None else f"{host}#{part[0]}/{part[1]}"
+            name = self._names[host] = "h" + hashlib.sha1(
+                key.encode("utf-8", "replace")).hexdigest()[:20]
+        return name
 
     def concurrency(self, host: str) -> int:
         """Requests the host may have at once (this task's share of a split host); for an
@@ -243,17 +249,16 @@ class HostGate:
                 st[0] = max(next_at, now) + 1.0 / rate
             return None
 
-        fd = self._try_slot(host)
-        if fd < 0:
+        slot = self._try_slot(host)
+        if slot[0] < 0:
             return now + 0.02  # all slots busy (here or in another process): come back soon
         if self._calm(host, now) is not None:
-            return Slot(self, host, fd, False)
+            return Slot(self, host, slot, False)
         wait = self._update(host, admit, now)
         if wait is not None:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+            self._free_slot(host, slot)
             return float(wait)  # type: ignore[arg-type]
-        return Slot(self, host, fd, probe)
+        return Slot(self, host, slot, probe)
 
     def pace(self, host: str, now: float | None = None) -> float | None:
         """A rate token for another request on a slot already held: None if it
@@ -275,15 +280,11 @@ class HostGate:
         wait = self._update(host, take, now)
         return None if wait is None else float(wait)  # type: ignore[arg-type]
 
-    def _try_slot(self, host: str) -> int:
-        for k in range(self.concurrency(host)):
-            fd = os.open(self.dir / f"{self._name(host)}.s{k}", os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return fd
-            except BlockingIOError:
-                os.close(fd)
-        return -1
+    def _try_slot(self, host: str) -> tuple[int, int]:
+        return self._slots.take(host, self.concurrency(host))
+
+    def _free_slot(self, host: str, slot: tuple[int, int]) -> None:
+        self._slots.free(host, slot)
 
     # -- outcomes --------------------------------------------------------------------
     def cool_down(self, host: str, seconds: float, now: float | None = None) -> float:
@@ -372,6 +373,7 @@ class HostGate:
             for fd in self._state_fds.values():
                 os.close(fd)
             self._state_fds.clear()
+        self._slots.close()
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
