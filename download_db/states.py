@@ -35,7 +35,7 @@ VERIFY_UNDECODABLE = "file_undecodable"
 VERIFY_ERRORS = (VERIFY_MISSING, VERIFY_SIZE, VERIFY_HASH, VERIFY_UNDECODABLE)
 
 # Error type of a picture a host serves for many different URLs ("image not
-# available"): permanent, found by dedupe/finalize or a --placeholder-hashes list.
+# available"): permanent, found by the download, dedupe/finalize or --placeholder-hashes.
 PLACEHOLDER = "placeholder"
 # More than this many images of one host with one picture make it a placeholder; a
 # sheet carrying several specimens, shared by a few gbifIDs, stays a duplicate group.

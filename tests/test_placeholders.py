@@ -56,6 +56,10 @@ def test_one_picture_for_many_urls_is_flagged_removed_and_refused_later(
     db = build(tmp_path, urls)
     root = tmp_path / "images"
     assert download(tmp_path, db) == 0
+    # found by the download itself, as the results came in (identity/live.py)
+    assert q(db, "SELECT n_images FROM placeholders") == [(N_PLACEHOLDER,)]
+    assert q(db, "SELECT count(*) FROM images WHERE error_type = 'placeholder'") == \
+        [(N_PLACEHOLDER,)]
     assert main(["finalize", "--db", str(db), "--install-path", str(root), "--no-bar"]) == 0
     rows = q(db, "SELECT image_id, status, error_type, error_detail, file_path, dup_group "
                  "FROM images ORDER BY image_id")
@@ -79,7 +83,7 @@ def test_one_picture_for_many_urls_is_flagged_removed_and_refused_later(
         capture_output=True, text=True, check=True, cwd=Path(__file__).parent.parent).stdout)
     ident = report["identity"]
     assert (ident["dedupe"]["exact_groups"], ident["dedupe"]["exact_images"]) == (1, 3)
-    assert ident["dedupe"]["placeholder_images"] == N_PLACEHOLDER
+    assert ident["dedupe"]["placeholder_images"] == 0  # the download had flagged them all
     [p] = ident["placeholders"]
     assert (p["host"], p["sha256"], p["images"], p["example"]) == \
         ("127.0.0.23", sha, N_PLACEHOLDER, example[4])
@@ -159,3 +163,50 @@ def test_files_left_by_a_run_without_the_image_root_are_removed_by_the_next(
     assert q(db, "SELECT count(*) FROM images WHERE file_path IS NOT NULL") == [(1,)]
     assert len(list(root.rglob("*.jpg"))) == 1
     assert q(db, "SELECT count(*) FROM placeholders") == [(1,)]
+
+
+def test_a_placeholder_is_refused_in_the_run_that_finds_it(tmp_path: Path, server) -> None:
+    """One thread, slow answers: the writer commits while the run goes on, so the run
+    finds the placeholder after more than the threshold and its workers refuse the rest
+    before saving them."""
+    n = PLACEHOLDER_MAX_SHARED * 3
+    urls = [server.url(f"/slow/notavailable.jpg?delay=0.05&specimen={i}") for i in range(n)]
+    db = build(tmp_path, urls)
+    assert download(tmp_path, db, "--threads", "1") == 0
+    sha, _ = saved_sha("notavailable")
+    details = [r[0] for r in q(db, "SELECT error_detail FROM images ORDER BY image_id")]
+    assert q(db, "SELECT DISTINCT status, error_type FROM images") == \
+        [("failed_permanent", "placeholder")]
+    refused = [d for d in details if "known placeholder" in d]
+    assert refused and details[-1] in refused  # the last ones were never saved
+    assert all(sha in d for d in details)
+    assert q(db, "SELECT n_images FROM placeholders") == [(n,)]
+    assert len(list((tmp_path / "images").rglob("*.jpg"))) == 1  # the example only
+
+
+def test_repeat_watch_counts_distinct_urls_per_host_and_flags_past_the_limit() -> None:
+    from download_db.identity.live import RepeatWatch
+
+    w = RepeatWatch(max_shared=3)
+    assert [w.add(1, "a" * 64, "http://h/1", 10), w.add(1, "a" * 64, "http://h/1", 11)] == \
+        [None, None]  # one URL under two gbifIDs is one URL
+    assert w.add(2, "a" * 64, "http://other/1", 12) is None  # another host counts apart
+    assert w.add(1, "a" * 64, "http://h/2", 13) is None
+    assert w.add(1, "a" * 64, "http://h/3", 14) is None
+    g = w.add(1, "a" * 64, "http://h/4", 15)
+    assert g is not None and (g.host_id, g.ids) == (1, (10, 13, 14, 15))
+    later = w.add(1, "a" * 64, "http://h/5", 16)
+    assert later is not None and later.ids == (16,)  # flagged already: this one alone
+
+
+def test_repeat_watch_memory_is_bounded_by_forgetting_the_least_recent() -> None:
+    from download_db.identity.live import RepeatWatch
+
+    w = RepeatWatch(max_shared=1, capacity=2)
+    w.add(1, "a" * 64, "u1", 1)
+    w.add(1, "b" * 64, "u2", 2)
+    w.add(1, "a" * 64, "u1", 3)  # a is recent again
+    w.add(1, "c" * 64, "u3", 4)  # b is forgotten
+    assert len(w._recent) == 2
+    assert w.add(1, "a" * 64, "u5", 6) is not None  # a was kept: two URLs > 1
+    assert w.add(1, "b" * 64, "u4", 5) is None  # b starts over

@@ -54,6 +54,12 @@ def save(conn: sqlite3.Connection, host_id: int, sha256: str, phash: int | None,
     conn.execute(_SAVE, (host_id, sha256, phash, n_images, example_image_id, time.time()))
 
 
+def add_images(conn: sqlite3.Connection, host_id: int, sha256: str, n: int) -> None:
+    """n more images showed a known placeholder (refused before they were saved)."""
+    conn.execute("UPDATE placeholders SET n_images = n_images + ? "
+                 "WHERE host_id = ? AND sha256 = ?", (n, host_id, sha256))
+
+
 def files_left(conn: sqlite3.Connection) -> list[tuple[int, str]]:
     return [(int(r[0]), str(r[1])) for r in conn.execute(_LEFT)]
 

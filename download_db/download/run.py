@@ -12,11 +12,13 @@ import requests
 from .. import notify
 from ..config import DownloadConfig
 from ..db import claims
+from ..db.meta import get_meta
 from ..errors import DownloadDbError, NetworkDown, StorageError
 from ..files import space, store
-from ..identity.placeholders import load_blocklist
+from ..identity.live import LivePlaceholders, RepeatWatch
+from ..identity.placeholders import META_MAX_SHARED, load_blocklist
 from ..progress import RunContext, fmt_secs
-from ..states import FAILED_PERMANENT, FAILED_TRANSIENT, PENDING, SUCCESS
+from ..states import FAILED_PERMANENT, FAILED_TRANSIENT, PENDING, PLACEHOLDER_MAX_SHARED, SUCCESS
 from ..web import fetch
 from ..web.politeness import HostGate
 from .offline import OfflineDetector, host_of
@@ -62,13 +64,17 @@ class _Crew:
 def fetch_all(run: Run) -> dict:
     """Fetch until the work, a limit or a stop ends it; returns the run's counts."""
     cfg, writer, stop = run.cfg, run.writer, run.ctx.stop
+    # placeholders dedupe found before (in the main database) and the user's list
+    blocked = load_blocklist(cfg.main_db or cfg.db, cfg.placeholder_hashes)
+    if cfg.main_db is None:  # an array task sees a share of a host: finalize finds its ones
+        most = int(get_meta(writer.conn, META_MAX_SHARED) or PLACEHOLDER_MAX_SHARED)
+        writer.placeholders = LivePlaceholders(writer.conn, writer.root, blocked,
+                                               cfg.max_attempts, RepeatWatch(most))
     writer.start()
     limits = fetch.Limits(cfg.connect_timeout, cfg.read_timeout, cfg.deadline, cfg.max_bytes,
                           user_agent=cfg.user_agent)
-    # placeholders dedupe found before (in the main database) and the user's list
-    blocked = load_blocklist(cfg.main_db or cfg.db, cfg.placeholder_hashes)
     crew = _Crew(WorkerConfig(writer.root, limits, cfg.max_size, cfg.jpeg_quality,
-                              cfg.keep_original, cfg.max_pixels, blocklist=blocked or None,
+                              cfg.keep_original, cfg.max_pixels, blocklist=blocked,
                               shared=SharedFetches(), first_canvas_only=cfg.first_canvas_only),
                  fetch.new_session(limits, pool_size=run.gate.most_at_once(),
                                    use_env=not cfg.no_proxy),

@@ -14,7 +14,7 @@ from ..db.claims import Item, Result
 from ..db.connection import retry_locked, transaction
 from ..db.sqlite import sqlite3
 from ..files import store
-from ..states import SUCCESS
+from ..states import FAILED_PERMANENT, SUCCESS
 
 BATCH = 200  # results per transaction
 MAX_AGE = 0.5  # seconds a result may wait for its commit
@@ -42,6 +42,8 @@ class Writer(threading.Thread):
         self.on_canvases = None
         # an array task's database queues other canvases for the merge (db/canvases.py)
         self.queue_canvases = queue_canvases
+        # placeholders found as results come in (identity/live.py); None: left to dedupe
+        self.placeholders = None
         self.q: queue.Queue = queue.Queue()
         self.error: BaseException | None = None
         self.counts: dict[str, int] = {}
@@ -166,6 +168,11 @@ class Writer(threading.Thread):
             key = "lost_claim" if id(r) not in kept_ids else (
                 "deferred" if r.status == "pending" else r.status)
             self.counts[key] = self.counts.get(key, 0) + 1
+        if self.placeholders is not None and kept:
+            flagged = self.placeholders.committed(kept)
+            if flagged:  # saved a moment ago, a placeholder now
+                self.counts[SUCCESS] = self.counts.get(SUCCESS, 0) - flagged
+                self.counts[FAILED_PERMANENT] = self.counts.get(FAILED_PERMANENT, 0) + flagged
         if self.on_commit is not None and kept:
             self.on_commit(kept)
         added, queued = out["added"]

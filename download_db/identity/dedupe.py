@@ -135,6 +135,7 @@ def dedupe(conn: sqlite3.Connection, ctx: RunContext | None = None, *,
     st.seconds = time.monotonic() - t0
     with transaction(conn):
         set_meta(conn, META_NEAR_DISTANCE, str(k))
+        set_meta(conn, placeholders.META_MAX_SHARED, str(max_shared))
         set_meta(conn, identity.DEDUPE_STATS,
                  json.dumps({**st.as_dict(), "finished_at": time.time()}, sort_keys=True))
     return st

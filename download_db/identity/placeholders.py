@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ from ..files import phash
 from ..states import PLACEHOLDER_MAX_SHARED
 
 DEFAULT_MAX_SHARED = PLACEHOLDER_MAX_SHARED
+META_MAX_SHARED = "placeholder_urls"  # the last dedupe's --placeholder-urls: downloads use it
 CHUNK = 5_000  # paths cleared per transaction
 
 
@@ -122,16 +123,19 @@ class Blocklist:
     sha256: frozenset[str] = frozenset()
     phashes: tuple[int, ...] = ()
     distance: int = 3
+    # sha256s found to be placeholders during this run (identity/live.py, the writer
+    # thread adds; workers read: set membership needs no lock)
+    found: set[str] = field(default_factory=set, compare=False)
 
     def __bool__(self) -> bool:
-        return bool(self.sha256 or self.phashes)
+        return bool(self.sha256 or self.phashes or self.found)
 
     def match(self, data: bytes, ph: int | None) -> str | None:
         """Why these saved bytes are a known placeholder, or None."""
         if not self:
             return None
         sha = hashlib.sha256(data).hexdigest()
-        if sha in self.sha256:
+        if sha in self.sha256 or sha in self.found:
             return f"placeholder: a known placeholder picture (sha256 {sha})"
         if ph is not None and self.phashes:
             d = np.bitwise_xor(np.array(self.phashes, np.int64), np.int64(ph)).view(np.uint64)
