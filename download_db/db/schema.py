@@ -99,7 +99,8 @@ _TABLES = [
         outcome      TEXT NOT NULL DEFAULT 'running',
         counts       TEXT,
         message      TEXT,
-        shard        TEXT
+        shard        TEXT,
+        depends_on   TEXT
     )""",
     # The readable form of images for ad hoc SQL: host name and attribution.
     """CREATE VIEW IF NOT EXISTS images_v AS
@@ -189,6 +190,8 @@ MIGRATIONS: dict[int, list[Step]] = {
     9: [AddColumn("hosts", "concurrency_limit", "INTEGER")],
     # the outcome a revisit replaced (upkeep/revisit.py), and the index it walks
     10: [AddColumn("images", "prev_error", "TEXT"), INDEX_FAILED],
+    # the stage a run's stage depends on (states.DEPENDS_ON), for prerequisite_failed
+    11: [AddColumn("runs", "depends_on", "TEXT")],
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
