@@ -53,7 +53,7 @@ def run_init(cfg: InitConfig, out: TextIO | None = None) -> dict:
     notes = StageNotes(cfg.slack_webhook_url, cfg.db, stage)
     try:
         cfg.validate()
-        notes.start(f"{cfg.multimedia.name} -> {cfg.db.name}" if cfg.multimedia else "")
+        notes.start(f"{cfg.multimedia.name} into {cfg.db.name}" if cfg.multimedia else "")
         with stage_lock(cfg.db, exclusive=True, what="init_download_db.py"), \
                 stop_on_signals() as stop:
             counts = _run(cfg, out, stop, stage)
