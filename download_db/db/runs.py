@@ -83,6 +83,8 @@ def heartbeat(conn: sqlite3.Connection, run_id: int, counts: dict | None = None)
 def finish_run(conn: sqlite3.Connection, run_id: int, outcome: str,
                counts: dict | None = None, message: str | None = None) -> None:
     now = time.time()
+    if message:  # one line, as the report and Slack show it
+        message = " ".join(message.split())
     with transaction(conn):
         conn.execute(
             "UPDATE runs SET finished_at = ?, heartbeat_at = ?, outcome = ?, "

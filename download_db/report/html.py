@@ -19,6 +19,7 @@ td:first-child,th:first-child{text-align:left}tr:nth-child(even){background:#f6f
 .ok{background:#e8f5e9}.run{background:#e3f2fd}.bad{background:#ffebee;color:#b71c1c}
 .sample{font-family:monospace;font-size:12px;color:#555;white-space:pre-wrap}
 .grid{display:flex;flex-wrap:wrap;gap:24px}.muted{color:#777}
+#stages td:last-child,#stages th:last-child{text-align:left}
 """
 
 
