@@ -51,6 +51,8 @@ class InitConfig:
     force: bool = False  # write the main DB even if array tasks may still be writing
     occurrence: Path | None = None  # occurrence.txt of an unpacked DwC-A (citation data)
     legacy_verify: bool = True  # decode each legacy file (False: --no-verify, flag it instead)
+    # Slack incoming webhook (SLACK_WEBHOOK_URL); a secret, so kept out of repr()
+    slack_webhook_url: str = field(default="", repr=False, compare=False)
 
     def validate(self) -> InitConfig:
         if self.mode in (MODE_BUILD, MODE_RESET) and self.multimedia is None and not (
@@ -68,6 +70,7 @@ class InitConfig:
             raise UsageError("--workers must be between 1 and 64")
         if self.progress_every <= 0:
             raise UsageError("--progress-every must be positive")
+        check_webhook_url(self.slack_webhook_url)
         parent = self.db.resolve().parent
         if not parent.is_dir():
             raise UsageError(f"directory for --db does not exist: {parent}")

@@ -19,6 +19,11 @@ class DatabaseError(DownloadDbError):
     exit_code = 3
 
 
+class PrerequisiteFailed(DatabaseError):
+    """The stage this one depends on failed (an array task, an unfinished ingest): the
+    stage did not run and its run is recorded as prerequisite_failed."""
+
+
 class UsageError(DownloadDbError):
     """Flags that do not go together."""
 

@@ -102,3 +102,13 @@ def backoff(attempts: int, rnd: random.Random | None = None) -> float:
 # this run alive" question (report, merge, check, recovery) uses this window.
 DEFAULT_LEASE = 900.0
 ALIVE_WINDOW = DEFAULT_LEASE
+
+
+# --- the pipeline ----------------------------------------------------------------------
+# The stage whose work each stage consumes (runs.depends_on). A stage whose prerequisite
+# failed does not run and is recorded with the outcome prerequisite_failed (db/runs.py;
+# the rule per stage in docs/database.md, "Stage runs and prerequisites").
+DEPENDS_ON = {"download": "ingest", "legacy": "ingest", "merge": "download",
+              "finalize": "download"}
+# The order the report lists stages in; others follow, newest first.
+PIPELINE_ORDER = ("ingest", "legacy", "download", "merge", "finalize")

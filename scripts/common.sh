@@ -8,6 +8,9 @@
 #   as a marker file and refuses to start a stage whose earlier stages did not all end well.
 #   Markers rather than exit codes, because SGE's -hold_jid ignores exit codes (only 100
 #   stops a chain, and it leaves the failed job in Eqw and the rest held forever).
+# * Tells Slack and the database, through `gbif-download-db event`, what the command cannot
+#   say itself: a stage not run (recorded in runs as prerequisite_failed), a command killed,
+#   the pipeline's verdict. The commands post their own start, end and failure.
 # shellcheck shell=bash
 
 # The stages of a pipeline, in order. A unit is a stage, or stage.TASK for an array task.
@@ -47,6 +50,21 @@ job_log() {
     timeout 10 scontrol show job -o "$SLURM_JOB_ID" 2>/dev/null | grep -o 'StdOut=[^ ]*' | cut -d= -f2-
   fi
   return 0
+}
+
+# event EVENT UNIT MESSAGE: `gbif-download-db event` (see docs/commands.md), from the checkout
+# so that it reads the Slack webhook from .env there; the URL never appears in a script or a
+# log. Best effort: it never fails the job, and gives up after a minute.
+event() {
+  ( cd "$DOWNLOAD_DB_HOME" && timeout 60 python -m download_db event --db "$DB" \
+      --event "$1" --stage "$2" --message "$3" ) || say "could not tell the $1 event of $2"
+  return 0
+}
+
+# The units of a pipeline_status report that did not end ok, on one line.
+not_ok() { # REPORT
+  printf '%s\n' "$1" | grep -v -E '^ +[^ ]+ +ok: ' | sed 's/^ *//; s/  */ /g' | paste -sd ';' - \
+    | sed 's/;/; /g'
 }
 
 stage_rank() {
@@ -170,6 +188,7 @@ run_stage() {
       printf '%s\n' "$report" >&2
       say "not running $unit: a stage before it did not end ok (above)"
       record "$unit" skipped "$(job_label) on $(hostname) at $(date '+%F %T'): not run because a stage before it did not end ok"
+      event skipped "$unit" "$(job_label): $(not_ok "$report")"
       exit 1
     fi
   fi
@@ -215,6 +234,11 @@ run_stage() {
   else
     record "$unit" failed "$(job_label) on $(hostname) at $(date '+%F %T'): $how, log ${log:-?}"
   fi
+  # Above 128 (130 is the commands' own "interrupted"): a signal the command could not
+  # catch (SIGKILL: out of memory, a hard limit) ended it, so it could not say so itself.
+  if [ "$rc" -gt 128 ] && [ "$rc" != 130 ]; then
+    event killed "$unit" "$(job_label) on $(hostname): exit $rc (SIG$(kill -l $((rc - 128)) 2>/dev/null || echo ?)), log ${log:-?}"
+  fi
   say "$unit ended: $how"
   return "$rc"
 }
@@ -226,9 +250,14 @@ run_report() {
   STAGE=report
   if [ -n "${PIPELINE_DIR:-}" ]; then
     echo "PIPELINE $(basename "$PIPELINE_DIR") (markers in $PIPELINE_DIR)"
-    if pipeline_status report; then
+    local status
+    if status=$(pipeline_status report); then
+      printf '%s\n' "$status"
       echo "  every stage ended ok"
+      event ok pipeline "$(basename "$PIPELINE_DIR"): every stage ended ok"
     else
+      printf '%s\n' "$status"
+      event failed pipeline "$(basename "$PIPELINE_DIR"): $(not_ok "$status")"
       verdict=1
       echo "  A STAGE DID NOT END OK: its dependants were not run. Read its log in ${LOG_DIR:-the log directory},"
       echo "  fix the cause, and resubmit from that stage (DEPLOYMENT.md, \"Resuming a pipeline\")."

@@ -232,12 +232,12 @@ def test_no_url_gives_one_warning_and_no_network(tmp_path, images, monkeypatch, 
 
 def test_a_real_run_reports_start_milestones_stall_and_end(tmp_path, images, hook,
                                                            monkeypatch, capfd) -> None:
-    monkeypatch.setenv(notify.ENV_URL, hook.url)
     monkeypatch.delenv(notify.ENV_CHILD, raising=False)
     monkeypatch.chdir(tmp_path)
     urls = [images.url(f"/img/e2e{i}.jpg?w=64&h=64") for i in range(6)]
     urls.append(images.url("/slow/e2e-slow.jpg?delay=2.5&w=64&h=64"))  # the run stalls on it
-    db = _db(tmp_path, urls)
+    db = _db(tmp_path, urls)  # before the webhook: the ingest's own notices are not tested here
+    monkeypatch.setenv(notify.ENV_URL, hook.url)
     t = time.monotonic()
     assert download_main(_args(tmp_path, db, "--timeout", "5,5", "--deadline", "8",
                                "--notify-every", "3", "--stall-minutes", "0.01")) == 0

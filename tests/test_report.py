@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from download_db.cli.main import status_main
-from download_db.db import connection, meta, schema, tallies
+from download_db.db import connection, meta, runs, schema, tallies
 from download_db.db.sqlite import sqlite3
 from download_db.report import collect
 from download_db.report.check import check
@@ -203,6 +203,46 @@ def test_pipeline_state_is_first_and_loud(db, case, state, words) -> None:
     assert words in d["pipeline"]["headline"]
     text = render_text(d)
     assert text.index(words) < text.index("GBIFID PROGRESS")
+
+
+def test_pipeline_shows_each_stage_and_the_ones_not_run_first(db, capsys) -> None:
+    conn = connection.connect(db)
+    run_id = runs.start_run(conn, "download")
+    runs.finish_run(conn, run_id, runs.FAILED, None, "StorageError: /data: disk full")
+    runs.record_not_run(conn, "finalize", f"download run {run_id} on n1 failed: StorageError")
+    conn.close()
+    d = _collect(db)
+    p = d["pipeline"]
+    assert [s["stage"] for s in p["stages"]] == ["ingest", "download", "finalize"]
+    st = {s["stage"]: s for s in p["stages"]}
+    assert st["ingest"]["state"] == "ok" and st["ingest"]["depends_on"] is None
+    assert st["ingest"]["duration_seconds"] == round(st["ingest"]["finished_at"]
+                                                     - st["ingest"]["started_at"], 1)
+    assert (st["download"]["state"], st["download"]["depends_on"]) == ("failed", "ingest")
+    assert st["download"]["message"] == "StorageError: /data: disk full"
+    assert (st["finalize"]["state"], st["finalize"]["depends_on"]) == (
+        "prerequisite_failed", "download")
+    assert p["prerequisite_failed"] == ["finalize"] and p["state"] == "prerequisite_failed"
+    assert p["headline"].startswith("NOT RUN: finalize (run ")
+    assert "because a stage it depends on failed: download run" in p["headline"]
+
+    text = render_text(d)
+    first = text.index("GBIFID PROGRESS")
+    for words in ("!!! NOT RUN: finalize", "StorageError: /data: disk full",
+                  "prerequisite_failed", "not run because a stage they depend on failed: "
+                  "finalize"):
+        assert -1 < text.index(words) < first, words
+    assert status_main(["--db", str(db), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert list(data).index("pipeline") < list(data).index("gbif_ids")
+    assert data["pipeline"]["prerequisite_failed"] == ["finalize"]
+    assert [s["outcome"] for s in data["pipeline"]["stages"]] == [
+        "ok", "failed", "prerequisite_failed"]
+    page = render_html(d)
+    first = page.index("<h2>Progress")
+    for words in ("NOT RUN: finalize", "<table id=stages>", "StorageError: /data: disk full",
+                  "Not run because a stage they depend on failed: finalize"):
+        assert -1 < page.index(words) < first, words
 
 
 def test_pipeline_state_empty(tmp_path) -> None:

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image, ImageStat
 
 from download_db.cli.main import status_main
+from download_db.db import connection, runs
 from tests.helpers import generate, mutate_results
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -33,6 +34,11 @@ def test_html_report_renders_in_chromium(build, tmp_path, capsys) -> None:
     code, db = build(generate(tmp_path / "m.txt", 300, seed=5, hosts=5))
     assert code == 0
     mutate_results(db, 8, n=500, now=time.time())
+    conn = connection.connect(db)  # a failed download, and the finalize it held up
+    run_id = runs.start_run(conn, "download")
+    runs.finish_run(conn, run_id, runs.FAILED, None, "StorageError: /data: disk full")
+    runs.record_not_run(conn, "finalize", f"download run {run_id} failed: StorageError")
+    conn.close()
     page = tmp_path / "status.html"
     assert status_main(["--db", str(db), "--html", str(page)]) == 0
 
@@ -40,6 +46,11 @@ def test_html_report_renders_in_chromium(build, tmp_path, capsys) -> None:
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert "GBIF image download status" in dom.stdout
     assert dom.stdout.count("<svg") >= 4 and "<script>" not in dom.stdout
+    # the pipeline first: the verdict, each stage's last run, the stage not run
+    first = dom.stdout.index("<h2>Progress")
+    for words in ("NOT RUN: finalize", 'id="stages"', "StorageError: /data: disk full",
+                  "Not run because a stage they depend on failed: finalize"):
+        assert -1 < dom.stdout.index(words) < first, words
 
     shot = tmp_path / "shot.png"
     res = _chromium(tmp_path, f"--screenshot={shot}", page.as_uri())

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from ..db import array_plans, canvases, claims, hosts
+from ..db import array_plans, canvases, claims, hosts, runs
 from ..db.connection import open_readonly, readonly_uri, remove_database, transaction
 from ..db.meta import get_meta
 from ..db.sqlite import sqlite3
@@ -36,9 +36,10 @@ UPDATE images SET status = t.status, attempts = t.attempts, next_attempt_at = t.
 """
 _RUNS = """
 INSERT INTO runs(stage, started_at, finished_at, heartbeat_at, hostname, pid, argv, outcome,
-                 counts, message, shard)
+                 counts, message, shard, depends_on)
 SELECT stage, started_at, finished_at, heartbeat_at, hostname, pid, argv,
-       CASE outcome WHEN 'running' THEN 'crashed' ELSE outcome END, counts, message, ?
+       CASE outcome WHEN 'running' THEN 'crashed' ELSE outcome END, counts, message, ?,
+       {depends_on}
   FROM {task}.runs ORDER BY run_id
 """
 # The counters for the rows the merge changes, computed in bulk from the task's
@@ -95,6 +96,24 @@ def refuse_if_tasks_running(db: Path, what: str) -> None:
                 "with it. Wait for the array to finish (or qdel/scancel it), or pass --force")
 
 
+def failed_tasks(db: Path) -> list[str]:
+    """The array tasks waiting to be merged whose last run failed (a merge's prerequisite):
+    'task-0002-of-0004.db: download 2/4 run 3 on node7 failed: StorageError: ...'."""
+    out = []
+    for path in task_dbs(tasks_dir_for(db)):
+        try:
+            conn = open_readonly(path)
+            try:
+                last = runs.last_run(conn, "download")
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            continue  # being merged and deleted right now, or unreadable: the merge says
+        if last is not None and last[1] in runs.BLOCKING:
+            out.append(f"{path.name}: {runs.describe('download', last)}")
+    return out
+
+
 def merge_tasks(conn: sqlite3.Connection, db: Path, *, force: bool = False,
                 out: TextIO | None = None) -> MergeStats:
     """Fold every task database beside ``db`` into it, one transaction per task;
@@ -146,7 +165,10 @@ def _merge_batch(conn: sqlite3.Connection, db: Path, paths: list[Path], build: s
                 n = conn.execute(images).rowcount
                 hosts.merge_from(conn, name)
                 array_plans.carry(conn, name)  # tasks still queued keep their share
-                conn.execute(_RUNS.format(task=name), (shard[0] if shard else None,))
+                # a task database made before schema v12 has no depends_on column
+                cols = {r[1] for r in conn.execute(f"PRAGMA {name}.table_info(runs)")}
+                conn.execute(_RUNS.format(task=name, depends_on="depends_on" if "depends_on"
+                                          in cols else "NULL"), (shard[0] if shard else None,))
                 done.append((path, max(n, 0), time.monotonic() - t1))
             for _, ddl in IMAGE_TRIGGERS:
                 conn.execute(ddl)

@@ -8,7 +8,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from ..config import DEFAULT_DB, DEFAULT_INSTALL
+from ..config import DEFAULT_DB, DEFAULT_INSTALL, ENV_SLACK_URL
 from ..db.sqlite import sqlite3
 from ..errors import DownloadDbError
 
@@ -76,6 +76,17 @@ def add_progress(p: argparse.ArgumentParser | argparse._ArgumentGroup, default: 
     p.add_argument("--progress-every", type=float, default=default, metavar="SECONDS",
                    help=f"{help} (default: {default:g})")
     add_no_bar(p)
+
+
+def slack_url() -> str:
+    """SLACK_WEBHOOK_URL from .env (looked up from the working directory) or the
+    environment; "" when there is none (no notifications, no warning)."""
+    import os
+
+    from dotenv import find_dotenv, load_dotenv
+
+    load_dotenv(find_dotenv(usecwd=True))
+    return os.environ.get(ENV_SLACK_URL, "").strip()
 
 
 def bar(args: argparse.Namespace) -> bool | None:

@@ -37,5 +37,6 @@ def run(a: argparse.Namespace) -> int:
 
     run_init(InitConfig(db=a.db, mode=MODE_FINALIZE, install_path=a.install_path,
                         max_attempts=a.max_attempts,
-                        force=a.force, bar=common.bar(a)))
+                        force=a.force, bar=common.bar(a),
+                        slack_webhook_url=common.slack_url()))
     return 0

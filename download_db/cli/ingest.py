@@ -93,7 +93,8 @@ def config(a: argparse.Namespace) -> InitConfig:
                       processed_file=a.processed_file, failed_file=a.failed_file, mode=mode,
                       max_attempts=a.max_attempts, chunk_mb=a.chunk_mb, workers=a.workers,
                       progress_every=a.progress_every, bar=common.bar(a), force=a.force,
-                      occurrence=a.occurrence, legacy_verify=not a.no_verify)
+                      occurrence=a.occurrence, legacy_verify=not a.no_verify,
+                      slack_webhook_url=common.slack_url())
 
 
 def run(a: argparse.Namespace) -> int:

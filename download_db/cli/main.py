@@ -29,6 +29,7 @@ COMMANDS: tuple[str, ...] = (
     "verify",
     "convert",
     "derive",
+    "event",
 )
 
 EXAMPLES = f"""\

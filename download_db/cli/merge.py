@@ -29,5 +29,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(a: argparse.Namespace) -> int:
     from ..ingest.stage import run_init  # imported late: --help stays fast
 
-    run_init(InitConfig(db=a.db, mode=MODE_MERGE, force=a.force))
+    run_init(InitConfig(db=a.db, mode=MODE_MERGE, force=a.force,
+                        slack_webhook_url=common.slack_url()))
     return 0

@@ -28,7 +28,7 @@ def connect(
     path: str | Path,
     *,
     bulk: bool = False,
-    wal: bool = True,
+    wal: bool | None = True,
     busy_timeout_s: float = 60.0,
 ) -> sqlite3.Connection:
     """Open the database for writing with the project's pragmas.
@@ -36,7 +36,8 @@ def connect(
     ``bulk`` is for a single-writer bulk load: large cache, no fsync (a killed
     process loses nothing committed; an OS crash may need ``--reset``, which
     rebuilds in minutes). ``wal=False``: a rollback journal, for a database
-    written on one node and read from others.
+    written on one node and read from others. ``wal=None``: keep the file's
+    journal mode (one small write that must leave a frozen database frozen).
     """
     conn = sqlite3.connect(str(path), timeout=busy_timeout_s, isolation_level=None,
                            check_same_thread=False)
@@ -54,6 +55,8 @@ def connect(
         conn.execute("PRAGMA cache_size = -32768")
         conn.execute("PRAGMA temp_store = FILE")
         conn.execute("PRAGMA threads = 2")  # helper threads for index sorts
+    elif wal is None:
+        conn.execute("PRAGMA synchronous = NORMAL")
     elif not wal:
         # An array task's own database: one writer on one node, read from other
         # nodes (report, merge), which WAL cannot serve over a network filesystem.

@@ -10,6 +10,7 @@ import time
 from typing import NoReturn
 
 from ..errors import DownloadDbError, Interrupted
+from ..states import DEPENDS_ON
 from .connection import transaction
 from .sqlite import sqlite3
 
@@ -17,6 +18,11 @@ RUNNING = "running"
 OK = "ok"
 FAILED = "failed"
 INTERRUPTED = "interrupted"
+# Not run: the stage it depends on failed (its message names that run).
+PREREQUISITE_FAILED = "prerequisite_failed"
+# Outcomes of a prerequisite that stop the stages depending on it. Not interrupted or
+# crashed: what those runs committed is sound, and running the same command resumes it.
+BLOCKING = (FAILED, PREREQUISITE_FAILED)
 
 # What ends a stage's run in a way worth recording: a stop signal, or a problem the
 # user can act on. Anything else is a bug: the run stays 'running' and the next
@@ -28,11 +34,41 @@ def start_run(conn: sqlite3.Connection, stage: str, argv: list[str] | None = Non
     now = time.time()
     with transaction(conn):
         cur = conn.execute(
-            "INSERT INTO runs(stage, started_at, heartbeat_at, hostname, pid, argv, outcome) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO runs(stage, started_at, heartbeat_at, hostname, pid, argv, outcome, "
+            "depends_on) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (stage, now, now, socket.gethostname(), os.getpid(),
-             json.dumps(argv if argv is not None else sys.argv[1:]), RUNNING))
+             json.dumps(argv if argv is not None else sys.argv[1:]), RUNNING,
+             DEPENDS_ON.get(stage)))
     return int(cur.lastrowid or 0)
+
+
+def record_not_run(conn: sqlite3.Connection, stage: str, message: str,
+                   shard: str | None = None) -> int:
+    """A stage that did not run because its prerequisite failed: one finished row."""
+    now = time.time()
+    with transaction(conn):
+        cur = conn.execute(
+            "INSERT INTO runs(stage, started_at, finished_at, heartbeat_at, hostname, pid, "
+            "argv, outcome, message, shard, depends_on) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (stage, now, now, now, socket.gethostname(), os.getpid(), json.dumps(sys.argv[1:]),
+             PREREQUISITE_FAILED, message[:1000], shard, DEPENDS_ON.get(stage)))
+    return int(cur.lastrowid or 0)
+
+
+def last_run(conn: sqlite3.Connection, stage: str) -> tuple | None:
+    """(run_id, outcome, message, hostname, shard) of the stage's newest run (the runs
+    table is small: thousands of rows over a collection's life)."""
+    return conn.execute("SELECT run_id, outcome, message, hostname, shard FROM runs "
+                        "WHERE stage = ? ORDER BY started_at DESC, run_id DESC LIMIT 1",
+                        (stage,)).fetchone()
+
+
+def describe(stage: str, run: tuple) -> str:
+    """'ingest run 4 on node7 failed: InputError: ...' for a last_run row."""
+    run_id, outcome, message, host, shard = run
+    what = f"{stage} {shard}" if shard else stage
+    return (f"{what} run {run_id}" + (f" on {host}" if host else "")
+            + f" {outcome.replace('_', ' ')}" + (f": {message}" if message else ""))
 
 
 def heartbeat(conn: sqlite3.Connection, run_id: int, counts: dict | None = None) -> None:
@@ -47,6 +83,8 @@ def heartbeat(conn: sqlite3.Connection, run_id: int, counts: dict | None = None)
 def finish_run(conn: sqlite3.Connection, run_id: int, outcome: str,
                counts: dict | None = None, message: str | None = None) -> None:
     now = time.time()
+    if message:  # one line, as the report and Slack show it
+        message = " ".join(message.split())
     with transaction(conn):
         conn.execute(
             "UPDATE runs SET finished_at = ?, heartbeat_at = ?, outcome = ?, "

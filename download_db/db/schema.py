@@ -99,7 +99,8 @@ _TABLES = [
         outcome      TEXT NOT NULL DEFAULT 'running',
         counts       TEXT,
         message      TEXT,
-        shard        TEXT
+        shard        TEXT,
+        depends_on   TEXT
     )""",
     # The readable form of images for ad hoc SQL: host name and attribution.
     """CREATE VIEW IF NOT EXISTS images_v AS
@@ -191,6 +192,8 @@ MIGRATIONS: dict[int, list[Step]] = {
     10: [AddColumn("images", "prev_error", "TEXT"), INDEX_FAILED],
     # an array task's other IIIF canvases, kept for the merge (db/canvases.py)
     11: [canvases.DDL],
+    # the stage a run's stage depends on (states.DEPENDS_ON), for prerequisite_failed
+    12: [AddColumn("runs", "depends_on", "TEXT")],
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 

@@ -23,7 +23,7 @@ from ..db.meta import get_meta
 from ..db.schema import migrate
 from ..db.sqlite import sqlite3
 from ..db.stagelock import stage_lock
-from ..errors import DatabaseError, StorageError
+from ..errors import DatabaseError, PrerequisiteFailed, StorageError
 from ..files import space
 from ..progress import RunContext
 from ..signals import stop_on_signals
@@ -107,11 +107,19 @@ def _open(cfg: DownloadConfig) -> sqlite3.Connection:
     try:
         conn = connect(cfg.db, wal=cfg.wal)
         migrate(conn)
-        if get_meta(conn, "ingest_phase") != "done":
-            raise DatabaseError(f"the build of {cfg.db} has not finished; run "
-                                "init_download_db.py again to complete it")
+        done = get_meta(conn, "ingest_phase") == "done"
     except sqlite3.DatabaseError as e:
         raise DatabaseError(f"cannot open {cfg.db} as a download database: {e}") from None
+    if not done:  # its prerequisite, the ingest, failed or is unfinished: say so in runs
+        try:
+            last = runs.last_run(conn, "ingest")
+            why = f"the build of {cfg.db} has not finished" + (
+                f" (last {runs.describe('ingest', last)})" if last else "")
+            runs.record_not_run(conn, "download", why)
+        finally:
+            conn.close()
+        raise PrerequisiteFailed(f"download not run: {why}; run init_download_db.py again to "
+                                 "complete it")
     return conn
 
 

@@ -6,11 +6,19 @@ import threading
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import TextIO
+from typing import NoReturn, TextIO
 
-from ..arrays.merge import MergeStats, merge_tasks, refuse_if_tasks_running
+from ..arrays.merge import MergeStats, failed_tasks, merge_tasks, refuse_if_tasks_running
 from ..arrays.plan import freeze, task_dbs, tasks_dir_for
-from ..config import MODE_BUILD, MODE_FINALIZE, MODE_LEGACY, MODE_MERGE, MODE_RESET, InitConfig
+from ..config import (
+    MODE_BUILD,
+    MODE_FINALIZE,
+    MODE_LEGACY,
+    MODE_MERGE,
+    MODE_RESET,
+    InitConfig,
+    check_webhook_url,
+)
 from ..db import runs
 from ..db.connection import (
     connect,
@@ -24,7 +32,8 @@ from ..db.meta import get_meta, set_meta
 from ..db.schema import create_schema, migrate
 from ..db.sqlite import sqlite3
 from ..db.stagelock import stage_lock
-from ..errors import DatabaseError, DownloadDbError, Interrupted
+from ..errors import DatabaseError, DownloadDbError, Interrupted, PrerequisiteFailed
+from ..notes import StageNotes
 from ..progress import RunContext, say
 from ..signals import stop_on_signals
 from . import occurrences
@@ -32,16 +41,32 @@ from .legacy import LegacyStats, import_legacy
 from .load import IngestStats, ingest
 from .reader import Source
 
+STAGES = {MODE_BUILD: "ingest", MODE_RESET: "ingest", MODE_LEGACY: "legacy",
+          MODE_FINALIZE: "finalize", MODE_MERGE: "merge"}
+
 
 def run_init(cfg: InitConfig, out: TextIO | None = None) -> dict:
-    """Run one init_download_db.py invocation; returns the counts it recorded."""
-    cfg.validate()
-    with stage_lock(cfg.db, exclusive=True, what="init_download_db.py"), \
-            stop_on_signals() as stop:
-        return _run(cfg, out, stop)
+    """Run one init_download_db.py invocation; returns the counts it recorded. Slack
+    hears its start, its end and how it failed (SLACK_WEBHOOK_URL; else nothing)."""
+    check_webhook_url(cfg.slack_webhook_url)
+    stage = STAGES[cfg.mode]
+    notes = StageNotes(cfg.slack_webhook_url, cfg.db, stage)
+    try:
+        cfg.validate()
+        notes.start(f"{cfg.multimedia.name} into {cfg.db.name}" if cfg.multimedia else "")
+        with stage_lock(cfg.db, exclusive=True, what="init_download_db.py"), \
+                stop_on_signals() as stop:
+            counts = _run(cfg, out, stop, stage)
+        notes.finish(_summary(counts))
+        return counts
+    except BaseException as e:
+        notes.failed(e)
+        raise
+    finally:
+        notes.close()
 
 
-def _run(cfg: InitConfig, out: TextIO | None, stop: threading.Event) -> dict:
+def _run(cfg: InitConfig, out: TextIO | None, stop: threading.Event, stage: str) -> dict:
     t0 = time.monotonic()
     ctx = RunContext(out=out, bar=cfg.bar, every=cfg.progress_every, stop=stop)
     state = _db_state(cfg.db)
@@ -51,9 +76,11 @@ def _run(cfg: InitConfig, out: TextIO | None, stop: threading.Event) -> dict:
         if state == "missing":
             raise DatabaseError(f"database not found: {cfg.db} (build it first: "
                                 "init_download_db.py --multimedia multimedia.txt)")
+        if state == "foreign":
+            raise DatabaseError(f"{cfg.db} exists but is not a download database")
         if state != "built" and state != "complete":
-            raise DatabaseError(f"the build of {cfg.db} has not finished; run the build command "
-                                "again to complete it first")
+            _not_run(cfg, stage, f"the build of {cfg.db} has not finished", "run the build "
+                     "command again to complete it first")
     elif cfg.multimedia is None:  # --occurrence alone: citation data for a finished build
         if state != "complete":
             raise DatabaseError(f"--occurrence without --multimedia adds to a finished build, "
@@ -78,9 +105,14 @@ def _run(cfg: InitConfig, out: TextIO | None, stop: threading.Event) -> dict:
         elif state == "complete":
             raise DatabaseError(f"database already exists: {cfg.db}; use --reset to rebuild it, "
                                 "--legacy-only to import legacy files, or --finalize-only")
+    if cfg.mode in (MODE_FINALIZE, MODE_MERGE) and not cfg.force:
+        failed = failed_tasks(cfg.db)
+        if failed:
+            _not_run(cfg, stage, f"array task {failed[0]}" + (
+                f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""),
+                "rerun that task (submit_pipeline.sh --rerun-tasks K --tasks N), or pass "
+                "--force to merge what the tasks committed anyway")
     conn = _open(cfg)
-    stage = {MODE_BUILD: "ingest", MODE_RESET: "ingest", MODE_LEGACY: "legacy",
-             MODE_FINALIZE: "finalize", MODE_MERGE: "merge"}[cfg.mode]
     run_id = runs.start_run(conn, stage)
     counts: dict = {}
     try:
@@ -136,6 +168,39 @@ def _run(cfg: InitConfig, out: TextIO | None, stop: threading.Event) -> dict:
     conn.close()
     say(f"done in {counts['seconds']:.1f}s", out)
     return counts
+
+
+def _not_run(cfg: InitConfig, stage: str, why: str, hint: str) -> NoReturn:
+    """Record the stage as not run because its prerequisite failed, naming the last
+    ingest run when the build is what is missing; then refuse."""
+    conn = _open(cfg)
+    try:
+        if "build" in why:
+            last = runs.last_run(conn, "ingest")
+            why += f" (last {runs.describe('ingest', last)})" if last else ""
+        runs.record_not_run(conn, stage, why)
+    finally:
+        conn.close()
+    raise PrerequisiteFailed(f"{stage} not run: {why}; {hint}")
+
+
+def _summary(counts: dict) -> str:
+    """One line for Slack from the counts the stage recorded."""
+    parts = []
+    if "ingest" in counts:
+        c = counts["ingest"]
+        parts.append(f"{c['images']:,} distinct images from {c['lines']:,} lines "
+                     f"({c['skipped']:,} skipped)")
+    if "merge" in counts:
+        parts.append(f"merged {counts['merge']['tasks']:,} task databases "
+                     f"({counts['merge']['images']:,} image results)")
+    if "legacy" in counts:
+        c = counts["legacy"]
+        parts.append(f"legacy: {c.get('renamed', 0) + c.get('relabeled', 0):,} files adopted")
+    if "finalize" in counts:
+        parts.append(f"{counts['finalize']['gbif_ids']:,} gbifIDs rolled up "
+                     f"({counts['finalize']['changed']:,} changed)")
+    return "; ".join(parts)
 
 
 def _db_state(db: Path) -> str:

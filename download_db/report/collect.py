@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import base64
-import json
-import socket
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -22,7 +20,6 @@ from ..db.tallies import tallies_installed
 from ..errors import DatabaseError
 from ..files import images
 from ..states import (
-    ALIVE_WINDOW,
     FLAG_LEGACY,
     FLAG_RAW,
     GBIF_STATUSES,
@@ -32,6 +29,7 @@ from ..states import (
 )
 from . import rates
 from .arrays import add_deltas, read_task, task_summary
+from .pipeline import pipeline, run_state
 
 T = TypeVar("T")
 REPORT_VERSION = 1
@@ -98,7 +96,7 @@ def collect(conn: sqlite3.Connection, *, db: Path | None = None, now: float | No
     data["db"] = str(db.resolve()) if db is not None else None
     _example_thumbs(data["identity"], db)
     data["array"] = {"tasks_dir": str(tasks_dir_for(db)) if db is not None else None,
-                     "tasks": [task_summary(p, now, _run_state) for p in parts if p]}
+                     "tasks": [task_summary(p, now, run_state) for p in parts if p]}
     return data
 
 
@@ -125,7 +123,7 @@ def _collect(conn: sqlite3.Connection, now: float, tasks: list[dict]) -> dict:
         "report_version": REPORT_VERSION,
         "generated_at": now,
         "schema_version": SCHEMA_VERSION,
-        "pipeline": _pipeline(conn, now, tasks),
+        "pipeline": pipeline(conn, now, tasks),
         "gbif_ids": _gbif(conn),
         "images": images,
         "throughput": rates.throughput(activity, now, images["work_left"]),
@@ -166,83 +164,6 @@ def _verify(conn: sqlite3.Connection) -> dict:
 
 def _pct(part: int, total: int) -> float:
     return round(100.0 * part / total, 2) if total else 0.0
-
-
-def _pipeline(conn: sqlite3.Connection, now: float, tasks: list[dict]) -> dict:
-    cols = ("run_id", "stage", "started_at", "finished_at", "heartbeat_at", "hostname", "pid",
-            "outcome", "counts", "message", "shard")
-    rows = [dict(zip(cols, r, strict=True)) for r in conn.execute(
-        f"SELECT {', '.join(cols)} FROM runs ORDER BY run_id DESC LIMIT 200")]
-    for t in tasks:  # runs of unmerged array tasks, newest first among all
-        rows += [{**r, "shard": t["shard"], "stage": "download"} for r in t["runs"]]
-    rows.sort(key=lambda r: -(r["started_at"] or 0))
-    for r in rows:
-        r["counts"] = json.loads(r["counts"]) if isinstance(r["counts"], str) else r["counts"]
-        r["state"] = _run_state(r, now)
-    running = [r for r in rows if r["state"] == "running"]
-    dead = [r for r in rows if r["state"] in ("crashed", "no heartbeat")]
-    last = rows[0] if rows else None
-    if last is None:
-        state, headline = "empty", "nothing ingested yet: run init_download_db.py --multimedia ..."
-    elif running:
-        where = ", ".join(sorted({f"{r['hostname']}:{r['pid']}" for r in running}))
-        stages = "/".join(sorted({r["stage"] for r in running}))
-        state = "running"
-        headline = f"RUNNING: {len(running)} {stages} run(s) on {where}"
-        if dead:
-            headline += f"; {len(dead)} earlier run(s) died without finishing"
-    elif last["state"] in ("crashed", "no heartbeat", "failed", "interrupted"):
-        state = last["state"]
-        headline = (f"{last['state'].upper()}: the last run ({last['stage']}, run {last['run_id']}"
-                    f" on {last['hostname']}) {_ended(last)}")
-        if last.get("message"):
-            headline += f": {last['message']}"
-    elif _saved_nothing(last):
-        c = last["counts"] or {}
-        state = "nothing saved"
-        headline = (f"NOTHING SAVED: the last run ({last['stage']}, run {last['run_id']} on "
-                    f"{last['hostname']}) ended, but all its "
-                    f"{_failed(c):,} attempts failed: the network or the hosts look down "
-                    "(see FAILURES BY TYPE: dns_error, connection_broken or proxy_error on "
-                    "every host means the node's network)")
-    else:
-        state = "idle"
-        headline = f"idle: the last run ({last['stage']}, run {last['run_id']}) finished ok"
-    return {"state": state, "headline": headline, "running": running,
-            "last_by_stage": _last_by_stage(rows), "recent": rows[:10]}
-
-
-def _failed(c: dict) -> int:
-    return int(c.get("failed_transient", 0) or 0) + int(c.get("failed_permanent", 0) or 0)
-
-
-def _saved_nothing(r: dict) -> bool:
-    """A download run that ended with every attempt failed: not a run that "finished ok"."""
-    c = r["counts"] if isinstance(r["counts"], dict) else {}
-    return r["stage"] == "download" and not c.get("success") and _failed(c) > 0
-
-
-def _run_state(r: dict, now: float) -> str:
-    if r["outcome"] != runs.RUNNING:
-        return r["outcome"]
-    if r["hostname"] == socket.gethostname() and not runs.pid_alive(r["pid"]):
-        return "crashed"
-    if (r["heartbeat_at"] or r["started_at"]) < now - ALIVE_WINDOW:
-        return "no heartbeat"
-    return "running"
-
-
-def _ended(r: dict) -> str:
-    return {"crashed": "died without finishing (killed or crashed)",
-            "no heartbeat": "stopped sending heartbeats (killed, crashed, or its node is down)",
-            "failed": "failed", "interrupted": "was stopped by a signal (resumable)"}[r["state"]]
-
-
-def _last_by_stage(rows: list[dict]) -> dict:
-    out: dict[str, dict] = {}
-    for r in rows:
-        out.setdefault(r["stage"], r)
-    return out
 
 
 def _gbif(conn: sqlite3.Connection) -> dict:

@@ -19,6 +19,7 @@ td:first-child,th:first-child{text-align:left}tr:nth-child(even){background:#f6f
 .ok{background:#e8f5e9}.run{background:#e3f2fd}.bad{background:#ffebee;color:#b71c1c}
 .sample{font-family:monospace;font-size:12px;color:#555;white-space:pre-wrap}
 .grid{display:flex;flex-wrap:wrap;gap:24px}.muted{color:#777}
+#stages td:last-child,#stages th:last-child{text-align:left}
 """
 
 
@@ -131,6 +132,25 @@ def _identity(ident: dict) -> str:
     return _table(["", ""], rows) + "<h3>Placeholders by host</h3>" + found
 
 
+def _pipeline(p: dict) -> str:
+    """Each stage's last run; a stage not run because a prerequisite failed, in red."""
+    rows = "".join(
+        f"<tr{' class=bad' if r['state'] in ('failed', 'prerequisite_failed', 'crashed') else ''}>"
+        + "".join(f"<td>{_e(c)}</td>" for c in (
+            r["stage"], r["run_id"], r["state"], r["hostname"] or "", when(r["started_at"]),
+            when(r["finished_at"]),
+            "-" if r["duration_seconds"] is None else fmt_secs(r["duration_seconds"]),
+            r.get("depends_on") or "-", (r["message"] or "")[:300]))
+        + "</tr>" for r in p["stages"])
+    head = "".join(f"<th>{h}</th>" for h in ("stage", "run", "outcome", "host", "started",
+                                             "ended", "took", "depends on", "message"))
+    blocked = (f"<p class='banner bad'>Not run because a stage they depend on failed: "
+               f"{_e(', '.join(p['prerequisite_failed']))}</p>"
+               if p["prerequisite_failed"] else "")
+    return (f"<table id=stages><tr>{head}</tr>{rows}</table>{blocked}" if rows
+            else "<p class=muted>no runs yet</p>")
+
+
 def render_html(d: dict) -> str:
     p, g, im, t = d["pipeline"], d["gbif_ids"], d["images"], d["throughput"]
     klass = {"running": "run", "idle": "ok", "empty": "ok"}.get(p["state"], "bad")
@@ -144,9 +164,7 @@ def render_html(d: dict) -> str:
         f"<h1>GBIF image download status</h1><p class=muted>{_e(when(d['generated_at']))} · "
         f"{_e(d['db'])}</p>",
         f"<div class='banner {klass}' id=pipeline>{_e(p['headline'])}</div>",
-        _table(["stage", "run", "state", "host", "started", "ended"],
-               [[s, r["run_id"], r["state"], r["hostname"], when(r["started_at"]),
-                 when(r["finished_at"])] for s, r in p["last_by_stage"].items()]),
+        _pipeline(p),
         "<h2>Progress</h2><div class=grid>",
         _stacked(f"gbifIDs ({g['total']:,})", g["by_status"]),
         _stacked(f"distinct images ({im['total']:,})", im["by_status"]),

@@ -42,19 +42,37 @@ def _identity(out: list[str], ident: dict) -> None:
                    f"{p['sha256'][:16]}..., example {p['example'] or '(none)'}")
 
 
-def render_text(d: dict) -> str:
-    out: list[str] = [f"GBIF image download status  {when(d['generated_at'])}",
-                      f"database: {d['db']}"]
-    p = d["pipeline"]
+LOUD = ("crashed", "no heartbeat", "failed", "prerequisite_failed")
+
+
+def _pipeline(out: list[str], p: dict) -> None:
+    """The verdict, runs alive now, then each stage's last run with its message."""
     _section(out, "PIPELINE")
-    banner = "!" * 3 if p["state"] in ("crashed", "no heartbeat", "failed") else ">" * 3
+    banner = "!" * 3 if p["state"] in LOUD else ">" * 3
     out.append(f"  {banner} {p['headline']}")
     for r in p["running"]:
         out.append(f"      run {r['run_id']} {r['stage']} on {r['hostname']} pid {r['pid']}, "
                    f"started {when(r['started_at'])}, last heartbeat {when(r['heartbeat_at'])}")
-    for stage, r in p["last_by_stage"].items():
-        out.append(f"  last {stage:<9} run {r['run_id']:<5} {r['state']:<13} "
-                   f"started {when(r['started_at'])}  ended {when(r['finished_at'])}")
+    if p["stages"]:
+        out.append(f"  {'stage':<10} {'run':>5}  {'outcome':<19} {'started':<19}  "
+                   f"{'ended':<19}  {'took':>8}  depends on")
+    for r in p["stages"]:
+        took = "-" if r["duration_seconds"] is None else fmt_secs(r["duration_seconds"])
+        name = f"{r['stage']} {r['shard']}" if r.get("shard") and r.get("unmerged") \
+            else r["stage"]
+        out.append(f"  {name:<10} {r['run_id']:>5}  {r['state']:<19} {when(r['started_at']):<19}"
+                   f"  {when(r['finished_at']):<19}  {took:>8}  {r.get('depends_on') or '-'}")
+        if r["message"] and r["state"] != "ok":
+            out.append(f"      {r['message'][:300]}")
+    if p["prerequisite_failed"]:
+        out.append(f"  !!! not run because a stage they depend on failed: "
+                   f"{', '.join(p['prerequisite_failed'])}")
+
+
+def render_text(d: dict) -> str:
+    out: list[str] = [f"GBIF image download status  {when(d['generated_at'])}",
+                      f"database: {d['db']}"]
+    _pipeline(out, d["pipeline"])
 
     g = d["gbif_ids"]
     _section(out, "GBIFID PROGRESS")

@@ -96,4 +96,7 @@ jid=$(sub REPORT "$all" "$here/status_report.sh")
 unit report "$jid"
 echo "report    job $jid"
 echo "pipeline  $PIPELINE_DIR"
+if [ "$dry" = 0 ]; then
+  event submitted pipeline "$(basename "$PIPELINE_DIR") from $from: $(tr '\n' ' ' <"$PIPELINE_DIR/units" | sed 's/ $//')"
+fi
 echo "logs      $LOG_DIR (the report job's log has the verdict; follow with qstat and tail -f)"

@@ -101,4 +101,7 @@ jid=$(sub REPORT "$rdep" -o "$log1" "$here/status_report.sh")
 unit report "$jid"
 echo "report    job $jid"
 echo "pipeline  $PIPELINE_DIR"
+if [ "$dry" = 0 ]; then
+  event submitted pipeline "$(basename "$PIPELINE_DIR") from $from: $(tr '\n' ' ' <"$PIPELINE_DIR/units" | sed 's/ $//')"
+fi
 echo "logs      $LOG_DIR (the report job's log has the verdict; follow with squeue and tail -f)"

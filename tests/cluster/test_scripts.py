@@ -170,3 +170,45 @@ def test_a_stage_after_ok_ones_runs_and_records_its_outcome(tmp_path, env_file) 
     assert r.returncode == 3, r.stderr
     assert "running: python" in r.stderr and "--finalize-only" in r.stderr
     assert "exit 3" in (pipeline / "finalize.failed").read_text()
+
+
+def test_a_skipped_stage_is_in_runs_and_on_slack_and_the_report_shows_it(tmp_path,
+                                                                          env_file) -> None:
+    """The gate's skip goes through `gbif-download-db event`: a prerequisite_failed row (the
+    main database stays frozen for array tasks) and a Slack post; the report job posts the
+    verdict and its PIPELINE section, from the database, names the stage not run."""
+    from download_db.arrays.plan import is_frozen
+    from tests.helpers import SECRET, Webhook, make_db, q
+
+    db = make_db(tmp_path, ["http://127.0.0.9/a.jpg"])
+    assert db == tmp_path / "d.db" and is_frozen(db)  # the DB env_file names
+    pipeline = tmp_path / "pipeline"
+    pipeline.mkdir()
+    (pipeline / "units").write_text("ingest 11\ndownload.1 12.1\nfinalize 13\nreport 14\n")
+    (pipeline / "ingest.ok").write_text("SGE job 11 on n1: exit 0\n")
+    (pipeline / "download.1.failed").write_text("SGE job 12.1 on n1: exit 73\n")
+    hook = Webhook()
+    no_proxy = {k: "" for k in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY")}
+    try:
+        r = run(["bash", str(SCRIPTS / "sge/finalize.sh")], env_file,
+                PIPELINE_DIR=str(pipeline), JOB_ID="13", SGE_ROOT="/nonexistent",
+                SGE_TASK_ID="undefined", SLACK_WEBHOOK_URL=hook.url, **no_proxy)
+        assert r.returncode == 1, r.stderr
+        (text,) = hook.wait_for(1)
+        assert "finalize not run" in text and "download.1 FAILED: SGE job 12.1" in text, text
+        ((outcome, message, depends_on),) = q(db, "SELECT outcome, message, depends_on FROM "
+                                                  "runs WHERE stage = 'finalize'")
+        assert (outcome, depends_on) == ("prerequisite_failed", "download")
+        assert "exit 73" in message and is_frozen(db)
+        r = run(["bash", str(SCRIPTS / "slurm/status_report.sh")], env_file,
+                PIPELINE_DIR=str(pipeline), SLACK_WEBHOOK_URL=hook.url, **no_proxy)
+        assert r.returncode == 1, r.stderr
+        texts = hook.wait_for(2)
+        assert "pipeline ended, a stage did not end ok" in texts[1]
+        assert "download.1 FAILED" in texts[1] and "finalize not run" in texts[1]
+        report = r.stdout.split("PIPELINE\n--------\n", 1)[1]
+        assert report.index("NOT RUN: finalize") < report.index("GBIFID PROGRESS")
+        assert "SECRET" not in r.stdout + r.stderr
+        assert SECRET not in str(q(db, "SELECT * FROM runs"))
+    finally:
+        hook.close()
