@@ -223,6 +223,21 @@ def test_first_canvas_only_keeps_one_image(tmp_path, srv):
     assert report(db)["gbif_ids"]["by_status"]["done"] == 1
 
 
+def test_images_sharing_one_manifest_url_each_get_every_canvas(tmp_path, srv):
+    """Two gbifIDs with the same manifest URL: fetched once (download/shared.py), and
+    the image that links the first one's file gets the manifest's canvases too."""
+    url = srv.url("/manifest/v3/shared.json?canvases=2")
+    db = make_db(tmp_path, [url, url], first=3_450_000_001)
+    srv.reset_stats()
+    run_download(config(tmp_path, db))
+    rows = saved(db)
+    assert [(r[0], r[1], r[2]) for r in rows] == [
+        (3_450_000_001, 0, "success"), (3_450_000_001, 1, "success"),
+        (3_450_000_002, 0, "success"), (3_450_000_002, 1, "success")]
+    assert all((tmp_path / "images" / r[3]).is_file() for r in rows)
+    assert srv.stats()["by_path"].get("/manifest/v3/shared.json") == 1
+
+
 @pytest.mark.parametrize("version", [2, 3])
 def test_a_canvas_on_another_host_gets_that_host(tmp_path, srv, other, version):
     url = srv.url(f"/manifest/v{version}/far.json?canvases=3&others={other.base}")

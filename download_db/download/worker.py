@@ -100,6 +100,13 @@ class Worker:
         finally:
             self._release(held)
 
+    def _with_canvases(self, result: Result) -> Result:
+        """The manifest's other canvases on the fetch's result already, so that images
+        sharing the URL (download/shared.py) get them too."""
+        if self._canvases:
+            result.extra["canvases"] = self._canvases
+        return result
+
     def _release(self, held: dict[str, Slot]) -> None:
         for host, s in list(held.items()):
             s.release()
@@ -121,7 +128,8 @@ class Worker:
                 if self.cfg.shared is None:
                     return self._fetch_save(item, url, held)
                 return self.cfg.shared.fetch_once(
-                    url, item, self.cfg.root, lambda u=url: self._fetch_save(item, u, held),
+                    url, item, self.cfg.root,
+                    lambda u=url: self._with_canvases(self._fetch_save(item, u, held)),
                     self.stop, self.cfg.limits.deadline)
             except _Deferred as d:
                 deferred = d.until if deferred is None else min(deferred, d.until)
