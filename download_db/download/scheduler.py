@@ -147,6 +147,16 @@ class Scheduler:
                     q.not_before = 0.0  # its last item is done: is there more? ask now
             self._changed.notify_all()
 
+    def wake(self, host_id: int) -> None:
+        """Work for this queue may have appeared in the database (an image failed in a
+        way another queue handles): ask for it again, now."""
+        with self._lock:
+            q = self._by_id.get(host_id)
+            if q is not None and q.exhausted:
+                q.exhausted = False
+                q.not_before = 0.0
+                self._changed.notify_all()
+
     def resume(self) -> None:
         """The node is back online: hand out work again."""
         with self._lock:
