@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import signal
 import sqlite3 as stdlib_sqlite3
@@ -227,6 +228,16 @@ def test_dead_links_are_rescued_one_request_at_a_time(tmp_path: Path, pair, caps
     cache.reset_stats()
     run_download(_cfg(tmp_path, db, cache))
     assert _cache_requests(cache) == 0
+    # the report says how many came from the cache; the counters agree with the rows
+    capsys.readouterr()
+    assert main(["report", "--db", str(db), "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert (rep["images"]["from_gbif_cache"], rep["images"]["not_in_gbif_cache"]) == (4, 1)
+    page = tmp_path / "report.html"
+    assert main(["report", "--db", str(db), "--html", str(page)]) == 0
+    assert "from GBIF's image cache: 4 saved" in capsys.readouterr().out
+    row = html.escape("saved from GBIF's image cache")
+    assert f"<td>{row}</td><td>4</td>" in page.read_text()
     assert main(["check", "--db", str(db), "--install-path", str(root)]) == 0
 
 
