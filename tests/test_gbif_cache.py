@@ -8,6 +8,7 @@ import signal
 import sqlite3 as stdlib_sqlite3
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -21,6 +22,7 @@ from download_db.db import claims
 from download_db.db.claims import Item, Result
 from download_db.db.connection import connect, transaction
 from download_db.db.schema import SCHEMA_VERSION, apply_migration
+from download_db.download.scheduler import Scheduler
 from download_db.download.stage import run_download
 from download_db.errors import UsageError
 from download_db.states import (
@@ -32,6 +34,7 @@ from download_db.states import (
     rescuable,
 )
 from download_db.web import gbif_cache, policy
+from download_db.web.politeness import HostGate, Politeness
 from tests.helpers import config, make_db, q
 from tests.imageserver import ImageServer
 
@@ -315,3 +318,44 @@ def test_a_kill_mid_rescue_loses_nothing(tmp_path: Path, pair) -> None:
     assert q(db, "SELECT count(*) FROM images WHERE claimed_by IS NOT NULL") == [(0,)]
     assert cache.stats()["max_concurrent"] == 1
     assert main(["check", "--db", str(db), "--install-path", str(root)]) == 0
+
+
+# -- the rescue's queue in the scheduler ----------------------------------------------------
+
+class _SlowFirstClaim:
+    """A writer whose first claim for the rescue queue finds nothing and returns only
+    after the test says so (the failure it should have found was written meanwhile)."""
+
+    def __init__(self) -> None:
+        self.in_claim, self.go = threading.Event(), threading.Event()
+        self.calls = 0
+
+    def claim(self, host_id: int, n: int) -> list[Item]:
+        self.calls += 1
+        if self.calls == 1:
+            self.in_claim.set()
+            self.go.wait(5)
+            return []
+        return [_item()]
+
+    def next_due(self, host_id: int) -> float | None:
+        return None
+
+    def release(self, given_back) -> None:
+        pass
+
+
+def test_work_that_appears_during_a_claim_is_not_lost(tmp_path: Path) -> None:
+    gate = HostGate(tmp_path / "locks", Politeness(concurrency=1))
+    writer = _SlowFirstClaim()
+    s = Scheduler(writer, gate, [(claims.RESCUE_QUEUE, "127.0.0.22", False)], per_host=1,
+                  stop=threading.Event(), wait_for_retries=0)
+    got: list = []
+    t = threading.Thread(target=lambda: got.append(s.next()), daemon=True)
+    t.start()
+    assert writer.in_claim.wait(5)
+    s.wake(claims.RESCUE_QUEUE)  # a publisher's image failed for good just now
+    writer.go.set()
+    t.join(10)
+    gate.close()
+    assert got and got[0] is not None and got[0][0].rescue, "the run ended without it"

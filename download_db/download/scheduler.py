@@ -30,6 +30,7 @@ class HostQueue:
     exhausted: bool = False  # no work at all in the database right now
     in_flight: int = 0  # items of this host being processed here
     requests: int = 0  # of those, holding the host's slot (request in progress)
+    woken: bool = False  # work appeared while a claim was under way: ask again after it
 
 
 class Scheduler:
@@ -152,10 +153,14 @@ class Scheduler:
         way another queue handles): ask for it again, now."""
         with self._lock:
             q = self._by_id.get(host_id)
-            if q is not None and q.exhausted:
+            if q is None:
+                return
+            if q.refilling:
+                q.woken = True  # its claim may have looked before this work was written
+            elif q.exhausted:
                 q.exhausted = False
                 q.not_before = 0.0
-                self._changed.notify_all()
+            self._changed.notify_all()
 
     def resume(self) -> None:
         """The node is back online: hand out work again."""
@@ -216,10 +221,13 @@ class Scheduler:
                 q.items.extend(items)
                 q.refilling = False
                 now = time.time()
-                if not items:
+                if not items and q.woken:
+                    q.exhausted, q.not_before = False, 0.0
+                elif not items:
                     q.exhausted = due is None and q.in_flight == 0
                     q.not_before = max(due or 0.0, now + 1.0) if due is not None \
                         else now + NO_WORK_RECHECK
+                q.woken = False
                 self._changed.notify_all()
 
     def _finished(self, wake: float) -> bool:
