@@ -70,6 +70,16 @@ def test_a_bad_base_url_is_refused_in_one_line(tmp_path: Path, base: str) -> Non
         replace(config(tmp_path, tmp_path / "d.db"), gbif_cache_url=base).validate()
 
 
+def test_a_bad_base_url_on_the_command_line_is_one_line_and_exit_64(tmp_path: Path,
+                                                                   capsys) -> None:
+    db = make_db(tmp_path, ["http://a.example.org/x.jpg"], first=FIRST)
+    assert main(["download", "--db", str(db), "--rescue-from-gbif-cache",
+                 "--gbif-cache-url", "ftp://x.org/c", "--contact", "t@example.org"]) == 64
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith("--gbif-cache-url ftp://x.org/c: not an http(s) URL with a host")
+    assert "Traceback" not in "".join(err)
+
+
 def test_gbifs_cache_gets_one_connection_wherever_it_is() -> None:
     shipped = policy.load(None, policy.HostLimits())
     assert shipped.limits("api.gbif.org").max_at_once == 1
@@ -225,7 +235,7 @@ def test_dead_links_are_rescued_one_request_at_a_time(tmp_path: Path, pair, caps
     assert q(db, "SELECT status, count(*) FROM gbif_ids GROUP BY 1 ORDER BY 1") == [
         ("done", 5), ("failed", 2)]
     out = capsys.readouterr().out
-    assert "5 permanent failures to try" not in out  # none had failed before this run
+    assert "rescue from GBIF's image cache: 0 permanent failures to try" in out  # none yet
     assert "4 of them from GBIF's image cache, which had no copy of 1 more" in out
     # a second run asks the cache nothing: the unknown one was tried
     cache.reset_stats()
