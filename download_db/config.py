@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 from .errors import UsageError
 from .states import DEFAULT_LEASE, DEFAULT_MAX_ATTEMPTS
+from .web import gbif_cache
 
 DEFAULT_DB = "download_status.db"
 DEFAULT_INSTALL = "images"
@@ -152,6 +153,10 @@ class DownloadConfig:
     wal: bool = True
     split: tuple[tuple[str, int, int], ...] = ()
     main_db: Path | None = None
+    # try GBIF's image cache for permanent failures the cache may cure (states.RESCUE_WHERE),
+    # at this base URL (web/gbif_cache.py; another one: a mirror, or a test server)
+    rescue_from_gbif_cache: bool = False
+    gbif_cache_url: str = gbif_cache.DEFAULT_BASE
 
     def validate(self) -> DownloadConfig:
         checks = [
@@ -180,6 +185,9 @@ class DownloadConfig:
             if not ok:
                 raise UsageError(msg)
         check_webhook_url(self.slack_webhook_url)
+        why = gbif_cache.check_base(self.gbif_cache_url)
+        if why is not None:
+            raise UsageError(f"--gbif-cache-url {self.gbif_cache_url}: {why}")
         if self.host_policy is not None:  # a bad file stops the run before it starts
             from .web.policy import HostLimits, load
 

@@ -53,6 +53,32 @@ def is_transient(error_type: str | None) -> bool:
     return error_type in TRANSIENT_ERRORS
 
 
+# --- rescue from GBIF's image cache (download --rescue-from-gbif-cache) -----------------
+# images.from_gbif_cache: NULL = never asked of the cache; 1 = saved from the cache;
+# 0 = the cache had no usable copy (or its tries ran out): not asked again until a new
+# verdict on the publisher's URL (a revisit) resets it; -k = k transient failures of the
+# cache so far (retried with backoff within the attempts budget).
+FROM_GBIF_CACHE = 1
+NOT_IN_GBIF_CACHE = 0
+# Permanent failures the cache may cure: the publisher's answer says the picture is not
+# (or no longer) there as an image. Not our own verdicts (too_large: our limits;
+# raw_unusable: our conversion), nor placeholders (the cache would fetch the same
+# "not available" picture), nor IIIF documents (the cache renders images) or no_url.
+RESCUABLE_ERRORS = ("invalid_content_type", "not_an_image", "too_many_redirects",
+                    "bad_redirect")
+# The rescue's work list, over images as stored; the partial index images_rescue is on
+# exactly this term, so queries repeat it verbatim.
+RESCUE_WHERE = ("status = 'failed_permanent' AND coalesce(from_gbif_cache, -1) < 0 "
+                "AND (substr(error_type, 1, 5) = 'http_' OR error_type IN ("
+                + ", ".join(f"'{e}'" for e in RESCUABLE_ERRORS) + "))")
+
+
+def rescuable(status: str, error_type: str | None) -> bool:
+    """RESCUE_WHERE for an outcome just recorded (before any try of the cache)."""
+    return status == FAILED_PERMANENT and error_type is not None and (
+        error_type.startswith("http_") or error_type in RESCUABLE_ERRORS)
+
+
 # --- work left -------------------------------------------------------------------
 # The one rule: an image has work left while it is pending, or failed transiently
 # with attempts left in the budget. Its forms below all say that:

@@ -48,6 +48,11 @@ size; ``?w=&h=`` override the default 1500x2000 size, one of them alone keeps 3:
                                         ``?others=BASE``: canvases after the first there), also
                                         ``/manifest/v{2|3}/{id}/manifest``
 ``/manifest/bad.json``, ``/empty.json`` invalid JSON / a v3 manifest without canvases
+``/v1/image/cache/occurrence/{id}/``    GBIF's image cache: ``media/{md5}`` of an identifier
+``media/{md5}``                         registered with :meth:`ImageServer.cache_media` is a
+                                        real photo (tests/data/images) fitted into 1200x1200
+                                        at quality 85, as Thumbor serves it; else 404
+                                        (:attr:`ImageServer.gbif_cache_delay` s first)
 ``/__stats``, ``/__reset``              stats as JSON / reset them (not counted in stats)
 anything else                           404 text/html
 ======================================  ==================================================
@@ -75,6 +80,7 @@ import zlib
 from collections import deque
 from email.utils import formatdate
 from functools import lru_cache
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
@@ -172,6 +178,21 @@ def image_bytes(name: str, w: int = DEFAULT_W, h: int = DEFAULT_H, fmt: str = "j
         _render(name, w, h, noise=0).save(buf, "WEBP", quality=80)
     else:  # pragma: no cover - programming error
         raise ValueError(fmt)
+    return buf.getvalue()
+
+
+CACHE_PHOTOS = sorted((Path(__file__).parent / "data" / "images").glob("*.jpg"))
+GBIF_CACHE_MAX = 1200  # GBIF's cache serves at most 1200x1200 px, JPEG quality <= 85
+
+
+@lru_cache(maxsize=8)
+def gbif_cache_copy(k: int) -> bytes:
+    """Real photo k fitted into 1200x1200 at quality 85: what GBIF's cache serves."""
+    with Image.open(CACHE_PHOTOS[k]) as im:
+        im = im.convert("RGB")
+        im.thumbnail((GBIF_CACHE_MAX, GBIF_CACHE_MAX))
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=JPEG_QUALITY)
     return buf.getvalue()
 
 
@@ -421,6 +442,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             (r"/manifest/bad\.json", "r_manifest_bad"),
             (r"/manifest/empty\.json", "r_manifest_empty"),
             (r"/manifest/v(?P<v>[23])/(?P<ident>[^/]+?)(?:\.json|/manifest)", "r_manifest"),
+            (r"/v1/image/cache/occurrence/(?P<gid>\d+)/media/(?P<md5>[0-9a-f]{32})",
+             "r_gbif_cache"),
             (r"/__stats", "r_stats"),
             (r"/__reset", "r_reset_stats"),
         ]
@@ -818,6 +841,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_bytes(200, image_bytes(f"photo{pid}", edge * 3 // 4, edge, fmt),
                         f"image/{fmt}")
 
+    # GBIF's image cache -----------------------------------------------------------------
+
+    def r_gbif_cache(self, gid: str, md5: str) -> None:
+        app = self.server.app
+        if app.gbif_cache_delay and not self.sleep(app.gbif_cache_delay):
+            return
+        if (gid, md5) not in app.gbif_cached:
+            raise _HTTPError(404, "not in the cache")
+        self.send_bytes(200, gbif_cache_copy(int(md5, 16) % len(CACHE_PHOTOS)), "image/jpeg")
+
     # IIIF Presentation ----------------------------------------------------------------
 
     def _canvas_ids(self, ident: str) -> list[str]:
@@ -966,6 +999,9 @@ class ImageServer:
         self.iiif_images: dict[str, dict] = {}
         # /photos/ rendition name -> the status it answers (an original without renditions)
         self.gone_renditions: dict[str, int] = {}
+        # GBIF's image cache: the (gbifID, md5 of the identifier) pairs it has a copy of
+        self.gbif_cached: set[tuple[str, str]] = set()
+        self.gbif_cache_delay = 0.0  # seconds before each cache answer
         # tracebacks of server-side bugs and handler errors (normally empty)
         self.errors: list[str] = []
         self._httpd: _Server | None = None
@@ -1071,6 +1107,13 @@ class ImageServer:
             self._log: deque[tuple[float, str, str]] = deque(maxlen=100_000)
             self._concurrent = getattr(self, "_concurrent", 0)
             self._max_concurrent = self._concurrent
+
+    def cache_media(self, gbif_id: int, identifier: str) -> str:
+        """Let the cache route hold a copy of ``identifier`` (a media item of occurrence
+        ``gbif_id``); returns its path on this server."""
+        md5 = hashlib.md5(identifier.encode("utf-8")).hexdigest()
+        self.gbif_cached.add((str(gbif_id), md5))
+        return f"/v1/image/cache/occurrence/{gbif_id}/media/{md5}"
 
     def reset_flaky(self) -> None:
         """Forget how often each /flaky/ name was requested."""

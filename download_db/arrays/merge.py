@@ -24,12 +24,14 @@ from .plan import task_dbs, tasks_dir_for
 # in-flight image, or a success whose file may not have reached its name: those
 # stay as the main DB has them and the next run adopts or refetches the file).
 _DONE = "t.last_attempt_at IS NOT NULL AND t.claimed_by IS NULL"
+# A task's outcome is its publisher's (the rescue from GBIF's image cache does not run in
+# array tasks), so a mark from the cache on the main row no longer holds.
 _IMAGES = """
 UPDATE images SET status = t.status, attempts = t.attempts, next_attempt_at = t.next_attempt_at,
        http_status = t.http_status, error_type = t.error_type, file_size = t.file_size,
        width = t.width, height = t.height, last_attempt_at = t.last_attempt_at,
        file_path = t.file_path, sha256 = t.sha256, error_detail = t.error_detail,
-       phash = t.phash, dhash = t.dhash, claimed_by = NULL
+       phash = t.phash, dhash = t.dhash, claimed_by = NULL, from_gbif_cache = NULL
   FROM {task}.images AS t
  WHERE t.image_id = images.image_id AND {done}
    AND t.last_attempt_at IS NOT images.last_attempt_at

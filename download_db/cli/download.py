@@ -137,6 +137,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--placeholder-hashes", type=Path, default=None, metavar="FILE",
                    help="hashes of pictures never to save (one a line: the sha256 of a saved "
                         "file or a 16-digit pHash): recorded as 'placeholder' failures")
+    g = p.add_argument_group("rescue from GBIF's image cache")
+    g.add_argument("--rescue-from-gbif-cache", action="store_true",
+                   help="for images whose publisher URL failed permanently (HTTP 404/410/403, "
+                        "not an image, ...), try GBIF's cached copy (at most 1200 px), one "
+                        "request at a time; marked images.from_gbif_cache = 1 (default: off)")
+    g.add_argument("--gbif-cache-url", default=d.gbif_cache_url, metavar="URL",
+                   help="base URL of GBIF's image cache: <URL>/occurrence/<gbifID>/media/<md5 "
+                        f"of the identifier> (default: {d.gbif_cache_url})")
     g = p.add_argument_group("output")
     common.add_progress(g, d.progress_every, "seconds between progress lines in batch logs")
     common.add_debug(g)
@@ -193,7 +201,8 @@ def config(a: argparse.Namespace, prog: str) -> DownloadConfig:
         progress_every=a.progress_every, bar=common.bar(a),
         slack_webhook_url=slack, notify_every=a.notify_every, stall_minutes=a.stall_minutes,
         shard=a.shard, tasks_dir=a.tasks_dir, force=a.force, no_proxy=a.no_proxy,
-        offline_timeout=a.offline_timeout, min_free=a.min_free)
+        offline_timeout=a.offline_timeout, min_free=a.min_free,
+        rescue_from_gbif_cache=a.rescue_from_gbif_cache, gbif_cache_url=a.gbif_cache_url)
 
 
 def run(a: argparse.Namespace) -> int:

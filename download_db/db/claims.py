@@ -13,8 +13,11 @@ from ..states import (
     EXHAUSTED_WHERE,
     FAILED_PERMANENT,
     FAILED_TRANSIENT,
+    FROM_GBIF_CACHE,
+    NOT_IN_GBIF_CACHE,
     PARKED,
     PENDING,
+    RESCUE_WHERE,
     SUCCESS,
     TODO_WHERE,
     WORK_LEFT_SQL,
@@ -22,6 +25,7 @@ from ..states import (
 )
 from . import runs, tallies
 from .sqlite import sqlite3
+from .upkeep import PREV_ERROR_SQL
 
 # A claim sets claimed_by and moves next_attempt_at to the lease end: other
 # claimers skip the row until then, so a dead process's claims come back by
@@ -63,6 +67,10 @@ class Item:
     urls: list[str]
     host_id: int
     taken_over: bool = False  # its previous claim expired: a dead run may have left temps
+    # a permanent failure claimed for the rescue from GBIF's image cache: fetched from
+    # the cache (host_id is RESCUE_QUEUE), recorded by rescue_params
+    rescue: bool = False
+    cache_tries: int = 0  # a rescue's failed tries of the cache so far (-from_gbif_cache)
 
 
 @dataclass
@@ -85,6 +93,99 @@ class Result:
     retry_at: float | None = None  # deferred: when our host state allows another try
     temp: str | None = None  # success: temp file to rename after the commit
     extra: dict = field(default_factory=dict)
+
+
+# --- the rescue from GBIF's image cache (download --rescue-from-gbif-cache) -------------
+# Its rows stay failed_permanent until the cache's copy is saved: they are not work left,
+# the publisher's queue never takes them, and their counters do not move on a claim. One
+# queue for all of them, under the cache's host: the scheduler knows it by this id (no
+# hosts row has it), the writer claims for it here. The index is images_rescue.
+RESCUE_QUEUE = -1
+_RESCUE_CLAIM = f"""
+UPDATE images SET claimed_by = :token, next_attempt_at = :lease_until
+ WHERE image_id IN (SELECT image_id FROM images INDEXED BY images_rescue
+                     WHERE {RESCUE_WHERE} AND next_attempt_at <= :now
+                     ORDER BY next_attempt_at LIMIT :n)
+RETURNING image_id, gbif_id, image_no, status, attempts, error_type, urls, from_gbif_cache
+"""
+_RESCUE_EXPIRED = ("SELECT image_id FROM images INDEXED BY images_claimed WHERE claimed_by "
+                   "IS NOT NULL AND status = 'failed_permanent' AND next_attempt_at <= :now")
+_RESCUE_NEXT_DUE = (f"SELECT min(next_attempt_at) FROM images INDEXED BY images_rescue "
+                    f"WHERE {RESCUE_WHERE} AND claimed_by IS NULL")
+_RESCUE_COUNT = f"SELECT count(*) FROM images INDEXED BY images_rescue WHERE {RESCUE_WHERE}"
+_RESCUE_COUNT_OF = ("SELECT count(*) FROM images INDEXED BY images_gbif_cache WHERE "
+                    "from_gbif_cache IS NOT NULL AND from_gbif_cache = ? AND status = ?")
+# The cache's copy saved: a success like any, marked, the publisher's outcome kept in
+# prev_error (as a revisit keeps it); attempts stay the publisher's.
+_RESCUED = f"""
+UPDATE images SET status = 'success', http_status = :http_status, error_type = :error_type,
+       error_detail = :error_detail, file_path = :file_path, file_size = :file_size,
+       sha256 = :sha256, width = :width, height = :height, phash = :phash, dhash = :dhash,
+       prev_error = {PREV_ERROR_SQL}, from_gbif_cache = {FROM_GBIF_CACHE},
+       last_attempt_at = :now, next_attempt_at = 0, claimed_by = :token
+ WHERE image_id = :id AND claimed_by = :token
+"""
+# Anything else leaves the publisher's outcome as it was (last_attempt_at too: a revisit
+# counts from the publisher's last answer) and says what the cache did.
+_NOT_RESCUED = """
+UPDATE images SET from_gbif_cache = :fgc, next_attempt_at = :next, claimed_by = NULL
+ WHERE image_id = :id AND claimed_by = :token
+"""
+
+
+def claim_rescue(conn: sqlite3.Connection, token: str, n: int, *, lease: float,
+                 now: float | None = None) -> list[Item]:
+    """Claim up to n permanent failures due a try of GBIF's image cache (inside a write
+    transaction). A dead run's claim runs out like any other (recovery clears it)."""
+    now = time.time() if now is None else now
+    expired = {r[0] for r in conn.execute(_RESCUE_EXPIRED, {"now": now})}
+    rows = conn.execute(_RESCUE_CLAIM, {"token": token, "lease_until": now + lease,
+                                        "now": now, "n": n}).fetchall()
+    return [Item(r[0], r[1], r[2], r[3], r[4], r[5], r[6].split("\n"), RESCUE_QUEUE,
+                 taken_over=r[0] in expired, rescue=True, cache_tries=-(r[7] or 0))
+            for r in rows]
+
+
+def next_rescue_due(conn: sqlite3.Connection) -> float | None:
+    row = conn.execute(_RESCUE_NEXT_DUE).fetchone()
+    return row[0] if row and row[0] is not None else None
+
+
+def count_rescue(conn: sqlite3.Connection) -> int:
+    """Permanent failures the rescue may still try (a walk of images_rescue)."""
+    return conn.execute(_RESCUE_COUNT).fetchone()[0]
+
+
+def rescue_counts(conn: sqlite3.Connection) -> tuple[int, int]:
+    """(images saved from the cache, permanent failures it had no copy of): the report's,
+    from the small index images_gbif_cache; (0, 0) on a database from before the rescue
+    (the report reads without migrating)."""
+    try:
+        return (conn.execute(_RESCUE_COUNT_OF, (FROM_GBIF_CACHE, SUCCESS)).fetchone()[0],
+                conn.execute(_RESCUE_COUNT_OF, (NOT_IN_GBIF_CACHE, FAILED_PERMANENT)
+                             ).fetchone()[0])
+    except sqlite3.OperationalError:  # no such column / index
+        return 0, 0
+
+
+def rescue_params(r: Result, token: str, max_attempts: int, now: float) -> tuple[str, dict]:
+    """(statement, parameters) recording the outcome of one try of the cache."""
+    if r.status == SUCCESS:
+        return _RESCUED, {
+            "id": r.item.image_id, "token": token, "now": now, "http_status": r.http_status,
+            "error_type": r.error_type, "error_detail": "saved from GBIF's image cache",
+            "file_path": r.file_path, "file_size": r.file_size, "sha256": r.sha256,
+            "width": r.width, "height": r.height, "phash": r.phash, "dhash": r.dhash}
+    fgc: int | None
+    if r.status == FAILED_TRANSIENT:  # -k: k tries failed so far; 0 once the budget is spent
+        tries = r.item.cache_tries + 1
+        fgc = -tries if tries < max_attempts else NOT_IN_GBIF_CACHE
+        nxt = now + backoff(tries) if tries < max_attempts else 0.0
+    elif r.status == FAILED_PERMANENT:
+        fgc, nxt = NOT_IN_GBIF_CACHE, 0.0
+    else:  # deferred (our host state, our network): as it was, due again later
+        fgc, nxt = -r.item.cache_tries or None, r.retry_at or now
+    return _NOT_RESCUED, {"id": r.item.image_id, "token": token, "fgc": fgc, "next": nxt}
 
 
 def make_token(run_id: int) -> str:
@@ -143,7 +244,8 @@ UPDATE images SET status = :status, attempts = :attempts,
        file_path = :file_path, file_size = :file_size, sha256 = :sha256,
        width = :width, height = :height, phash = :phash, dhash = :dhash,
        last_attempt_at = COALESCE(:last, last_attempt_at),
-       next_attempt_at = :next, claimed_by = :claimed_by
+       next_attempt_at = :next, claimed_by = :claimed_by,
+       from_gbif_cache = CASE WHEN :keep_old THEN from_gbif_cache END
  WHERE image_id = :id AND claimed_by = :token
 """
 
@@ -154,7 +256,11 @@ def record(conn: sqlite3.Connection, results: list[Result], token: str, max_atte
     now = time.time() if now is None else now
     kept = []
     for r in results:
-        cur = conn.execute(_RESULT, result_params(r, token, max_attempts, now))
+        if r.item.rescue:
+            sql, params = rescue_params(r, token, max_attempts, now)
+            cur = conn.execute(sql, params)
+        else:
+            cur = conn.execute(_RESULT, result_params(r, token, max_attempts, now))
         if cur.rowcount == 1:
             kept.append(r)
     return kept

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..errors import DatabaseError
-from ..states import TODO_WHERE
+from ..states import RESCUE_WHERE, TODO_WHERE
 from . import array_plans, canvases, occurrences, placeholders
 from .connection import PAGE_SIZE, transaction
 from .meta import get_meta
@@ -50,7 +50,8 @@ _TABLES = [
         dup_group       INTEGER,
         near_group      INTEGER,
         last_checked    REAL,
-        prev_error      TEXT
+        prev_error      TEXT,
+        from_gbif_cache INTEGER
     )""",
     """CREATE TABLE IF NOT EXISTS gbif_ids (
         gbif_id      INTEGER PRIMARY KEY,
@@ -141,6 +142,16 @@ INDEX_CHECKED = ("CREATE INDEX IF NOT EXISTS images_checked ON images(last_check
 # first. Partial: permanent failures are a few percent of the images.
 INDEX_FAILED = ("CREATE INDEX IF NOT EXISTS images_failed ON images(host_id, last_attempt_at) "
                 "WHERE status = 'failed_permanent'")
+# the rescue from GBIF's image cache (download --rescue-from-gbif-cache): its work list,
+# due first (a permanent failure's next_attempt_at is 0 until the cache fails it
+# transiently); partial on states.RESCUE_WHERE, so it holds only permanent failures the
+# cache may cure and was not asked about yet
+INDEX_RESCUE = ("CREATE INDEX IF NOT EXISTS images_rescue ON images(next_attempt_at) "
+                f"WHERE {RESCUE_WHERE}")
+# the report's counts of images from the cache and of those it had no copy of: only
+# rows the rescue touched
+INDEX_GBIF_CACHE = ("CREATE INDEX IF NOT EXISTS images_gbif_cache ON images(from_gbif_cache, "
+                    "status) WHERE from_gbif_cache IS NOT NULL")
 
 
 def _migrate_v2(conn: sqlite3.Connection) -> None:
@@ -194,6 +205,9 @@ MIGRATIONS: dict[int, list[Step]] = {
     11: [canvases.DDL],
     # the stage a run's stage depends on (states.DEPENDS_ON), for prerequisite_failed
     12: [AddColumn("runs", "depends_on", "TEXT")],
+    # images saved from GBIF's image cache (download --rescue-from-gbif-cache), the
+    # rescue's work list and the report's counts; each index is one scan of images
+    13: [AddColumn("images", "from_gbif_cache", "INTEGER"), INDEX_RESCUE, INDEX_GBIF_CACHE],
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -209,6 +223,8 @@ def create_schema(conn: sqlite3.Connection) -> None:
         conn.execute(INDEX_GBIF_STATUS)
         conn.execute(INDEX_CHECKED)
         conn.execute(INDEX_FAILED)
+        conn.execute(INDEX_RESCUE)
+        conn.execute(INDEX_GBIF_CACHE)
         conn.execute(
             "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
             (str(SCHEMA_VERSION),),

@@ -93,13 +93,16 @@ _DUE_COUNT = ("SELECT count(*) FROM (SELECT 1 FROM images INDEXED BY images_fail
 _DUE = ("SELECT image_id FROM images INDEXED BY images_failed "
         "WHERE status = 'failed_permanent' AND host_id = ? AND last_attempt_at < ? "
         "ORDER BY last_attempt_at LIMIT ?")
+# The outcome a row's new one replaces, for prev_error (a revisit, a rescue from GBIF's
+# image cache): "http_404 (HTTP 404) at 2026-01-05 10:12:00: HTTP 404: Not Found".
+PREV_ERROR_SQL = """substr(error_type || coalesce(' (HTTP ' || http_status || ')', '')
+                           || ' at ' || datetime(last_attempt_at, 'unixepoch')
+                           || coalesce(': ' || error_detail, ''), 1, 2000)"""
 # A fresh attempts budget, due at its old attempt's time (so the claim, oldest due first,
 # takes a host's oldest failures first); the outcome it replaces is kept in prev_error.
-_REOPEN = """
+_REOPEN = f"""
 UPDATE images SET status = 'pending', attempts = 0, next_attempt_at = last_attempt_at,
-       prev_error = substr(error_type || coalesce(' (HTTP ' || http_status || ')', '')
-                           || ' at ' || datetime(last_attempt_at, 'unixepoch')
-                           || coalesce(': ' || error_detail, ''), 1, 2000),
+       prev_error = {PREV_ERROR_SQL},
        error_type = NULL, error_detail = NULL, http_status = NULL
  WHERE image_id IN (SELECT value FROM json_each(:ids)) AND status = 'failed_permanent'
    AND claimed_by IS NULL

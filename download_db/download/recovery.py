@@ -10,9 +10,10 @@ from pathlib import Path
 from ..db import claims, gbif_ids
 from ..db.connection import transaction
 from ..db.sqlite import sqlite3
+from ..db.upkeep import PREV_ERROR_SQL
 from ..files import images, store
 from ..files.layout import image_relpath
-from ..states import DEFAULT_MAX_ATTEMPTS
+from ..states import DEFAULT_MAX_ATTEMPTS, FROM_GBIF_CACHE
 
 
 def recover(conn: sqlite3.Connection, root: Path, lease: float,
@@ -99,10 +100,15 @@ def _adopt_temp(conn: sqlite3.Connection, root: Path, image_id: int, gid: int, n
         if not keep_original and out.ext != "jpg" and not out.raw_unprocessed:
             continue
         rel = image_relpath(gid, no, out.ext)
+        # a permanent failure claimed can only have been claimed for the rescue from
+        # GBIF's image cache: its temp file is the cache's copy (claims.rescue_params)
         conn.execute(
             "UPDATE images SET status = 'success', error_type = ?, error_detail = ?, "
             "http_status = 200, file_path = ?, file_size = ?, sha256 = ?, width = ?, height = ?, "
-            "attempts = attempts + 1, last_attempt_at = ?, next_attempt_at = 0 WHERE image_id = ?",
+            "attempts = attempts + (status <> 'failed_permanent'), last_attempt_at = ?, "
+            f"prev_error = CASE WHEN status = 'failed_permanent' THEN {PREV_ERROR_SQL} "
+            "ELSE prev_error END, from_gbif_cache = CASE WHEN status = 'failed_permanent' "
+            f"THEN {FROM_GBIF_CACHE} END, next_attempt_at = 0 WHERE image_id = ?",
             ("raw_unprocessed" if out.raw_unprocessed else None,
              "adopted after a crash", rel, len(data), hashlib.sha256(data).hexdigest(),
              out.width or None, out.height or None, now, image_id))

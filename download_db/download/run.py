@@ -18,8 +18,15 @@ from ..files import space, store
 from ..identity.live import LivePlaceholders, RepeatWatch
 from ..identity.placeholders import META_MAX_SHARED, load_blocklist
 from ..progress import RunContext, fmt_secs
-from ..states import FAILED_PERMANENT, FAILED_TRANSIENT, PENDING, PLACEHOLDER_MAX_SHARED, SUCCESS
-from ..web import fetch
+from ..states import (
+    FAILED_PERMANENT,
+    FAILED_TRANSIENT,
+    PENDING,
+    PLACEHOLDER_MAX_SHARED,
+    SUCCESS,
+    rescuable,
+)
+from ..web import fetch, gbif_cache
 from ..web.politeness import HostGate
 from .offline import OfflineDetector, host_of
 from .scheduler import Scheduler
@@ -73,12 +80,17 @@ def fetch_all(run: Run) -> dict:
     writer.start()
     limits = fetch.Limits(cfg.connect_timeout, cfg.read_timeout, cfg.deadline, cfg.max_bytes,
                           user_agent=cfg.user_agent)
+    # the rescue's queue: GBIF's image cache as one more host, its claims the rescue's
+    rescue = [(claims.RESCUE_QUEUE, gbif_cache.host_of(cfg.gbif_cache_url), False)] \
+        if cfg.rescue_from_gbif_cache else []
     crew = _Crew(WorkerConfig(writer.root, limits, cfg.max_size, cfg.jpeg_quality,
                               cfg.keep_original, cfg.max_pixels, blocklist=blocked,
-                              shared=SharedFetches(), first_canvas_only=cfg.first_canvas_only),
+                              shared=SharedFetches(), first_canvas_only=cfg.first_canvas_only,
+                              gbif_cache=cfg.gbif_cache_url),
                  fetch.new_session(limits, pool_size=run.gate.most_at_once(),
                                    use_env=not cfg.no_proxy),
-                 Scheduler(writer, run.gate, run.hosts, per_host=cfg.per_host_concurrency,
+                 Scheduler(writer, run.gate, run.hosts + rescue,
+                           per_host=cfg.per_host_concurrency,
                            stop=stop, max_items=cfg.max_images,
                            wait_for_retries=cfg.wait_for_retries),
                  offline=OfflineDetector(len(run.hosts)))
@@ -143,6 +155,9 @@ def _work(run: Run, crew: _Crew) -> None:
             crew.sched.expect()  # before done(): the run must not end before their rows
         run.writer.put(result)
         crew.sched.done(item, retry_at)
+        if run.cfg.rescue_from_gbif_cache and not item.rescue \
+                and rescuable(result.status, result.error_type):
+            crew.sched.wake(claims.RESCUE_QUEUE)  # failed just now: the cache may have it
 
 
 def _watch(run: Run, crew: _Crew, threads: list[threading.Thread]) -> str | None:
@@ -269,8 +284,12 @@ def summary(counts: dict, seconds: float, how: str = "finished") -> str:
     warn = (f" - NOTHING SAVED: all {failed:,} attempts failed; the network or the hosts "
             "look down (see the report's failures by type)"
             if failed and not counts.get(SUCCESS, 0) else "")
+    rescued = counts.get("from_gbif_cache", 0)
+    missing = counts.get("not_in_gbif_cache", 0)
+    cache = (f" ({rescued:,} of them from GBIF's image cache, which had no copy of "
+             f"{missing:,} more)" if rescued or missing else "")
     return (f"download: {how} after {fmt_secs(seconds)}{warn}: "
-            f"{counts.get(SUCCESS, 0):,} saved, "
+            f"{counts.get(SUCCESS, 0):,} saved{cache}, "
             f"{counts.get(FAILED_TRANSIENT, 0):,} failed (will retry), "
             f"{counts.get(FAILED_PERMANENT, 0):,} failed permanently, "
             f"{counts.get('deferred', 0):,} deferred (host cooling down / busy), "

@@ -39,6 +39,7 @@ class HostQueue:
     handed: int = 0  # items handed out in this run
     drained: bool = False  # its last claim came back short: what is queued is all there is
     cost: float = 0.0  # moving thread-seconds per image (0: none finished yet)
+    woken: bool = False  # work appeared while a claim was under way: ask again after it
 
     def left(self) -> int:
         """Images this host still has for us, as far as this process can tell cheaply."""
@@ -211,6 +212,20 @@ class Scheduler:
                 self._ranked_at = 0.0  # rank the new host in before the next hand-out
             self._changed.notify_all()
 
+    def wake(self, host_id: int) -> None:
+        """Work for this queue may have appeared in the database (an image failed in a
+        way another queue handles): ask for it again, now."""
+        with self._lock:
+            q = self._by_id.get(host_id)
+            if q is None:
+                return
+            if q.refilling:
+                q.woken = True  # its claim may have looked before this work was written
+            elif q.exhausted:
+                q.exhausted = False
+                q.not_before = 0.0
+            self._changed.notify_all()
+
     def resume(self) -> None:
         """The node is back online: hand out work again."""
         with self._lock:
@@ -271,10 +286,13 @@ class Scheduler:
                 q.drained = len(items) < n
                 q.refilling = False
                 now = time.time()
-                if not items:
+                if not items and q.woken:
+                    q.exhausted, q.not_before = False, 0.0
+                elif not items:
                     q.exhausted = due is None and q.in_flight == 0
                     q.not_before = max(due or 0.0, now + 1.0) if due is not None \
                         else now + NO_WORK_RECHECK
+                q.woken = False
                 self._changed.notify_all()
 
     def _finished(self, wake: float) -> bool:

@@ -23,12 +23,12 @@ from ..db.meta import get_meta
 from ..db.schema import migrate
 from ..db.sqlite import sqlite3
 from ..db.stagelock import stage_lock
-from ..errors import DatabaseError, PrerequisiteFailed, StorageError
+from ..errors import DatabaseError, PrerequisiteFailed, StorageError, UsageError
 from ..files import space
 from ..progress import RunContext
 from ..signals import stop_on_signals
+from ..web import gbif_cache, proxies
 from ..web import policy as host_policy
-from ..web import proxies
 from ..web.politeness import HostGate, Politeness, default_lock_dir
 from .recovery import recover
 from .run import Run, fetch_all, places
@@ -39,6 +39,10 @@ def run_download(cfg: DownloadConfig, out: TextIO | None = None) -> dict:
     """One image_install_db.py process (or a parent of --processes children)."""
     cfg.validate()
     shard = task.shard_of(cfg)
+    if shard is not None and cfg.rescue_from_gbif_cache:
+        raise UsageError("--rescue-from-gbif-cache is not for array tasks (GBIF asks for a "
+                         "single connection, and a task holds only work left): run it once "
+                         "after the array, with --shard none")
     if shard is not None:  # an array task works on its own database from here on
         cfg = task.prepare(cfg, shard, out)
     notes = notify.RunNotes(notify.Notifier(cfg.slack_webhook_url, notify.label_for(cfg.db)),
@@ -161,6 +165,11 @@ def _download(cfg: DownloadConfig, stop: threading.Event, out: TextIO | None,
             return counts
         hosts = host_table.with_images(conn)
         ctx.say(f"download: {todo:,} images with work left on {len(hosts):,} hosts -> {root}")
+        if cfg.rescue_from_gbif_cache:
+            n = claims.count_rescue(conn)
+            todo += n
+            ctx.say(f"download: rescue from GBIF's image cache: {n:,} permanent failures to "
+                    f"try at {cfg.gbif_cache_url}")
         ctx.say(_proxy_line(cfg.no_proxy))
         notes.set_hosts(hosts)
         notes.start(todo, len(hosts), cfg.processes)
@@ -210,9 +219,12 @@ def _gate(cfg: DownloadConfig, conn: sqlite3.Connection, notes: notify.RunNotes)
     """The per-host gate, its shared state seeded from the hosts table; it tells
     Slack itself when it quarantines a host."""
     policy = Politeness(concurrency=cfg.per_host_concurrency, rate=cfg.per_host_rate)
+    # GBIF's image cache at another address keeps GBIF's limits (one connection)
+    same = {gbif_cache.host_of(cfg.gbif_cache_url): gbif_cache.HOST} \
+        if cfg.rescue_from_gbif_cache else {}
     hosts = host_policy.load(cfg.host_policy, host_policy.ADAPTIVE_DEFAULT if cfg.adaptive
                              else host_policy.HostLimits(cfg.per_host_concurrency,
-                                                         cfg.per_host_rate))
+                                                         cfg.per_host_rate), same)
     gate = HostGate(cfg.lock_dir or default_lock_dir(cfg.db), policy,
                     split={h: (j, k) for h, j, k in cfg.split},
                     on_quarantine=notes.quarantined if notes.enabled else None, hosts=hosts)

@@ -15,7 +15,7 @@ from ..files import images, store
 from ..files.layout import image_dir
 from ..identity.placeholders import Blocklist
 from ..states import FAILED_PERMANENT, FAILED_TRANSIENT, FLAG_RAW, PENDING, PLACEHOLDER, SUCCESS
-from ..web import adaptive, fetch, iiif, iiif_plan, keys, renditions
+from ..web import adaptive, fetch, gbif_cache, iiif, iiif_plan, keys, renditions
 from ..web.fetch import FetchError
 from ..web.politeness import HostGate, Slot
 from . import offline
@@ -44,6 +44,8 @@ class WorkerConfig:
     docs: DocCache = field(default_factory=DocCache)
     # a manifest's first canvas only (--first-canvas-only); else the others become rows
     first_canvas_only: bool = False
+    # the base URL of GBIF's image cache, for images claimed for the rescue
+    gbif_cache: str = gbif_cache.DEFAULT_BASE
 
 
 class _Deferred(Exception):
@@ -116,12 +118,16 @@ class Worker:
         held.clear()
 
     def _process(self, item: Item, held: dict[str, Slot]) -> Result:
-        adopted = self._adopt(item)
+        # a rescue asks the cache for its copy of each candidate URL, best first; a
+        # failed image has no file of its own to adopt
+        adopted = None if item.rescue else self._adopt(item)
         if adopted is not None:
             return adopted
         failures: list[_Failure] = []
         deferred: float | None = None
-        for url in item.urls:
+        urls = [gbif_cache.cache_url(item.gbif_id, u, self.cfg.gbif_cache)
+                for u in item.urls] if item.rescue else item.urls
+        for url in urls:
             if self.stop.is_set():
                 return Result(item, PENDING, attempted=False)
             try:

@@ -98,10 +98,14 @@ class Writer(threading.Thread):
                         self._flush()
                 elif kind == "claim":
                     host_id, n = arg
-                    fut.set_result(self._commit(partial(claims.claim, self.conn, self.token,
-                                                        host_id, n, lease=self.lease)))
+                    how = (partial(claims.claim_rescue, self.conn, self.token, n)
+                           if host_id == claims.RESCUE_QUEUE else
+                           partial(claims.claim, self.conn, self.token, host_id, n))
+                    fut.set_result(self._commit(partial(how, lease=self.lease)))
                 elif kind == "next_due":
-                    fut.set_result(claims.next_due(self.conn, arg))
+                    fut.set_result(claims.next_rescue_due(self.conn)
+                                   if arg == claims.RESCUE_QUEUE else
+                                   claims.next_due(self.conn, arg))
                 elif kind == "release":
                     self._commit(partial(claims.release, self.conn, arg, self.token))
                     fut.set_result(None)
@@ -167,6 +171,10 @@ class Writer(threading.Thread):
                 self.counts["requests_saved"] = self.counts.get("requests_saved", 0) + 1
             key = "lost_claim" if id(r) not in kept_ids else (
                 "deferred" if r.status == "pending" else r.status)
+            if r.item.rescue and key == FAILED_PERMANENT:
+                key = "not_in_gbif_cache"  # it was a permanent failure already
+            elif r.item.rescue and key == SUCCESS:
+                self.counts["from_gbif_cache"] = self.counts.get("from_gbif_cache", 0) + 1
             self.counts[key] = self.counts.get(key, 0) + 1
         if self.placeholders is not None and kept:
             flagged = self.placeholders.committed(kept)

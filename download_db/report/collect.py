@@ -11,7 +11,7 @@ from typing import TypeVar
 
 from ..arrays.plan import task_dbs, tasks_dir_for
 from ..config import DEFAULT_INSTALL
-from ..db import connection, identity, runs, upkeep
+from ..db import claims, connection, identity, runs, upkeep
 from ..db import hosts as host_table
 from ..db.connection import READ_ERRORS, retry_locked
 from ..db.schema import SCHEMA_VERSION, schema_version
@@ -116,6 +116,7 @@ def _collect(conn: sqlite3.Connection, now: float, tasks: list[dict]) -> dict:
         tally = add_deltas(tally, [d for t in tasks for d in t["delta"]])
     images = _images(conn, tally)
     images["in_flight"] += sum(t["in_flight"] for t in tasks)
+    images["from_gbif_cache"], images["not_in_gbif_cache"] = claims.rescue_counts(conn)
     activity = _activity(conn, now, tasks)
     per = _per_host(tally)
     states = _host_rows(conn, tasks)

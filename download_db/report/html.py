@@ -175,6 +175,8 @@ def render_html(d: dict) -> str:
             ["retry budget exhausted", f"{im['budget_exhausted']:,}"],
             ["raw files awaiting conversion", f"{im['raw_unprocessed']:,}"],
             ["legacy imports, unverified", f"{im['legacy_unverified']:,}"],
+            ["saved from GBIF's image cache", f"{im.get('from_gbif_cache', 0):,}"],
+            ["not in GBIF's image cache either", f"{im.get('not_in_gbif_cache', 0):,}"],
             ["saved", human_bytes(im["bytes_saved"])]]),
         "<h2>Throughput</h2>",
         _table(["window", "saved", "failed", "images/hour", "bytes"],

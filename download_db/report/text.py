@@ -88,6 +88,9 @@ def render_text(d: dict) -> str:
     out.append(f"  legacy imports, unverified (legacy_unverified_index): "
                f"{im['legacy_unverified']:,}")
     out.append(f"  saved: {human_bytes(im['bytes_saved'])}")
+    if im.get("from_gbif_cache") or im.get("not_in_gbif_cache"):
+        out.append(f"  from GBIF's image cache: {im['from_gbif_cache']:,} saved (at most 1200 "
+                   f"px), {im['not_in_gbif_cache']:,} permanent failures it had no copy of")
     v = d["verify"]
     if v["any_never_checked"]:
         out.append("  verified: some saved files never (gbif-download-db verify)")

@@ -158,9 +158,13 @@ def _keys(table: Any, where: str, name: str) -> dict[str, Any]:
     return out
 
 
-def load(path: Path | None, default: HostLimits) -> HostPolicy:
-    """The shipped policy with the user's file (if any) over it, key by key."""
+def load(path: Path | None, default: HostLimits,
+         same_as: dict[str, str] | None = None) -> HostPolicy:
+    """The shipped policy with the user's file (if any) over it, key by key.
+    ``same_as``: host -> pattern whose limits the host takes unless the user's file
+    names it (GBIF's image cache at another address: a mirror, a test server)."""
     _unused, entries = parse(SHIPPED, SHIPPED_NAME)
+    user: dict[str, dict[str, Any]] = {}
     if path is not None:
         try:
             text = Path(path).read_text(encoding="utf-8")
@@ -171,4 +175,8 @@ def load(path: Path | None, default: HostLimits) -> HostPolicy:
         default = replace(default, **user_default)
         for pattern, keys in user.items():
             entries[pattern] = {**entries.get(pattern, {}), **keys}
+    for host, like in (same_as or {}).items():
+        host = host.lower().rstrip(".")
+        if host and host != like and host not in user and like in entries:
+            entries[host] = dict(entries[like])
     return HostPolicy(default, entries)
