@@ -161,7 +161,8 @@ def _check_batch(conn: sqlite3.Connection, cfg: VerifyConfig, run_id: int,
     for i in range(0, len(rows), CHUNK):
         chunk = rows[i:i + CHUNK]
         todo += zip(chunk, check_all(cfg, chunk, throttle, pool), strict=True)
-        if i + CHUNK >= len(rows) or time.monotonic() - last >= COMMIT_EVERY:
+        if (i + CHUNK >= len(rows) or time.monotonic() - last >= COMMIT_EVERY
+                or ctx.stop.is_set()):
             pos = _commit(conn, cfg, run_id, todo, st)
             todo = []
             last = time.monotonic()
