@@ -153,6 +153,9 @@ def test_a_verdict_on_a_row_changed_since_is_not_applied(tmp_path: Path) -> None
         conn.execute("UPDATE images SET status = 'success', sha256 = 'new', file_size = 9 "
                      "WHERE image_id = 1")
         conn.execute("UPDATE images SET sha256 = 'converted' WHERE image_id = 2")
+        # a truncated file whose row is claimed (a success awaiting its rename): in flux,
+        # checked and left for the next pass, as the local verify does
+        conn.execute("UPDATE images SET claimed_by = 'h:1:1' WHERE image_id = 6")
     conn.close()
     copy = (plan.tasks_dir_for(db) / "verify-0001-of-0001.db").read_bytes()
     assert _merge(db) == 0
@@ -163,6 +166,9 @@ def test_a_verdict_on_a_row_changed_since_is_not_applied(tmp_path: Path) -> None
     assert rows[2][3] is not None  # an unchanged sound one is
     assert q(db, "SELECT status, error_type FROM images WHERE image_id = 5") == [
         ("pending", "file_missing")]
+    assert q(db, "SELECT status, last_checked IS NOT NULL FROM images WHERE image_id = 6") == [
+        ("success", 1)]
+    assert (root / q(db, "SELECT file_path FROM images WHERE image_id = 6")[0][0]).exists()
     before = q(db, "SELECT * FROM images ORDER BY image_id")
     # a merge killed after its commit, before removing the task's database: again, no change
     (plan.tasks_dir_for(db) / "verify-0001-of-0001.db").write_bytes(copy)

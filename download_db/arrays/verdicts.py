@@ -116,15 +116,18 @@ def _fold(conn: sqlite3.Connection, path: Path, build: str | None,
         root = Path(facts.get("install_path", ""))
         n = 0
         requeued: dict[str, int] = {}
-        while chunk := verdicts.next_chunk(conn, _SCHEMA, after, CHUNK):
+        while True:
+            hi, k = verdicts.next_chunk(conn, _SCHEMA, after, CHUNK)
+            if not k:
+                break
             with transaction(conn):
-                done = verdicts.apply(conn, [v for _, v in chunk])
+                done = verdicts.apply(conn, _SCHEMA, after, hi)
                 if done:
                     gbif_ids.rollup(conn, {g for _, g in done},
                                     max_attempts=DEFAULT_MAX_ATTEMPTS, now=time.time())
-                after = chunk[-1][0]
-                verdicts.mark_applied(conn, vid, after)
-            n += len(chunk)
+                verdicts.mark_applied(conn, vid, hi)
+            after = hi
+            n += k
             for v, _ in done:
                 requeued[v.error_type or ""] = requeued.get(v.error_type or "", 0) + 1
                 # as the local verify: the downloader must fetch it again, not adopt it
