@@ -5,17 +5,22 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sqlite3 as stdlib_sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from download_db.arrays import plan
 from download_db.arrays.verdicts import verdict_dbs
 from download_db.cli.main import main
+from download_db.db import upkeep
 from download_db.db.connection import connect
+from download_db.db.schema import INDEX_CHECKED
 from download_db.upkeep.verify import VerifyConfig, run_verify
 from tests.helpers import q
 from tests.test_verify import _files, _rollup, _saved, _verify
@@ -131,8 +136,8 @@ def test_a_killed_task_continues_and_ends_as_one_local_verify(tmp_path: Path) ->
     p.wait()
     done = q(path, "SELECT count(*) FROM verdicts")[0][0]
     assert 4 <= done < 37, done
-    st = run_verify(VerifyConfig(db=db, install_path=root, hash=True, shard="1/1", bar=False))
-    assert st.checked == 37 - done  # the 3 files gone or truncated are no longer saved
+    stats = run_verify(VerifyConfig(db=db, install_path=root, hash=True, shard="1/1", bar=False))
+    assert stats.checked == 37 - done  # the 3 files gone or truncated are no longer saved
     assert sorted(r[0] for r in q(path, "SELECT image_id FROM verdicts")) == [
         r[0] for r in q(db, "SELECT image_id FROM images WHERE status = 'success' ORDER BY 1")]
     # run again: the pass is complete, nothing is checked twice
@@ -207,3 +212,30 @@ def test_array_refusals_get_one_line(tmp_path: Path, capsys) -> None:
     assert _merge(db, "--force") == 0  # applied, and kept for the rest of its verdicts
     assert path.exists()
     assert q(db, "SELECT count(*) FROM images WHERE last_checked IS NOT NULL") == [(1,)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.integers(1, 6).map(float)), min_size=1, max_size=60),
+       st.integers(1, 4), st.integers(1, 7), st.floats(1.0, 7.0))
+def test_the_task_walk_visits_each_due_row_once(checks: list[float | None], n: int, batch: int,
+                                                cutoff: float) -> None:
+    """The keyset walk a task resumes from (never-checked by id, then (last_checked, id)),
+    with ties in last_checked and any batch size: every due row of its share, once."""
+    conn = stdlib_sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE images (image_id INTEGER PRIMARY KEY, gbif_id, file_path, "
+                 "file_size, sha256, error_type, last_checked, status)")
+    conn.execute(INDEX_CHECKED)
+    conn.executemany("INSERT INTO images VALUES (?, 0, NULL, NULL, NULL, NULL, ?, 'success')",
+                     list(enumerate(checks, start=1)))
+    for k in range(1, n + 1):
+        seen, pos = [], None
+        while rows := upkeep.to_check(
+                conn, cutoff, batch, after=pos[1] if pos and pos[0] is None else -1,
+                shard=(k, n), older_after=pos if pos and pos[0] is not None else None):
+            seen += [r.image_id for r in rows]
+            pos = (rows[-1].last_checked, rows[-1].image_id)
+        due = [i for i, c in enumerate(checks, start=1)
+               if (c is None or c < cutoff) and i % n == k - 1]
+        assert sorted(seen) == due and len(seen) == len(set(seen))
+        assert seen == sorted(seen, key=lambda i: (checks[i - 1] is not None,
+                                                   checks[i - 1] or 0, i))
