@@ -173,11 +173,14 @@ forward() {
 }
 
 # run_stage STAGE SCRIPT ARGS...: run `python SCRIPT ARGS...` from the checkout as unit
-# STAGE[.TASK], with signal forwarding and (in a pipeline) the gate and the marker.
+# STAGE[.TASK], with signal forwarding and (in a pipeline) the gate and the marker. SCRIPT
+# is a file in the checkout, or `-m download_db` for a `gbif-download-db` subcommand.
 # Exits with the command's exit code; a stage not run because an earlier one failed exits 1.
 run_stage() {
   STAGE=$1; shift
   local script=$1; shift
+  local target=("$DOWNLOAD_DB_HOME/$script")
+  if [ "$script" = -m ]; then target=(-m "$1"); shift; fi
   local t unit nice_cmd
   t=$(task_id)
   unit=$STAGE${t:+.$t}
@@ -196,7 +199,7 @@ run_stage() {
   cd "$DOWNLOAD_DB_HOME" || { say "cannot cd to $DOWNLOAD_DB_HOME"; exit 2; }
   read -r -a nice_cmd <<<"$(niced)"
   # ${a[@]+"${a[@]}"}: an empty array under `set -u` is an error in bash before 4.4
-  local cmd=(${nice_cmd[@]+"${nice_cmd[@]}"} python "$DOWNLOAD_DB_HOME/$script" "$@")
+  local cmd=(${nice_cmd[@]+"${nice_cmd[@]}"} python "${target[@]}" "$@")
   say "running: ${cmd[*]}"
 
   _child='' _signal='' _forwarders=()

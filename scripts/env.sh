@@ -45,6 +45,7 @@ DOWNLOAD_ARGS=()                            # e.g. (--threads 32 --per-host-rate
 FINALIZE_ARGS=()                            # e.g. (--max-attempts 6)
 REPORT_ARGS=()                              # e.g. (--html "$LOG_DIR/status.html")
 CHECK_ARGS=()                               # e.g. (--no-files)
+VERIFY_ARGS=()                              # e.g. (--hash --max-mb-per-s 20)
 
 # Site flags that submit_pipeline.sh adds to every submission (project, queue, account,
 # partition). Resource requests belong in the job scripts' #$ / #SBATCH lines, or here.

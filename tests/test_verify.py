@@ -118,24 +118,15 @@ def test_limit_walks_never_checked_then_oldest_first(tmp_path: Path) -> None:
     assert counts["checked"] == 0
 
 
-def test_shards_split_the_work_without_overlap(tmp_path: Path) -> None:
-    db, root = _saved(tmp_path, 7)
-    for k in (1, 2, 3):
-        assert _verify(db, root, "--shard", f"{k}/3") == 0
-    checked = json.loads("[" + ",".join(
-        r[0] for r in q(db, "SELECT counts FROM runs WHERE stage = 'verify'")) + "]")
-    assert [c["checked"] for c in checked] == [2, 3, 2]  # image_id % 3 = 0, 1, 2
-    assert q(db, "SELECT count(*) FROM images WHERE last_checked IS NULL") == [(0,)]
-
-
 def test_walk_queries_are_index_seeks(tmp_path: Path) -> None:
     db, _ = _saved(tmp_path, 2)
     conn = stdlib_sqlite3.connect(db)
     for sql in (upkeep._NEVER, upkeep._OLDER):
-        for shard in ("", upkeep._SHARD):
+        for shard, pos in (("", ""), (upkeep._SHARD, ""), (upkeep._SHARD, upkeep._POS)):
             plan = " ".join(r[3] for r in conn.execute(
-                "EXPLAIN QUERY PLAN " + sql.format(shard=shard),
-                {"after": -1, "cutoff": 1.0, "limit": 10, "n": 2, "k": 0}))
+                "EXPLAIN QUERY PLAN " + sql.format(shard=shard, pos=pos),
+                {"after": -1, "cutoff": 1.0, "limit": 10, "n": 2, "k": 0, "lc": 0.5,
+                 "lid": 3}))
             assert "USING INDEX images_checked" in plan or "USING COVERING INDEX" in plan, plan
             assert "TEMP B-TREE" not in plan, plan  # no sort: the index gives the order
 

@@ -16,6 +16,8 @@ from ..errors import DatabaseError
 from ..progress import say
 from ..states import ALIVE_WINDOW
 from .plan import task_dbs, tasks_dir_for
+from .verdicts import VerdictStats, merge_verdicts, verdict_dbs
+from .verdicts import liveness as verify_liveness
 
 # A task whose heartbeat is older than this (and not provably dead on this
 # machine) no longer counts as running. The downloader beats every few seconds.
@@ -73,6 +75,7 @@ class MergeStats:
     canvases: int = 0  # images rows added for other IIIF canvases the tasks found
     seconds: float = 0.0
     merged: list[str] = field(default_factory=list)
+    verify: VerdictStats = field(default_factory=VerdictStats)  # verify tasks' verdicts
 
 
 def task_liveness(path: Path, now: float | None = None) -> str | None:
@@ -90,8 +93,9 @@ def task_liveness(path: Path, now: float | None = None) -> str | None:
 
 
 def refuse_if_tasks_running(db: Path, what: str) -> None:
-    for path in task_dbs(tasks_dir_for(db)):
-        alive = task_liveness(path)
+    tasks_dir = tasks_dir_for(db)
+    for path in [*task_dbs(tasks_dir), *verdict_dbs(tasks_dir)]:
+        alive = (verify_liveness if path.name.startswith("verify-") else task_liveness)(path)
         if alive:
             raise DatabaseError(
                 f"array task {path.name} may still be writing ({alive}); {what} would race "
@@ -121,11 +125,13 @@ def merge_tasks(conn: sqlite3.Connection, db: Path, *, force: bool = False,
     """Fold every task database beside ``db`` into it, one transaction per task;
     each merged task database is deleted. Idempotent: a kill between the commit
     and the delete merges the same rows again to the same values. gbifID
-    statuses are finalize's job (it merges first, then rolls everything up)."""
+    statuses are finalize's job (it merges first, then rolls everything up).
+    Then the verify tasks' verdicts (arrays/verdicts.py), after the downloads'
+    results: a verdict on a file that a download result replaced is moot."""
     t0 = time.monotonic()
     st = MergeStats()
     paths = task_dbs(tasks_dir_for(db))
-    if not paths:
+    if not paths and not verdict_dbs(tasks_dir_for(db)):
         return st
     if not force:
         refuse_if_tasks_running(db, "merging")
@@ -137,6 +143,7 @@ def merge_tasks(conn: sqlite3.Connection, db: Path, *, force: bool = False,
             _merge_batch(conn, db, paths[i:i + BATCH], build, st, out)
     finally:
         conn.execute(f"PRAGMA cache_size = {cache}")
+    st.verify = merge_verdicts(conn, db, force=force, out=out)
     st.seconds = time.monotonic() - t0
     return st
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TextIO
+from typing import Protocol, TextIO
 
 from ..config import DownloadConfig
 from ..db import hosts
@@ -13,7 +13,13 @@ from ..progress import say
 from . import plan
 
 
-def shard_of(cfg: DownloadConfig) -> plan.Shard | None:
+class Sharded(Protocol):
+    @property
+    def shard(self) -> str: ...  # "K/N", "none" or "" (from the scheduler's variables)
+
+
+def shard_of(cfg: Sharded) -> plan.Shard | None:
+    """The array task a download or verify run is, or None for a plain run."""
     if cfg.shard.strip().lower() == "none":
         return None
     return plan.parse_shard(cfg.shard) if cfg.shard else plan.shard_from_env()

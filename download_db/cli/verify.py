@@ -13,7 +13,9 @@ DESCRIPTION = ("Walk the saved images, never-checked first, then oldest check fi
                "goes back to pending with a fresh attempts budget (error_type file_missing, "
                "file_size_changed, file_hash_changed or file_undecodable) and is removed, so "
                "the next download fetches it again. Runs beside a download; kill it at any "
-               "time and run it again to continue.")
+               "time and run it again to continue. As an array task (--shard K/N or a job "
+               "array's variables) it only reads the frozen database and records verdicts "
+               "that `gbif-download-db merge` applies.")
 EXAMPLES = """\
 examples:
   sizes only (a stat per file), at most 2 hours:
@@ -22,8 +24,12 @@ examples:
     {prog} --hash --decode --max-mb-per-s 50
   give links that failed for good over 30 days ago another chance (then download):
     {prog} --revisit-failed-older-than 30 --revisit-only
-  what was not checked for 30 days, in 4 processes on the database's host:
-    for k in 1 2 3 4; do {prog} --older-than 30 --shard $k/4 & done; wait
+  as a 4-task SGE array across nodes (each task writes its verdicts under <db>.tasks/),
+  then apply them:
+    qsub -t 1-4 scripts/sge/verify.sh --older-than 30
+    qsub -hold_jid gbif_verify scripts/sge/finalize.sh --merge-only
+  task 2 of 4 by hand (the database must be frozen: merged, not written since):
+    {prog} --shard 2/4 --hash --max-mb-per-s 50 && gbif-download-db merge
 """
 
 
@@ -47,8 +53,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=8, metavar="N",
                    help="files checked at once (default: 8)")
     p.add_argument("--shard", default="", metavar="K/N",
-                   help="check only share K of N (image_id modulo N), for N processes on the "
-                        "database's host")
+                   help="run as task K of an N-task array: share K of N (image_id modulo N) "
+                        "read from the frozen database, verdicts in its own database under "
+                        "<db>.tasks/ for `gbif-download-db merge` (default: from SGE_TASK_* "
+                        "or SLURM_ARRAY_TASK_*; 'none': not an array task even inside one)")
     p.add_argument("--revisit-failed-older-than", type=float, default=None, metavar="DAYS",
                    help="first give permanent failures last tried over DAYS days ago a fresh "
                         "attempts budget (pending again, for the next download), each host's "

@@ -323,15 +323,16 @@ def dead_claims(conn: sqlite3.Connection, live_tokens: set[str]) -> list[tuple]:
     return [r for r in rows if r[6] not in live_tokens]
 
 
-def live_tokens(conn: sqlite3.Connection, stale_after: float, now: float | None = None) -> set[str]:
-    """Claim tokens of runs that may still be alive (heartbeat recent, process
-    alive when it ran on this machine)."""
+def live_tokens(conn: sqlite3.Connection, stale_after: float, now: float | None = None,
+                stage: str = "download") -> set[str]:
+    """Claim tokens of ``stage``'s runs that may still be alive (heartbeat recent,
+    process alive when it ran on this machine)."""
     now = time.time() if now is None else now
     me = socket.gethostname()
     live = set()
     for run_id, host, pid, hb in conn.execute(
             "SELECT run_id, hostname, pid, heartbeat_at FROM runs "
-            "WHERE stage = 'download' AND outcome = 'running'"):
+            "WHERE stage = ? AND outcome = 'running'", (stage,)):
         if hb is None or hb < now - stale_after:
             continue
         if host == me and not runs.pid_alive(pid):

@@ -12,13 +12,31 @@ from .meta import get_meta
 from .sqlite import sqlite3
 from .tallies import TALLY_TABLES, install_tallies
 
+# Also the shape of an array task's own meta and runs (a verify task's verdicts DB).
+META_DDL = """CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+)"""
+RUNS_DDL = """CREATE TABLE IF NOT EXISTS runs (
+    run_id       INTEGER PRIMARY KEY,
+    stage        TEXT NOT NULL,
+    started_at   REAL NOT NULL,
+    finished_at  REAL,
+    heartbeat_at REAL,
+    hostname     TEXT,
+    pid          INTEGER,
+    argv         TEXT,
+    outcome      TEXT NOT NULL DEFAULT 'running',
+    counts       TEXT,
+    message      TEXT,
+    shard        TEXT,
+    depends_on   TEXT
+)"""
+
 # Timestamps are epoch seconds (REAL): cheap to compare on hot paths; read them
 # with datetime(col, 'unixepoch').
 _TABLES = [
-    """CREATE TABLE IF NOT EXISTS meta (
-        key   TEXT PRIMARY KEY,
-        value TEXT NOT NULL
-    )""",
+    META_DDL,
     # One row per distinct image. Small, hot columns first, big text last
     # (SQLite reads a row's columns in order). image_id is the rowid, assigned
     # in input order, so inserts are appends. Host and attribution are ids:
@@ -88,21 +106,7 @@ _TABLES = [
         creator        TEXT NOT NULL
     )""",
     # One row per stage run: what ran where, and how it ended.
-    """CREATE TABLE IF NOT EXISTS runs (
-        run_id       INTEGER PRIMARY KEY,
-        stage        TEXT NOT NULL,
-        started_at   REAL NOT NULL,
-        finished_at  REAL,
-        heartbeat_at REAL,
-        hostname     TEXT,
-        pid          INTEGER,
-        argv         TEXT,
-        outcome      TEXT NOT NULL DEFAULT 'running',
-        counts       TEXT,
-        message      TEXT,
-        shard        TEXT,
-        depends_on   TEXT
-    )""",
+    RUNS_DDL,
     # The readable form of images for ad hoc SQL: host name and attribution.
     """CREATE VIEW IF NOT EXISTS images_v AS
         SELECT i.image_id, i.gbif_id, i.image_no, i.status, i.attempts,

@@ -12,15 +12,18 @@ from .sqlite import sqlite3
 # never-checked images (last_checked IS NULL, an equality on the index, then rowid
 # order), then those checked before the cutoff, oldest first. One query with an OR
 # would sort, and a filter instead of a range would walk the whole index once the
-# pass is nearly done. ``shard``: image_id % :n = :k (processes sharing one host).
+# pass is nearly done. ``shard``: image_id % :n = :k (a verify array's task). A task
+# reads a frozen database, where a checked row does not move to the end: it resumes
+# the second walk after a position (last_checked, image_id) instead ({pos}).
 _COLUMNS = "image_id, gbif_id, file_path, file_size, sha256, error_type, last_checked"
 _NEVER = (f"SELECT {_COLUMNS} FROM images INDEXED BY images_checked "
           "WHERE status = 'success' AND last_checked IS NULL AND image_id > :after {shard} "
           "ORDER BY image_id LIMIT :limit")
 _OLDER = (f"SELECT {_COLUMNS} FROM images INDEXED BY images_checked "
-          "WHERE status = 'success' AND last_checked < :cutoff {shard} "
+          "WHERE status = 'success' AND last_checked < :cutoff {shard} {pos} "
           "ORDER BY last_checked, image_id LIMIT :limit")
 _SHARD = "AND image_id % :n = :k"
+_POS = "AND (last_checked, image_id) > (:lc, :lid)"
 
 
 @dataclass(frozen=True)
@@ -37,16 +40,21 @@ class Saved:
 
 
 def to_check(conn: sqlite3.Connection, cutoff: float, limit: int, *, after: int = -1,
-             shard: tuple[int, int] | None = None) -> list[Saved]:
+             shard: tuple[int, int] | None = None,
+             older_after: tuple[float, int] | None = None) -> list[Saved]:
     """The next ``limit`` saved images due a check: never checked (image_id above
-    ``after``) first, then last checked before ``cutoff``, oldest first."""
+    ``after``) first, then last checked before ``cutoff``, oldest first (after the
+    position ``older_after``, which also skips the never-checked: they came first)."""
     cond = _SHARD if shard else ""
     args = {"after": after, "cutoff": cutoff, "limit": limit,
-            "k": shard[0] - 1 if shard else 0, "n": shard[1] if shard else 1}
-    rows = conn.execute(_NEVER.format(shard=cond), args).fetchall()
+            "k": shard[0] - 1 if shard else 0, "n": shard[1] if shard else 1,
+            "lc": older_after[0] if older_after else 0.0,
+            "lid": older_after[1] if older_after else 0}
+    rows = [] if older_after else conn.execute(_NEVER.format(shard=cond), args).fetchall()
     if len(rows) < limit:
         args["limit"] = limit - len(rows)
-        rows += conn.execute(_OLDER.format(shard=cond), args).fetchall()
+        rows += conn.execute(_OLDER.format(shard=cond, pos=_POS if older_after else ""),
+                             args).fetchall()
     return [Saved(*r) for r in rows]
 
 

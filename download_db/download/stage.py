@@ -144,6 +144,9 @@ def _download(cfg: DownloadConfig, stop: threading.Event, out: TextIO | None,
             if mst.tasks:
                 ctx.say(f"download: merged {mst.tasks} array task databases "
                         f"({mst.images:,} image results) first")
+            if mst.verify.applied:
+                ctx.say(f"download: applied {mst.verify.applied:,} verify verdicts first "
+                        f"({sum(mst.verify.requeued.values()):,} files requeued)")
     except sqlite3.OperationalError as e:
         conn.close()
         if not was_interrupted(e):

@@ -10,6 +10,7 @@ from typing import NoReturn, TextIO
 
 from ..arrays.merge import MergeStats, failed_tasks, merge_tasks, refuse_if_tasks_running
 from ..arrays.plan import freeze, task_dbs, tasks_dir_for
+from ..arrays.verdicts import verdict_dbs
 from ..config import (
     MODE_BUILD,
     MODE_FINALIZE,
@@ -100,7 +101,8 @@ def _run(cfg: InitConfig, out: TextIO | None, stop: threading.Event, stage: str)
             remove_database(cfg.db)
             # results of arrays over the old build: their image ids mean nothing
             # now (their files are adopted by the next download)
-            for path in task_dbs(tasks_dir_for(cfg.db)):
+            tasks_dir = tasks_dir_for(cfg.db)
+            for path in [*task_dbs(tasks_dir), *verdict_dbs(tasks_dir)]:
                 remove_database(path, lock_file=True)
         elif state == "complete":
             raise DatabaseError(f"database already exists: {cfg.db}; use --reset to rebuild it, "
@@ -124,7 +126,7 @@ def _run(cfg: InitConfig, out: TextIO | None, stop: threading.Event, stage: str)
                 if was_interrupted(e):
                     raise Interrupted("stopped by a signal") from None
                 raise
-            if mst.tasks or cfg.mode == MODE_MERGE:
+            if mst.tasks or mst.verify.tasks or mst.verify.kept or cfg.mode == MODE_MERGE:
                 counts["merge"] = _merge_summary(mst, out)
         if source is not None:
             say(f"ingest: {source.path} -> {cfg.db}", out)
@@ -269,9 +271,14 @@ def _legacy_summary(st: LegacyStats, out: TextIO | None) -> dict:
 
 
 def _merge_summary(st: MergeStats, out: TextIO | None) -> dict:
-    say(f"merge: {st.tasks:,} task databases, {st.images:,} image results in "
+    v = st.verify
+    verify = (f"; {v.tasks + len(v.kept):,} verify task databases, {v.applied:,} verdicts "
+              f"({sum(v.requeued.values()):,} files requeued)") if v.tasks or v.kept else ""
+    say(f"merge: {st.tasks:,} task databases, {st.images:,} image results{verify} in "
         f"{st.seconds:.1f}s", out)
-    return {"tasks": st.tasks, "images": st.images, "seconds": round(st.seconds, 2)}
+    return {"tasks": st.tasks, "images": st.images, "seconds": round(st.seconds, 2),
+            **({"verify": {"tasks": v.tasks, "verdicts": v.applied,
+                           "requeued": dict(v.requeued)}} if v.tasks or v.kept else {})}
 
 
 def _finalize_summary(st: FinalizeStats, out: TextIO | None) -> dict:

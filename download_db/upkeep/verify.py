@@ -14,7 +14,8 @@ from typing import TextIO
 
 from PIL import Image
 
-from ..arrays.plan import Shard, parse_shard
+from ..arrays.plan import parse_shard
+from ..arrays.task import shard_of
 from ..db import gbif_ids, runs, upkeep
 from ..db.connection import retry_locked, transaction
 from ..db.sqlite import sqlite3
@@ -48,7 +49,7 @@ class VerifyConfig:
     older_than_days: float = 0.0  # only files not checked in this many days (0: all)
     threads: int = 8  # files checked at once (a shared filesystem's latency hides behind them)
     batch: int = BATCH
-    shard: str = ""  # "K/N": this process's share (processes on the database's host)
+    shard: str = ""  # "K/N": array task (upkeep/verify_array.py); "" from the scheduler; none
     revisit_days: float | None = None  # reopen permanent failures last tried this long ago
     revisit_limit: int = revisit.DEFAULT_LIMIT
     revisit_only: bool = False  # no file checks
@@ -73,7 +74,7 @@ class VerifyConfig:
         for ok, msg in checks:
             if not ok:
                 raise UsageError(msg)
-        if self.shard:
+        if self.shard and self.shard.strip().lower() != "none":
             parse_shard(self.shard)
         return self
 
@@ -155,12 +156,23 @@ def check(root: Path, s: upkeep.Saved, *, want_hash: bool, want_decode: bool,
     return None
 
 
+def checks(cfg: VerifyConfig) -> str:
+    return "+".join(["size", *(["sha256"] if cfg.hash else []),
+                     *(["decode"] if cfg.decode else [])])
+
+
 # --- the stage ----------------------------------------------------------------------
 def run_verify(cfg: VerifyConfig, out: TextIO | None = None) -> VerifyStats:
     """Check saved files, never-checked then oldest-checked first; resumable (the order
     is the state: a checked file moves to the end), recorded in runs as 'verify'.
-    Runs beside downloads (shared stage lock, short transactions)."""
+    Runs beside downloads (shared stage lock, short transactions). As an array task
+    (--shard K/N, or the scheduler's variables) it writes verdicts for the merge."""
     cfg.validate()
+    shard = shard_of(cfg)
+    if shard is not None:
+        from .verify_array import run_verify_task
+
+        return run_verify_task(cfg, shard, out)
     with open_stage(cfg, "verify", out) as (conn, ctx):
         return _run(conn, cfg, ctx)
 
@@ -169,7 +181,6 @@ def _run(conn: sqlite3.Connection, cfg: VerifyConfig, ctx: RunContext) -> Verify
     t0 = time.monotonic()
     start = time.time()
     cutoff = start - cfg.older_than_days * 86400 if cfg.older_than_days else start
-    shard: Shard | None = parse_shard(cfg.shard) if cfg.shard else None
     st = VerifyStats()
     throttle = Throttle(cfg.max_mb_per_s * 1e6)
     run_id = runs.start_run(conn, "verify")
@@ -182,10 +193,9 @@ def _run(conn: sqlite3.Connection, cfg: VerifyConfig, ctx: RunContext) -> Verify
         return st
     saved = upkeep.count_saved(conn)
     total = min(saved, cfg.limit) if cfg.limit else saved
-    what = "+".join(["size", *(["sha256"] if cfg.hash else []),
-                     *(["decode"] if cfg.decode else [])])
+    what = checks(cfg)
     ctx.say(f"verify: up to {total:,} of {saved:,} saved files under {cfg.install_path} "
-            f"({what}{f', shard {shard}' if shard else ''})")
+            f"({what})")
     progress = ctx.progress("verify", total, item="files", counting=True)
     pool = ThreadPoolExecutor(cfg.threads) if cfg.threads > 1 else None
     after = -1
@@ -195,13 +205,12 @@ def _run(conn: sqlite3.Connection, cfg: VerifyConfig, ctx: RunContext) -> Verify
                 ctx.say("verify: --max-runtime reached; run again to continue")
                 break
             n = cfg.batch if cfg.limit is None else min(cfg.batch, cfg.limit - st.checked)
-            rows = upkeep.to_check(conn, cutoff, n, after=after,
-                                   shard=(shard.index, shard.count) if shard else None)
+            rows = upkeep.to_check(conn, cutoff, n, after=after)
             if not rows:
                 break
             never = [r.image_id for r in rows if r.last_checked is None]
             after = max(never) if never else after
-            verdicts = _check_all(cfg, rows, throttle, pool)
+            verdicts = check_all(cfg, rows, throttle, pool)
             _record(conn, cfg, run_id, rows, verdicts, st)
             progress.update(progress.done_bytes + len(rows), len(rows))
             ctx.check_stop()
@@ -221,7 +230,7 @@ def _run(conn: sqlite3.Connection, cfg: VerifyConfig, ctx: RunContext) -> Verify
     return st
 
 
-def _check_all(cfg: VerifyConfig, rows: list[upkeep.Saved], throttle: Throttle,
+def check_all(cfg: VerifyConfig, rows: list[upkeep.Saved], throttle: Throttle,
                pool: ThreadPoolExecutor | None) -> list[tuple[str, str, int] | None]:
     """Verdicts in row order; threads take contiguous slices (one task per slice, not
     per file: a stat is microseconds, a task hand-off is not much less)."""
@@ -270,10 +279,10 @@ def _record(conn: sqlite3.Connection, cfg: VerifyConfig, run_id: int,
     st.checked += len(rows)
     st.sound += len(sound)
     st.bytes_read += sum(v[2] for v in verdicts if v is not None)
-    st.bytes_read += _sound_bytes(cfg, rows, verdicts)
+    st.bytes_read += sound_bytes(cfg, rows, verdicts)
 
 
-def _sound_bytes(cfg: VerifyConfig, rows: list[upkeep.Saved], verdicts: list) -> int:
+def sound_bytes(cfg: VerifyConfig, rows: list[upkeep.Saved], verdicts: list) -> int:
     """Bytes read for sound files (their recorded size) when the check read them."""
     if not (cfg.hash or cfg.decode):
         return 0

@@ -12,6 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from download_db.cli.main import main as main_cli
+from tests.helpers import q
+from tests.test_verify import _saved
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ROOT / "scripts"
 WRAPPERS = sorted([*SCRIPTS.glob("sge/*.sh"), *SCRIPTS.glob("slurm/*.sh")])
@@ -212,3 +216,20 @@ def test_a_skipped_stage_is_in_runs_and_on_slack_and_the_report_shows_it(tmp_pat
         assert SECRET not in str(q(db, "SELECT * FROM runs"))
     finally:
         hook.close()
+
+
+def test_verify_array_scripts_run_tasks_that_a_merge_applies(tmp_path, env_file) -> None:
+    db, root = _saved(tmp_path, 5)  # the env file's DB and INSTALL_PATH
+    assert main_cli(["finalize", "--db", str(db), "--no-bar"]) == 0  # frozen
+    r = run(["bash", str(SCRIPTS / "slurm/verify.sh"), "--threads", "1"], env_file,
+            SLURM_ARRAY_TASK_ID="2", SLURM_ARRAY_TASK_MIN="1", SLURM_ARRAY_TASK_COUNT="2",
+            SLURM_ARRAY_TASK_MAX="2")
+    assert r.returncode == 0, r.stderr
+    assert "running: python -m download_db verify" in r.stderr
+    r = run(["bash", str(SCRIPTS / "sge/verify.sh")], env_file, SGE_TASK_ID="1",
+            SGE_TASK_FIRST="1", SGE_TASK_LAST="2", SGE_TASK_STEPSIZE="1")
+    assert r.returncode == 0, r.stderr
+    tasks = sorted(p.name for p in Path(f"{db}.tasks").glob("verify-*.db"))
+    assert tasks == ["verify-0001-of-0002.db", "verify-0002-of-0002.db"]
+    assert main_cli(["merge", "--db", str(db)]) == 0
+    assert q(db, "SELECT count(*) FROM images WHERE last_checked IS NULL") == [(0,)]
