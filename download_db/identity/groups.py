@@ -210,17 +210,17 @@ def near_pairs(hashes: np.ndarray, k: int, *, max_pairs: int = 1 << 20,
                 pending = pool.map(_key_job, jobs)
             finally:
                 _FORKED = None
-        order = np.argsort(h)  # ... while this runs (needed to name the indices)
+        try:
+            order = np.argsort(h)  # ... while this runs (needed to name the indices)
+            found = list(pending) if pool is not None else [_key_pairs(u, *j) for j in jobs]
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
     else:
         order = np.argsort(h)
         s = h[order]
         u = s[np.r_[True, s[1:] != s[:-1]]]  # each distinct hash once
-        jobs = _jobs(u, k, m, max_pairs)
-    if pool is not None:
-        with pool:
-            found = list(pending)
-    else:
-        found = [_key_pairs(u, *job) for job in jobs]
+        found = [_key_pairs(u, *job) for job in _jobs(u, k, m, max_pairs)]
     del u
     va = np.concatenate([np.empty(0, np.uint64)] + [np.minimum(x, y) for x, y in found])
     vb = np.concatenate([np.empty(0, np.uint64)] + [np.maximum(x, y) for x, y in found])
