@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import threading
 from pathlib import Path
 
@@ -130,12 +131,12 @@ def test_bad_distance_is_one_line(tmp_path: Path, capsys) -> None:
 
 @settings(max_examples=60, deadline=None)
 @given(st.integers(0, 2**32), st.integers(0, 10), st.integers(2, 300),
-       st.integers(0, 40))
+       st.integers(0, 40), st.integers(0, 2))
 def test_banded_index_finds_exactly_the_pairs_all_pairs_would(seed: int, k: int, n: int,
-                                                               planted: int) -> None:
+                                                               planted: int, extra: int) -> None:
     rng = np.random.default_rng(seed)
     h = rng.integers(0, 2**64, size=n, dtype=np.uint64)
-    for _ in range(planted):  # near copies at distances around k
+    for _ in range(planted):  # near copies at distances around k, equal copies among them
         i, j = rng.integers(0, n, size=2)
         flips = rng.choice(64, size=int(rng.integers(0, k + 3)), replace=False)
         mask = np.uint64(0)
@@ -143,14 +144,16 @@ def test_banded_index_finds_exactly_the_pairs_all_pairs_would(seed: int, k: int,
             mask |= np.uint64(1) << np.uint64(int(f))
         h[j] = h[i] ^ mask
     signed = h.view(np.int64)
-    a, b = groups.near_pairs(signed, k, max_pairs=7)  # small slices exercise the slicing
-    got = set(zip(a.tolist(), b.tolist(), strict=True))
-    if n > 250:  # the bands in forked processes find the same pairs
-        a2, b2 = groups.near_pairs(signed, k, workers=2)
-        assert set(zip(a2.tolist(), b2.tolist(), strict=True)) == got
+    m = min(k + 1 + extra, 64)  # the cost model's choice varies with N: every m is exact
+    a, b = groups.near_pairs(signed, k, max_pairs=7, m=m)  # small slices: the slicing
+    got = list(zip(a.tolist(), b.tolist(), strict=True))
+    assert got == sorted(set(got))  # each pair once, in order
+    if n > 250:  # the keys in forked processes find the same pairs
+        a2, b2 = groups.near_pairs(signed, k, workers=2, m=m)
+        assert list(zip(a2.tolist(), b2.tolist(), strict=True)) == got
     brute = {(i, j) for i in range(n) for j in range(i + 1, n)
              if phash.distance(int(signed[i]), int(signed[j])) <= k}
-    assert got == brute
+    assert set(got) == brute
 
 
 def test_bands_cover_the_64_bits_once() -> None:
@@ -159,6 +162,39 @@ def test_bands_cover_the_64_bits_once() -> None:
         assert len(bs) == k + 1
         assert [s for s, _ in bs] == list(itertools.accumulate([0] + [w for _, w in bs[:-1]]))
         assert sum(w for _, w in bs) == 64
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 8), st.integers(0, 3), st.integers(0, 2**32))
+def test_every_key_moves_all_bits_and_one_key_survives_k_flips(k: int, extra: int,
+                                                                seed: int) -> None:
+    """Each key is a permutation of the 64 bits (distances kept, undone exactly), and
+    any k flipped bits leave the bands of at least one key untouched (pigeonhole)."""
+    m = k + 1 + extra
+    rng = np.random.default_rng(seed)
+    h = rng.integers(0, 2**64, size=50, dtype=np.uint64)
+    flips = rng.choice(64, size=k, replace=False)
+    mask = sum(1 << int(f) for f in flips)
+    untouched = 0
+    for fields, key_bits in groups.keys(k, m):
+        assert sum(w for _, w in fields) == 64
+        v = np.empty_like(h)
+        groups._permute(h, fields, v, 7)
+        assert (groups._unpermute(v, fields) == h).all()
+        assert (groups.popcount(v ^ v[::-1]) == groups.popcount(h ^ h[::-1])).all()
+        top = ((1 << key_bits) - 1) << (64 - key_bits)
+        moved = np.array([mask], np.uint64)
+        w = np.empty_like(moved)
+        groups._permute(moved, fields, w, 7)
+        untouched += int(w[0]) & top == 0
+    assert untouched >= 1
+    assert len(groups.keys(k, m)) == math.comb(m, k)
+
+
+def test_the_cost_model_widens_keys_as_the_collection_grows() -> None:
+    assert groups.band_count(100_000, 3) == 4  # four 16-bit bands: small buckets already
+    assert groups.band_count(50_000_000, 3) == 5  # ten 25-26-bit keys: sorts, not buckets
+    assert groups.band_count(10, 0) == 1
 
 
 def test_the_export_carries_hashes_groups_and_the_placeholder_flag(tmp_path: Path) -> None:

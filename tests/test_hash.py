@@ -12,14 +12,14 @@ from pathlib import Path
 
 import imagehash
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 from download_db.cli.main import main
 from download_db.db.connection import connect
 from download_db.db.schema import MIGRATIONS, SCHEMA_VERSION, apply_migration, migrate
-from download_db.files import images, phash
+from download_db.files import images, lanczos, phash
 from download_db.identity.backfill import HashConfig, run_hash
 from tests.helpers import q
 from tests.identity_data import SHEETS, saved_db, synthetic, transformations
@@ -59,6 +59,52 @@ def test_signed_form_round_trips_and_distance_counts_bits(bits: list[bool], flip
     other[flip] = not other[flip]
     assert phash.distance(v, phash.to_signed(other.reshape(8, 8))) == 1
     assert phash.distance(v, v) == 0
+
+
+def own(im: Image.Image) -> tuple[int, int]:
+    """imagehash's own values for a decoded image."""
+    return (phash.to_signed(imagehash.phash(im).hash), phash.to_signed(imagehash.dhash(im).hash))
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(1, 1300), st.integers(1, 1300), st.integers(0, 2**32),
+       st.sampled_from(["noise", "bars", "smooth"]))
+def test_the_lanczos_replica_equals_pillow_pixel_for_pixel(w: int, h: int, seed: int,
+                                                           kind: str) -> None:
+    """Both pass orders (Pillow goes vertical first when the height shrinks much
+    more), stretches, unchanged sides, and content that saturates the clipping."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    if kind == "noise":
+        a = rng.integers(0, 256, (h, w), dtype=np.uint8)
+    elif kind == "bars":
+        a = (rng.integers(0, 2, (h, w)) * 255).astype(np.uint8)
+    else:
+        yy, xx = np.mgrid[0:h, 0:w]
+        a = (np.sin(xx / 7.0) * 60 + np.cos(yy / 13.0) * 60 + 128).astype(np.uint8)
+    im = Image.fromarray(a, "L")
+    sizes = [(32, 32), (9, 8)]
+    for got, size in zip(lanczos.resize(a.astype(np.float64), sizes), sizes, strict=True):
+        assert np.array_equal(got, np.asarray(im.resize(size, Image.Resampling.LANCZOS)))
+    assert phash.hashes(im) == own(im)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "P", "CMYK", "I;16"])
+def test_hashes_equal_imagehash_in_every_mode(mode: str) -> None:
+    im = Image.open(SHEETS[1]).convert("RGB").resize((517, 777))
+    if mode == "I;16":
+        im = im.convert("L").convert("I").point(lambda v: v * 200).convert("I;16")
+    elif mode != "RGB":
+        im = im.convert(mode)
+    assert lanczos.matches_pillow()  # the replica is in use, not the fallback
+    assert phash.hashes(im) == own(im)
+
+
+def test_a_pillow_that_resamples_otherwise_falls_back_to_imagehash(monkeypatch) -> None:
+    im = Image.open(SHEETS[0]).convert("RGB").resize((400, 600))
+    monkeypatch.setattr(phash, "_exact", lambda: False)
+    assert phash.hashes(im) == own(im)
 
 
 def test_kept_originals_have_no_hashes_until_the_backfill() -> None:

@@ -38,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="more than N images of one host showing the same picture make it a "
                         f"placeholder (default: {PLACEHOLDER_MAX_SHARED})")
     p.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="processes comparing the bands of the near-duplicate index at once "
+                   help="processes sorting the keys of the near-duplicate index at once "
                         "(default: 1)")
     p.add_argument("--force", action="store_true",
                    help="run although array tasks may still be writing")

@@ -25,8 +25,8 @@ from . import groups, placeholders
 # tests/test_dedupe.py on the shipped herbarium sheets: the same sheet re-encoded or
 # halved is 0-1 bits away, two different sheets 26. A crop of the colour bar
 # moves pHash by 12-14 bits there, which no k that scales can cover: at 50M
-# hashes, k = 14 would put ~165 random neighbours next to every image (and 15
-# bands of 4 bits leave the index useless); k = 3 keeps four 16-bit bands, which
+# hashes, k = 14 would put ~165 random neighbours next to every image (and its
+# keys would be a few bits wide); k = 3 keeps keys of 16 to 26 bits, which
 # bench/dedupe.py measures at 50M. A smaller collection may pass a larger k.
 DEFAULT_NEAR_DISTANCE = 3
 META_NEAR_DISTANCE = "near_distance"  # the last --near-distance: finalize keeps using it
