@@ -156,6 +156,34 @@ def test_banded_index_finds_exactly_the_pairs_all_pairs_would(seed: int, k: int,
     assert set(got) == brute
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**32), st.integers(0, 6), st.integers(2, 200), st.integers(0, 60))
+def test_links_give_the_groups_all_pairs_give(seed: int, k: int, n: int, copies: int) -> None:
+    rng = np.random.default_rng(seed)
+    h = rng.integers(0, 2**64, size=n, dtype=np.uint64)
+    for _ in range(copies):  # equal and near copies
+        i, j = rng.integers(0, n, size=2)
+        h[j] = h[i] ^ (np.uint64(1) << np.uint64(int(rng.integers(0, 64)))) \
+            if rng.random() < 0.5 else h[i]
+    signed = h.view(np.int64)
+    ids = np.arange(1000, 1000 + n)
+    a, b = groups.near_pairs(signed, k)
+    la, lb = groups.near_links(signed, k)
+    assert groups.group_ids(ids, la, lb) == groups.group_ids(ids, a, b)
+    assert len(la) <= len(a)
+
+
+def test_many_copies_of_one_hash_are_linked_in_linear_size() -> None:
+    """A placeholder shown 200,000 times: 199,999 links, where all pairs would be 2e10."""
+    h = np.full(200_000, 0x1234_5678_9ABC_DEF0, dtype=np.int64)
+    h[:10] = np.arange(10)  # a few others, far away
+    a, b = groups.near_links(h, 3)
+    small = sum(bin(i ^ j).count("1") <= 3 for i in range(10) for j in range(i + 1, 10))
+    assert len(a) == 199_990 - 1 + small  # the copies to their first, the small ones' pairs
+    g = groups.group_ids(np.arange(len(h)), a, b)
+    assert len(set(g.values())) == 2 and g[10] == 10 and g[len(h) - 1] == 10
+
+
 def test_bands_cover_the_64_bits_once() -> None:
     for k in range(0, 64):
         bs = groups.bands(k)

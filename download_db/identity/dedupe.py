@@ -96,7 +96,7 @@ def dedupe(conn: sqlite3.Connection, ctx: RunContext | None = None, *,
     st = DedupeStats(near_distance=k)
     dup_rows = identity.duplicates(conn)
     ids, hashes, hosts = identity.hashed(conn)
-    a, b = groups.near_pairs(hashes, k, workers=workers)
+    a, b = groups.near_links(hashes, k, workers=workers)
     near = groups.group_ids(ids, a, b)
     found = placeholders.find(dup_rows, ids, hosts, near, max_shared)
     st.placeholders = len(found)

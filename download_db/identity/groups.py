@@ -192,12 +192,48 @@ def near_pairs(hashes: np.ndarray, k: int, *, max_pairs: int = 1 << 20,
     returned. ``m`` bands (default: the cheapest for the size, see band_count);
     ``max_pairs`` bounds the comparisons held at once. ``workers`` > 1: the keys run
     in forked processes (each needs about 9 bytes per distinct hash of its own, the
-    caller about 25 per hash)."""
+    caller about 25 per hash). c copies of one hash give c(c-1)/2 pairs: for groups,
+    near_links gives the same components with c-1."""
+    s, order, va, vb = _value_pairs(hashes, k, max_pairs, workers, m)
+    a1, b1 = _expand(s, order, va, vb)
+    a2, b2 = _equal(s, order)
+    return _sorted_pairs(np.concatenate([a1, a2]), np.concatenate([b1, b2]))
+
+
+def near_links(hashes: np.ndarray, k: int, *, max_pairs: int = 1 << 20,
+               workers: int = 1, m: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs whose connected components are those of near_pairs, in linear
+    size: each copy of a hash linked to its first copy, and one link per pair of
+    near distinct values. A placeholder shown 100,000 times is 99,999 links, not
+    5e9 pairs."""
+    s, order, va, vb = _value_pairs(hashes, k, max_pairs, workers, m)
+    if not len(s):
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    start = np.r_[True, s[1:] != s[:-1]]
+    run = np.cumsum(start) - 1
+    first = order[np.flatnonzero(start)]  # the first copy of each distinct value
+    copies = np.flatnonzero(~start)
+    a = np.concatenate([first[run[copies]], order[np.searchsorted(s, va)]])
+    b = np.concatenate([order[copies], order[np.searchsorted(s, vb)]])
+    return _sorted_pairs(a, b)
+
+
+def _sorted_pairs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    a, b = np.minimum(a, b), np.maximum(a, b)
+    by = np.lexsort((b, a))
+    return a[by], b[by]
+
+
+def _value_pairs(hashes: np.ndarray, k: int, max_pairs: int, workers: int,
+                 m: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(the hashes sorted, their indices, va, vb): each pair of distinct hash values
+    within distance k once, va < vb."""
     global _FORKED
     h = np.asarray(hashes).astype(np.int64, copy=False).view(np.uint64)
     n = len(h)
+    none = np.empty(0, np.uint64)
     if n < 2:
-        return np.empty(0, np.int64), np.empty(0, np.int64)
+        return h.copy(), np.arange(n, dtype=np.int64), none, none
     pool = None
     if workers > 1 and k > 0 and "fork" in mp.get_all_start_methods():
         s = np.sort(h)  # the distinct hashes first, so the workers can start ...
@@ -222,16 +258,11 @@ def near_pairs(hashes: np.ndarray, k: int, *, max_pairs: int = 1 << 20,
         u = s[np.r_[True, s[1:] != s[:-1]]]  # each distinct hash once
         found = [_key_pairs(u, *job) for job in _jobs(u, k, m, max_pairs)]
     del u
-    va = np.concatenate([np.empty(0, np.uint64)] + [np.minimum(x, y) for x, y in found])
-    vb = np.concatenate([np.empty(0, np.uint64)] + [np.maximum(x, y) for x, y in found])
+    va = np.concatenate([none] + [np.minimum(x, y) for x, y in found])
+    vb = np.concatenate([none] + [np.maximum(x, y) for x, y in found])
     if len(va):  # a pair agreeing on several keys was found by each
         va, vb = np.unique(np.stack([va, vb], axis=1), axis=0).T
-    a1, b1 = _expand(s, order, va, vb)
-    a2, b2 = _equal(s, order)
-    a, b = np.concatenate([a1, a2]), np.concatenate([b1, b2])
-    a, b = np.minimum(a, b), np.maximum(a, b)
-    by = np.lexsort((b, a))
-    return a[by], b[by]
+    return s, order, va, vb
 
 
 def _expand(s: np.ndarray, order: np.ndarray, va: np.ndarray,
