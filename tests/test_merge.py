@@ -1,4 +1,4 @@
-"""Merging array tasks fast: a batch of tasks in one transaction, one pass per counter."""
+"""Merging array tasks fast: a batch of tasks in one transaction, slice by slice of image ids."""
 
 from __future__ import annotations
 
@@ -65,7 +65,8 @@ def test_a_batch_of_tasks_is_one_transaction_and_one_pass_per_counter(built, tmp
     assert st.tasks == 3
     # one transaction: each page of images is rewritten once, not once per task
     assert sum(s.startswith("BEGIN") for s in sql) == 1
-    # per task: the image counter (old and new side in one pass), activity, the update
+    # per task and slice of ids (one here): the image counter (old and new side in one
+    # statement), activity, the update
     assert sum(".images AS t" in s for s in sql) == 3 * 3
     assert conn.execute("PRAGMA cache_size").fetchone()[0] == -65536  # restored
     conn.close()

@@ -187,51 +187,80 @@ def bulk_sql(t: Tally, r: str, from_where: str, sign: str = "",
             f"{select_sql(t, r, from_where, sign, columns_from)}{t.upsert()}")
 
 
-def merge_sql(from_where: str, old: str, new: str, unchanged: tuple[str, ...] = ()) -> list[str]:
-    """The counters' change when the images rows ``from_where`` selects go from
-    their state under alias ``old`` to that under ``new``, except the ``unchanged``
-    columns, which keep the old row's values (a merge, which drops the per-row
-    triggers for speed and applies this instead, in the same transaction)."""
-    out = []
+@dataclass(frozen=True)
+class MergeCounters:
+    """The counters' change when images rows go from their state under one alias to
+    that under another, in three steps: ``begin`` once, ``add`` for each slice of
+    rows (a FROM ... WHERE over both aliases), ``finish`` once; all inside one
+    transaction, with the per-row triggers dropped (a merge applies this instead).
+
+    A signed counter accumulates per (old key, new key) into a temp table of a few
+    thousand rows, each row an upsert (no sort of millions of rows for a GROUP BY),
+    and ``finish`` takes the old side off and adds the new side. An unsigned counter
+    is upserted per row directly."""
+
+    begin: tuple[str, ...]
+    add: tuple[str, ...]  # each with a {from_where} placeholder
+    finish: tuple[str, ...]
+
+    def add_sql(self, from_where: str) -> list[str]:
+        return [s.replace("{from_where}", from_where) for s in self.add]
+
+
+def merge_counters(old: str, new: str, unchanged: tuple[str, ...] = ()) -> MergeCounters:
+    """MergeCounters for images rows going from alias ``old`` to alias ``new``, except
+    the ``unchanged`` columns, which keep the old row's values."""
     keep = dict.fromkeys(unchanged, old)
+    begin: list[str] = []
+    add: list[str] = []
+    finish: list[str] = []
     for t in TALLIES:
         if t.source != "images":
             continue
         if t.signed:
-            out += _both_sides(t, from_where, old, new, keep)
+            b, a, f = _both_sides(t, old, new, keep)
+            begin += b
+            add.append(a)
+            finish += f
         else:
-            out.append(bulk_sql(t, new, from_where, columns_from=keep))
-    return out
+            cond = f" AND {_swap(t.where, new, keep)}" if t.where else ""
+            values = [_swap(e, new, keep) for _, e in t.key + t.sums]
+            add.append(f"INSERT INTO {t.table}({', '.join(t.columns())}) "
+                       f"SELECT {', '.join(values)} {{from_where}}{cond}{t.upsert()}")
+    return MergeCounters(tuple(begin), tuple(add), tuple(finish))
 
 
-def _both_sides(t: Tally, from_where: str, old: str, new: str,
-                keep: Mapping[str, str]) -> list[str]:
-    """A signed counter's change in one pass over the rows (each pass over millions
-    of merged rows costs seconds): grouped by old and new key together into a temp
-    table of a few thousand groups, from which each side is added."""
-    def expr(e: str, r: str) -> str:
-        e = e.format(r=r)
-        for col, alias in keep.items() if r == new else ():
-            e = re.sub(rf"\b{r}\.{col}\b", f"{alias}.{col}", e)
-        return e
-    k = len(t.key)
-    keys = [f"{expr(e, r)} AS {side}k{i}" for side, r in (("o", old), ("n", new))
-            for i, (_, e) in enumerate(t.key)]
-    sums = [f"{_aggregate(expr(e, r))} AS {side}s{i}" for side, r in (("o", old), ("n", new))
-            for i, (_, e) in enumerate(t.sums)]
+def _swap(e: str, r: str, keep: Mapping[str, str]) -> str:
+    """Expression ``e`` over alias ``r``, the ``keep`` columns read from their alias."""
+    e = e.format(r=r)
+    for col, alias in keep.items():
+        e = re.sub(rf"\b{r}\.{col}\b", f"{alias}.{col}", e)
+    return e
+
+
+def _both_sides(t: Tally, old: str, new: str,
+                keep: Mapping[str, str]) -> tuple[list[str], str, list[str]]:
+    """A signed counter's change: (begin, add, finish) statements of MergeCounters."""
+    k, m = len(t.key), len(t.sums)
+    keys = [f"{side}k{i}" for side in "on" for i in range(k)]
+    sums = [f"{side}s{i}" for side in "on" for i in range(m)]
     temp = f"temp.merge_{t.table}"
-    group = ", ".join(str(i + 1) for i in range(2 * k))
+    begin = [f"DROP TABLE IF EXISTS {temp}",
+             f"CREATE TEMP TABLE merge_{t.table}({', '.join(keys + sums)}, "
+             f"PRIMARY KEY ({', '.join(keys)})) WITHOUT ROWID"]
+    exprs = ([e.format(r=old) for _, e in t.key] + [_swap(e, new, keep) for _, e in t.key]
+             + [e.format(r=old) for _, e in t.sums] + [_swap(e, new, keep) for _, e in t.sums])
+    sets = ", ".join(f"{c} = {c} + excluded.{c}" for c in sums)
+    add = (f"INSERT INTO {temp}({', '.join(keys + sums)}) SELECT {', '.join(exprs)} "
+           f"{{from_where}} ON CONFLICT DO UPDATE SET {sets}")
     cols = ", ".join(t.columns())
 
     def side(s: str, sign: str) -> str:
         ks = ", ".join(f"{s}k{i}" for i in range(k))
-        vs = ", ".join(f"{sign}sum({s}s{i})" for i in range(len(t.sums)))
+        vs = ", ".join(f"{sign}sum({s}s{i})" for i in range(m))
         return (f"INSERT INTO {t.table}({cols}) SELECT {ks}, {vs} FROM {temp} WHERE 1 "
                 f"GROUP BY {', '.join(str(i + 1) for i in range(k))}{t.upsert()}")
-    return [f"DROP TABLE IF EXISTS {temp}",
-            f"CREATE TEMP TABLE merge_{t.table} AS SELECT {', '.join(keys + sums)} "
-            f"{from_where} GROUP BY {group}",
-            side("o", "-"), side("n", ""), f"DROP TABLE {temp}"]
+    return begin, add, [side("o", "-"), side("n", ""), f"DROP TABLE {temp}"]
 
 
 def work_left(conn: sqlite3.Connection) -> int:
