@@ -43,12 +43,11 @@ SELECT stage, started_at, finished_at, heartbeat_at, hostname, pid, argv,
        CASE outcome WHEN 'running' THEN 'crashed' ELSE outcome END, counts, message, ?
   FROM {task}.runs ORDER BY run_id
 """
-# The rows the merge changes, for the counters (computed in bulk from the rows
-# before the update: the per-row triggers cost 40% of a 10M-row merge; they are
-# dropped and re-created inside the same transaction, so no one sees a gap).
-_CHANGED = ("FROM {task}.images AS t JOIN images AS i ON i.image_id = t.image_id "
-            "WHERE {done} AND t.last_attempt_at IS NOT i.last_attempt_at")
-COUNTERS = merge_counters(old="i", new="t", unchanged=("host_id",))  # the update keeps it
+# The counters follow the update through a temp trigger (tallies.merge_counters):
+# the per-row triggers, which upsert the counter table itself three times a row,
+# cost 40% of a 10M-row merge; they are dropped and re-created inside the same
+# transaction, so no one sees a gap, and a kill rolls the lot back.
+COUNTERS = merge_counters(unchanged=("host_id",))  # the update keeps it
 # Task databases folded in per transaction (SQLite attaches at most 10).
 BATCH = 8
 # Image ids per slice. The tasks' rows interleave over the whole images table (hosts
@@ -63,11 +62,10 @@ SLICE = 1 << 18
 MERGE_CACHE_KIB = 1 << 20
 
 
-def slice_statements(task: str) -> list[str]:
-    """A slice's statements for the task attached as ``task`` (parameters :lo, :hi):
-    the counters' change, then the image rows."""
-    changed = _CHANGED.format(task=task, done=_DONE)
-    return [*COUNTERS.add_sql(changed), _IMAGES.format(task=task, done=_DONE)]
+def slice_statement(task: str) -> str:
+    """The update of a slice of image ids (parameters :lo, :hi) from the task
+    attached as ``task``."""
+    return _IMAGES.format(task=task, done=_DONE)
 
 
 @dataclass
@@ -142,7 +140,7 @@ def _merge_batch(conn: sqlite3.Connection, db: Path, paths: list[Path], build: s
                 raise DatabaseError(f"{path} comes from another build of {db} (it was rebuilt "
                                     "with --reset); its image ids mean nothing here: delete it")
         lo, hi = _id_range(conn, names)
-        stmts = {name: slice_statements(name) for name in names}
+        stmts = {name: slice_statement(name) for name in names}
         n = dict.fromkeys(names, 0)
         secs = dict.fromkeys(names, 0.0)
         with transaction(conn):
@@ -154,10 +152,7 @@ def _merge_batch(conn: sqlite3.Connection, db: Path, paths: list[Path], build: s
                 ids = {"lo": start, "hi": min(start + SLICE - 1, hi)}
                 for name in names:
                     t1 = time.monotonic()
-                    *counters, images = stmts[name]
-                    for stmt in counters:
-                        conn.execute(stmt, ids)
-                    n[name] += max(conn.execute(images, ids).rowcount, 0)
+                    n[name] += max(conn.execute(stmts[name], ids).rowcount, 0)
                     secs[name] += time.monotonic() - t1
             for stmt in COUNTERS.finish:
                 conn.execute(stmt)

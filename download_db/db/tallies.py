@@ -189,45 +189,47 @@ def bulk_sql(t: Tally, r: str, from_where: str, sign: str = "",
 
 @dataclass(frozen=True)
 class MergeCounters:
-    """The counters' change when images rows go from their state under one alias to
-    that under another, in three steps: ``begin`` once, ``add`` for each slice of
-    rows (a FROM ... WHERE over both aliases), ``finish`` once; all inside one
-    transaction, with the per-row triggers dropped (a merge applies this instead).
+    """The counters' change while a merge updates images rows: ``begin`` before the
+    updates and ``finish`` after them, all in one transaction, with the per-row
+    triggers dropped meanwhile (a merge applies this instead).
 
-    A signed counter accumulates per (old key, new key) into a temp table of a few
-    thousand rows, each row an upsert (no sort of millions of rows for a GROUP BY),
-    and ``finish`` takes the old side off and adds the new side. An unsigned counter
-    is upserted per row directly."""
+    A temp trigger (this connection's only, gone with it) sees each updated row
+    once, old and new, inside the update's own pass: a signed counter accumulates
+    per (old key, new key) into a temp table of a few thousand rows, which
+    ``finish`` applies (the old side off, the new side on); an unsigned counter is
+    added per row. No second walk over the rows, no sort of millions of them."""
 
     begin: tuple[str, ...]
-    add: tuple[str, ...]  # each with a {from_where} placeholder
     finish: tuple[str, ...]
 
-    def add_sql(self, from_where: str) -> list[str]:
-        return [s.replace("{from_where}", from_where) for s in self.add]
+
+MERGE_TRIGGER = "merge_counters"
 
 
-def merge_counters(old: str, new: str, unchanged: tuple[str, ...] = ()) -> MergeCounters:
-    """MergeCounters for images rows going from alias ``old`` to alias ``new``, except
-    the ``unchanged`` columns, which keep the old row's values."""
-    keep = dict.fromkeys(unchanged, old)
+def merge_counters(unchanged: tuple[str, ...] = ()) -> MergeCounters:
+    """MergeCounters for updates of images; the ``unchanged`` columns are not set by
+    the update (the new side reads them from the old row)."""
+    keep = dict.fromkeys(unchanged, "old")
     begin: list[str] = []
-    add: list[str] = []
+    body: list[str] = []
     finish: list[str] = []
     for t in TALLIES:
         if t.source != "images":
             continue
         if t.signed:
-            b, a, f = _both_sides(t, old, new, keep)
+            b, a, f = _both_sides(t, keep)
             begin += b
-            add.append(a)
+            body.append(a)
             finish += f
         else:
-            cond = f" AND {_swap(t.where, new, keep)}" if t.where else ""
-            values = [_swap(e, new, keep) for _, e in t.key + t.sums]
-            add.append(f"INSERT INTO {t.table}({', '.join(t.columns())}) "
-                       f"SELECT {', '.join(values)} {{from_where}}{cond}{t.upsert()}")
-    return MergeCounters(tuple(begin), tuple(add), tuple(finish))
+            cond = f" AND {_swap(t.where, 'new', keep)}" if t.where else ""
+            values = [_swap(e, "new", keep) for _, e in t.key + t.sums]
+            body.append(f"INSERT INTO {t.table}({', '.join(t.columns())}) "
+                        f"SELECT {', '.join(values)} WHERE 1{cond}{t.upsert()}")
+    begin.append(f"DROP TRIGGER IF EXISTS temp.{MERGE_TRIGGER}")
+    begin.append(f"CREATE TEMP TRIGGER {MERGE_TRIGGER} AFTER UPDATE ON main.images BEGIN "
+                 + "; ".join(body) + "; END")
+    return MergeCounters(tuple(begin), (f"DROP TRIGGER temp.{MERGE_TRIGGER}", *finish))
 
 
 def _swap(e: str, r: str, keep: Mapping[str, str]) -> str:
@@ -238,29 +240,30 @@ def _swap(e: str, r: str, keep: Mapping[str, str]) -> str:
     return e
 
 
-def _both_sides(t: Tally, old: str, new: str,
-                keep: Mapping[str, str]) -> tuple[list[str], str, list[str]]:
-    """A signed counter's change: (begin, add, finish) statements of MergeCounters."""
+def _both_sides(t: Tally, keep: Mapping[str, str]) -> tuple[list[str], str, list[str]]:
+    """A signed counter's change: (begin statements, the trigger's upsert, finish
+    statements) of MergeCounters."""
     k, m = len(t.key), len(t.sums)
     keys = [f"{side}k{i}" for side in "on" for i in range(k)]
     sums = [f"{side}s{i}" for side in "on" for i in range(m)]
-    temp = f"temp.merge_{t.table}"
-    begin = [f"DROP TABLE IF EXISTS {temp}",
-             f"CREATE TEMP TABLE merge_{t.table}({', '.join(keys + sums)}, "
+    temp = f"merge_{t.table}"  # unqualified inside a trigger; temp comes first
+    begin = [f"DROP TABLE IF EXISTS temp.{temp}",
+             f"CREATE TEMP TABLE {temp}({', '.join(keys + sums)}, "
              f"PRIMARY KEY ({', '.join(keys)})) WITHOUT ROWID"]
-    exprs = ([e.format(r=old) for _, e in t.key] + [_swap(e, new, keep) for _, e in t.key]
-             + [e.format(r=old) for _, e in t.sums] + [_swap(e, new, keep) for _, e in t.sums])
+    exprs = ([e.format(r="old") for _, e in t.key] + [_swap(e, "new", keep) for _, e in t.key]
+             + [e.format(r="old") for _, e in t.sums]
+             + [_swap(e, "new", keep) for _, e in t.sums])
     sets = ", ".join(f"{c} = {c} + excluded.{c}" for c in sums)
     add = (f"INSERT INTO {temp}({', '.join(keys + sums)}) SELECT {', '.join(exprs)} "
-           f"{{from_where}} ON CONFLICT DO UPDATE SET {sets}")
+           f"WHERE 1 ON CONFLICT DO UPDATE SET {sets}")
     cols = ", ".join(t.columns())
 
     def side(s: str, sign: str) -> str:
         ks = ", ".join(f"{s}k{i}" for i in range(k))
         vs = ", ".join(f"{sign}sum({s}s{i})" for i in range(m))
-        return (f"INSERT INTO {t.table}({cols}) SELECT {ks}, {vs} FROM {temp} WHERE 1 "
+        return (f"INSERT INTO {t.table}({cols}) SELECT {ks}, {vs} FROM temp.{temp} WHERE 1 "
                 f"GROUP BY {', '.join(str(i + 1) for i in range(k))}{t.upsert()}")
-    return begin, add, [side("o", "-"), side("n", ""), f"DROP TABLE {temp}"]
+    return begin, add, [side("o", "-"), side("n", ""), f"DROP TABLE temp.{temp}"]
 
 
 def work_left(conn: sqlite3.Connection) -> int:
