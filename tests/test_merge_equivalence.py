@@ -178,3 +178,51 @@ def test_a_merge_stopped_anywhere_loses_nothing(built, tmp_path, monkeypatch, at
     a, b = _dump(want), _dump(main)
     a.pop("runs"), b.pop("runs")
     assert a == b
+
+
+_KILLER = """
+import io, os, signal, sys
+from pathlib import Path
+from download_db.arrays import merge
+from download_db.db import connection
+merge.SLICE = 16
+db, after = Path(sys.argv[1]), int(sys.argv[2])
+conn = connection.connect(db)
+calls = 0
+def die():
+    global calls
+    calls += 1
+    if calls > after:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return False
+conn.set_progress_handler(die, 100)
+merge.merge_tasks(conn, db, out=io.StringIO())
+"""
+
+
+@pytest.mark.parametrize("after", [5, 60, 300, 500])  # BEGIN at ~6, COMMIT at ~516
+def test_a_merge_killed_mid_transaction_is_completed_by_the_next(built, tmp_path, monkeypatch,
+                                                                 after) -> None:
+    """SIGKILL inside the merge (hot WAL, task databases still there): the next
+    merge recovers the database and leaves what an uninterrupted merge leaves."""
+    import subprocess
+
+    monkeypatch.setattr(merge, "SLICE", 16)
+    main = _array(built, tmp_path / "main", 3, 11)
+    shutil.copytree(tmp_path / "main", tmp_path / "want")
+    want = tmp_path / "want" / main.name
+    conn = connection.connect(want)
+    merge.merge_tasks(conn, want, out=io.StringIO())
+    conn.close()
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-c", _KILLER, str(main), str(after)], cwd=root,
+                          env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"}, timeout=120)
+    assert proc.returncode == -9  # killed inside the merge, not finished
+    assert len(plan.task_dbs(plan.tasks_dir_for(main))) == 3
+    conn = connection.connect(main)
+    merge.merge_tasks(conn, main, out=io.StringIO())
+    conn.close()
+    a, b = _dump(want), _dump(main)
+    a.pop("runs"), b.pop("runs")
+    assert a == b
+    assert check(collect.open_readonly(main), None, files=False).ok

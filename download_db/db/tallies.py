@@ -2,8 +2,8 @@
 
 A GROUP BY status over 52M rows takes 16-48 s; these tables hold a few thousand
 rows. Each counter is described once (a `Tally`: key and sum columns as
-expressions over one row); the triggers, the full recount and the merge's bulk
-SQL are all generated from that description, so they cannot disagree. Triggers
+expressions over one row); the triggers, the full recount and the merge's
+temp trigger are all generated from that description, so they cannot disagree. Triggers
 keep the counters exact in the same transaction as every change, whoever writes:
 the downloader, the legacy import, a merge or a user's ad hoc UPDATE. They are
 installed after the bulk load, so the load itself pays nothing.
