@@ -54,8 +54,8 @@ BATCH = 8
 # go to different tasks), so a pass per task walked every page of it once per task
 # and per statement: at 10M rows (3.5 GB, over the cache) each walk read the table
 # again and spilled it to the WAL again. A slice's pages (~100 MB of images) stay in
-# the cache while every task's counters and update go over it, so the table is
-# walked once per batch, in image_id order.
+# the cache while every task's update (and the counters' trigger) goes over it, so
+# the table is walked once per batch, in image_id order.
 SLICE = 1 << 18
 # Pages the merge may cache (KiB, negative = size): a slice of images, the
 # work-list index's pages the batch touches. Restored after the merge.
@@ -101,8 +101,8 @@ def refuse_if_tasks_running(db: Path, what: str) -> None:
 
 def merge_tasks(conn: sqlite3.Connection, db: Path, *, force: bool = False,
                 out: TextIO | None = None) -> MergeStats:
-    """Fold every task database beside ``db`` into it, one transaction per task;
-    each merged task database is deleted. Idempotent: a kill between the commit
+    """Fold every task database beside ``db`` into it, a batch of tasks per
+    transaction; each merged task database is deleted. Idempotent: a kill between the commit
     and the delete merges the same rows again to the same values. gbifID
     statuses are finalize's job (it merges first, then rolls everything up)."""
     t0 = time.monotonic()
