@@ -11,7 +11,7 @@ from ..db import array_plans, canvases, claims, hosts, runs
 from ..db.connection import open_readonly, readonly_uri, remove_database, transaction
 from ..db.meta import get_meta
 from ..db.sqlite import sqlite3
-from ..db.tallies import IMAGE_TRIGGERS, merge_sql
+from ..db.tallies import IMAGE_TRIGGERS, merge_counters
 from ..errors import DatabaseError
 from ..progress import say
 from ..states import ALIVE_WINDOW
@@ -19,13 +19,12 @@ from .plan import task_dbs, tasks_dir_for
 from .verdicts import VerdictStats, merge_verdicts, verdict_dbs
 from .verdicts import liveness as verify_liveness
 
-# A task whose heartbeat is older than this (and not provably dead on this
-# machine) no longer counts as running. The downloader beats every few seconds.
-
 # Only rows the task finished: attempted, and not held by a claim (a dead task's
 # in-flight image, or a success whose file may not have reached its name: those
-# stay as the main DB has them and the next run adopts or refetches the file).
-_DONE = "t.last_attempt_at IS NOT NULL AND t.claimed_by IS NULL"
+# stay as the main DB has them and the next run adopts or refetches the file),
+# within one slice of image ids.
+_DONE = ("t.last_attempt_at IS NOT NULL AND t.claimed_by IS NULL "
+         "AND t.image_id BETWEEN :lo AND :hi")
 # A task's outcome is its publisher's (the rescue from GBIF's image cache does not run in
 # array tasks), so a mark from the cache on the main row no longer holds.
 _IMAGES = """
@@ -46,26 +45,29 @@ SELECT stage, started_at, finished_at, heartbeat_at, hostname, pid, argv,
        {depends_on}
   FROM {task}.runs ORDER BY run_id
 """
-# The counters for the rows the merge changes, computed in bulk from the task's
-# rows before the update (the per-row triggers cost 40% of a 10M-row merge; they
-# are dropped and re-created inside the same transaction, so no one sees a gap).
-_CHANGED = ("FROM {task}.images AS t JOIN images AS i ON i.image_id = t.image_id "
-            "WHERE {done} AND t.last_attempt_at IS NOT i.last_attempt_at")
-# Task databases folded in per transaction (SQLite attaches at most 10): the tasks'
-# rows interleave over the whole images table (hosts go to different tasks), so one
-# transaction per task rewrote nearly every page once per task.
+# The counters follow the update through a temp trigger (tallies.merge_counters):
+# the per-row triggers, which upsert the counter table itself three times a row,
+# cost 40% of a 10M-row merge; they are dropped and re-created inside the same
+# transaction, so no one sees a gap, and a kill rolls the lot back.
+COUNTERS = merge_counters(unchanged=("host_id",))  # the update keeps it
+# Task databases folded in per transaction (SQLite attaches at most 10).
 BATCH = 8
-# Pages the merge may cache (KiB, negative = size): a batch's updates dirty most of
-# the images table and the work-list index; a small cache spills them to the WAL
-# over and over. Restored after the merge.
+# Image ids per slice. The tasks' rows interleave over the whole images table (hosts
+# go to different tasks), so a pass per task walked every page of it once per task
+# and per statement: at 10M rows (3.5 GB, over the cache) each walk read the table
+# again and spilled it to the WAL again. A slice's pages (~100 MB of images) stay in
+# the cache while every task's update (and the counters' trigger) goes over it, so
+# the table is walked once per batch, in image_id order.
+SLICE = 1 << 18
+# Pages the merge may cache (KiB, negative = size): a slice of images, the
+# work-list index's pages the batch touches. Restored after the merge.
 MERGE_CACHE_KIB = 1 << 20
 
 
-def merge_statements(task: str) -> list[str]:
-    """The counters' change, then the image rows, for the task attached as ``task``."""
-    tallies = merge_sql(_CHANGED.format(task=task, done=_DONE), old="i", new="t",
-                        unchanged=("host_id",))  # the image update keeps it
-    return [*tallies, _IMAGES.format(task=task, done=_DONE)]
+def slice_statement(task: str) -> str:
+    """The update of a slice of image ids (parameters :lo, :hi) from the task
+    attached as ``task``."""
+    return _IMAGES.format(task=task, done=_DONE)
 
 
 @dataclass
@@ -122,8 +124,8 @@ def failed_tasks(db: Path) -> list[str]:
 
 def merge_tasks(conn: sqlite3.Connection, db: Path, *, force: bool = False,
                 out: TextIO | None = None) -> MergeStats:
-    """Fold every task database beside ``db`` into it, one transaction per task;
-    each merged task database is deleted. Idempotent: a kill between the commit
+    """Fold every task database beside ``db`` into it, a batch of tasks per
+    transaction; each merged task database is deleted. Idempotent: a kill between the commit
     and the delete merges the same rows again to the same values. gbifID
     statuses are finalize's job (it merges first, then rolls everything up).
     Then the verify tasks' verdicts (arrays/verdicts.py), after the downloads'
@@ -150,7 +152,9 @@ def merge_tasks(conn: sqlite3.Connection, db: Path, *, force: bool = False,
 
 def _merge_batch(conn: sqlite3.Connection, db: Path, paths: list[Path], build: str | None,
                  st: MergeStats, out: TextIO | None) -> None:
-    """Fold up to BATCH task databases in, in one transaction, then delete them."""
+    """Fold up to BATCH task databases in, in one transaction, then delete them.
+    Slice by slice of image ids, each task in turn: a row that two tasks hold (none
+    should) ends as the later task has it, as one task after the other would."""
     names = [f"task{k}" for k in range(len(paths))]
     done: list[tuple[Path, int, float]] = []
     try:
@@ -161,24 +165,33 @@ def _merge_batch(conn: sqlite3.Connection, db: Path, paths: list[Path], build: s
             if (task_build[0] if task_build else None) != build:
                 raise DatabaseError(f"{path} comes from another build of {db} (it was rebuilt "
                                     "with --reset); its image ids mean nothing here: delete it")
+        lo, hi = _id_range(conn, names)
+        stmts = {name: slice_statement(name) for name in names}
+        n = dict.fromkeys(names, 0)
+        secs = dict.fromkeys(names, 0.0)
         with transaction(conn):
             for name, _ in IMAGE_TRIGGERS:
                 conn.execute(f"DROP TRIGGER {name}")
+            for stmt in COUNTERS.begin:
+                conn.execute(stmt)
+            for start in range(lo, hi + 1, SLICE):
+                ids = {"lo": start, "hi": min(start + SLICE - 1, hi)}
+                for name in names:
+                    t1 = time.monotonic()
+                    n[name] += max(conn.execute(stmts[name], ids).rowcount, 0)
+                    secs[name] += time.monotonic() - t1
+            for stmt in COUNTERS.finish:
+                conn.execute(stmt)
             for name, path in zip(names, paths, strict=True):
-                t1 = time.monotonic()
                 shard = conn.execute(
                     f"SELECT value FROM {name}.meta WHERE key = 'task_shard'").fetchone()
-                *tallies, images = merge_statements(name)
-                for stmt in tallies:
-                    conn.execute(stmt)
-                n = conn.execute(images).rowcount
                 hosts.merge_from(conn, name)
                 array_plans.carry(conn, name)  # tasks still queued keep their share
                 # a task database made before schema v12 has no depends_on column
                 cols = {r[1] for r in conn.execute(f"PRAGMA {name}.table_info(runs)")}
                 conn.execute(_RUNS.format(task=name, depends_on="depends_on" if "depends_on"
                                           in cols else "NULL"), (shard[0] if shard else None,))
-                done.append((path, max(n, 0), time.monotonic() - t1))
+                done.append((path, n[name], secs[name]))
             for _, ddl in IMAGE_TRIGGERS:
                 conn.execute(ddl)
             # new rows (fresh ids and numbers) after the triggers are back: they count
@@ -187,12 +200,23 @@ def _merge_batch(conn: sqlite3.Connection, db: Path, paths: list[Path], build: s
         for name in names[:len(paths)]:
             if any(r[1] == name for r in conn.execute("PRAGMA database_list")):
                 conn.execute(f"DETACH DATABASE {name}")
-    for (path, n, secs), new in zip(done, added, strict=True):
+    for (path, n_images, seconds), new in zip(done, added, strict=True):
         remove_database(path, lock_file=True)
         st.tasks += 1
-        st.images += n
+        st.images += n_images
         st.canvases += new
         st.merged.append(path.name)
-        say(f"merge: {path.name}: {n:,} image results"
+        say(f"merge: {path.name}: {n_images:,} image results"
             + (f", {new:,} images of other IIIF canvases added" if new else "")
-            + f" in {secs:.1f}s", out)
+            + f" in {seconds:.1f}s", out)
+
+
+def _id_range(conn: sqlite3.Connection, names: list[str]) -> tuple[int, int]:
+    """The smallest and largest image id in the attached tasks (rowid ends: instant)."""
+    ends = [conn.execute(f"SELECT (SELECT min(image_id) FROM {name}.images), "
+                         f"(SELECT max(image_id) FROM {name}.images)").fetchone()
+            for name in names]
+    have = [e for e in ends if e[0] is not None]
+    if not have:
+        return 0, -1
+    return min(e[0] for e in have), max(e[1] for e in have)

@@ -2,8 +2,8 @@
 
 A GROUP BY status over 52M rows takes 16-48 s; these tables hold a few thousand
 rows. Each counter is described once (a `Tally`: key and sum columns as
-expressions over one row); the triggers, the full recount and the merge's bulk
-SQL are all generated from that description, so they cannot disagree. Triggers
+expressions over one row); the triggers, the full recount and the merge's
+temp trigger are all generated from that description, so they cannot disagree. Triggers
 keep the counters exact in the same transaction as every change, whoever writes:
 the downloader, the legacy import, a merge or a user's ad hoc UPDATE. They are
 installed after the bulk load, so the load itself pays nothing.
@@ -187,51 +187,83 @@ def bulk_sql(t: Tally, r: str, from_where: str, sign: str = "",
             f"{select_sql(t, r, from_where, sign, columns_from)}{t.upsert()}")
 
 
-def merge_sql(from_where: str, old: str, new: str, unchanged: tuple[str, ...] = ()) -> list[str]:
-    """The counters' change when the images rows ``from_where`` selects go from
-    their state under alias ``old`` to that under ``new``, except the ``unchanged``
-    columns, which keep the old row's values (a merge, which drops the per-row
-    triggers for speed and applies this instead, in the same transaction)."""
-    out = []
-    keep = dict.fromkeys(unchanged, old)
+@dataclass(frozen=True)
+class MergeCounters:
+    """The counters' change while a merge updates images rows: ``begin`` before the
+    updates and ``finish`` after them, all in one transaction, with the per-row
+    triggers dropped meanwhile (a merge applies this instead).
+
+    A temp trigger (this connection's only, gone with it) sees each updated row
+    once, old and new, inside the update's own pass: a signed counter accumulates
+    per (old key, new key) into a temp table of a few thousand rows, which
+    ``finish`` applies (the old side off, the new side on); an unsigned counter is
+    added per row. No second walk over the rows, no sort of millions of them."""
+
+    begin: tuple[str, ...]
+    finish: tuple[str, ...]
+
+
+MERGE_TRIGGER = "merge_counters"
+
+
+def merge_counters(unchanged: tuple[str, ...] = ()) -> MergeCounters:
+    """MergeCounters for updates of images; the ``unchanged`` columns are not set by
+    the update (the new side reads them from the old row)."""
+    keep = dict.fromkeys(unchanged, "old")
+    begin: list[str] = []
+    body: list[str] = []
+    finish: list[str] = []
     for t in TALLIES:
         if t.source != "images":
             continue
         if t.signed:
-            out += _both_sides(t, from_where, old, new, keep)
+            b, a, f = _both_sides(t, keep)
+            begin += b
+            body.append(a)
+            finish += f
         else:
-            out.append(bulk_sql(t, new, from_where, columns_from=keep))
-    return out
+            cond = f" AND {_swap(t.where, 'new', keep)}" if t.where else ""
+            values = [_swap(e, "new", keep) for _, e in t.key + t.sums]
+            body.append(f"INSERT INTO {t.table}({', '.join(t.columns())}) "
+                        f"SELECT {', '.join(values)} WHERE 1{cond}{t.upsert()}")
+    begin.append(f"DROP TRIGGER IF EXISTS temp.{MERGE_TRIGGER}")
+    begin.append(f"CREATE TEMP TRIGGER {MERGE_TRIGGER} AFTER UPDATE ON main.images BEGIN "
+                 + "; ".join(body) + "; END")
+    return MergeCounters(tuple(begin), (f"DROP TRIGGER temp.{MERGE_TRIGGER}", *finish))
 
 
-def _both_sides(t: Tally, from_where: str, old: str, new: str,
-                keep: Mapping[str, str]) -> list[str]:
-    """A signed counter's change in one pass over the rows (each pass over millions
-    of merged rows costs seconds): grouped by old and new key together into a temp
-    table of a few thousand groups, from which each side is added."""
-    def expr(e: str, r: str) -> str:
-        e = e.format(r=r)
-        for col, alias in keep.items() if r == new else ():
-            e = re.sub(rf"\b{r}\.{col}\b", f"{alias}.{col}", e)
-        return e
-    k = len(t.key)
-    keys = [f"{expr(e, r)} AS {side}k{i}" for side, r in (("o", old), ("n", new))
-            for i, (_, e) in enumerate(t.key)]
-    sums = [f"{_aggregate(expr(e, r))} AS {side}s{i}" for side, r in (("o", old), ("n", new))
-            for i, (_, e) in enumerate(t.sums)]
-    temp = f"temp.merge_{t.table}"
-    group = ", ".join(str(i + 1) for i in range(2 * k))
+def _swap(e: str, r: str, keep: Mapping[str, str]) -> str:
+    """Expression ``e`` over alias ``r``, the ``keep`` columns read from their alias."""
+    e = e.format(r=r)
+    for col, alias in keep.items():
+        e = re.sub(rf"\b{r}\.{col}\b", f"{alias}.{col}", e)
+    return e
+
+
+def _both_sides(t: Tally, keep: Mapping[str, str]) -> tuple[list[str], str, list[str]]:
+    """A signed counter's change: (begin statements, the trigger's upsert, finish
+    statements) of MergeCounters."""
+    k, m = len(t.key), len(t.sums)
+    keys = [f"{side}k{i}" for side in "on" for i in range(k)]
+    sums = [f"{side}s{i}" for side in "on" for i in range(m)]
+    temp = f"merge_{t.table}"  # unqualified inside a trigger; temp comes first
+    begin = [f"DROP TABLE IF EXISTS temp.{temp}",
+             f"CREATE TEMP TABLE {temp}({', '.join(keys + sums)}, "
+             f"PRIMARY KEY ({', '.join(keys)})) WITHOUT ROWID"]
+    exprs = ([e.format(r="old") for _, e in t.key] + [_swap(e, "new", keep) for _, e in t.key]
+             + [e.format(r="old") for _, e in t.sums]
+             + [_swap(e, "new", keep) for _, e in t.sums])
+    sets = ", ".join(f"{c} = {c} + excluded.{c}" for c in sums)
+    add = (f"INSERT INTO {temp}({', '.join(keys + sums)}) SELECT {', '.join(exprs)} "
+           f"WHERE 1 ON CONFLICT DO UPDATE SET {sets}")
     cols = ", ".join(t.columns())
 
     def side(s: str, sign: str) -> str:
         ks = ", ".join(f"{s}k{i}" for i in range(k))
-        vs = ", ".join(f"{sign}sum({s}s{i})" for i in range(len(t.sums)))
-        return (f"INSERT INTO {t.table}({cols}) SELECT {ks}, {vs} FROM {temp} WHERE 1 "
+        vs = ", ".join(f"{sign}sum({s}s{i})" for i in range(m))
+        return (f"INSERT INTO {t.table}({cols}) SELECT {ks}, {vs} FROM temp.{temp} WHERE 1 "
                 f"GROUP BY {', '.join(str(i + 1) for i in range(k))}{t.upsert()}")
-    return [f"DROP TABLE IF EXISTS {temp}",
-            f"CREATE TEMP TABLE merge_{t.table} AS SELECT {', '.join(keys + sums)} "
-            f"{from_where} GROUP BY {group}",
-            side("o", "-"), side("n", ""), f"DROP TABLE {temp}"]
+    return begin, add, [side("o", "-"), side("n", ""), f"DROP TABLE temp.{temp}"]
 
 
 def work_left(conn: sqlite3.Connection) -> int:
