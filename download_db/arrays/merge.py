@@ -7,17 +7,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from ..db import array_plans, canvases, claims, hosts, runs
+from ..db import array_plans, canvases, hosts, runs
 from ..db.connection import open_readonly, readonly_uri, remove_database, transaction
 from ..db.meta import get_meta
 from ..db.sqlite import sqlite3
 from ..db.tallies import IMAGE_TRIGGERS, merge_counters
 from ..errors import DatabaseError
 from ..progress import say
-from ..states import ALIVE_WINDOW
 from .plan import task_dbs, tasks_dir_for
-from .verdicts import VerdictStats, merge_verdicts, verdict_dbs
-from .verdicts import liveness as verify_liveness
+from .verdicts import VerdictStats, liveness, merge_verdicts, verdict_dbs
 
 # Only rows the task finished: attempted, and not held by a claim (a dead task's
 # in-flight image, or a success whose file may not have reached its name: those
@@ -81,23 +79,14 @@ class MergeStats:
 
 
 def task_liveness(path: Path, now: float | None = None) -> str | None:
-    """Why the task may still be writing (a run a downloader would not recover:
-    recent heartbeat, and alive if it ran on this machine), or None."""
-    conn = open_readonly(path)
-    try:
-        live = claims.live_tokens(conn, stale_after=ALIVE_WINDOW, now=now)
-    finally:
-        conn.close()
-    if not live:
-        return None
-    host, pid, _run = sorted(live)[0].rsplit(":", 2)
-    return f"run on {host} pid {pid}, heartbeat within {ALIVE_WINDOW / 60:.0f} minutes"
+    """Why the download task may still be writing, or None."""
+    return liveness(path, now, stage="download")
 
 
 def refuse_if_tasks_running(db: Path, what: str) -> None:
     tasks_dir = tasks_dir_for(db)
     for path in [*task_dbs(tasks_dir), *verdict_dbs(tasks_dir)]:
-        alive = (verify_liveness if path.name.startswith("verify-") else task_liveness)(path)
+        alive = (liveness if path.name.startswith("verify-") else task_liveness)(path)
         if alive:
             raise DatabaseError(
                 f"array task {path.name} may still be writing ({alive}); {what} would race "

@@ -46,12 +46,13 @@ def refuse_other_counts(tasks_dir: Path, shard: Shard) -> None:
             f"(or resubmit with {int(others[0])} tasks)")
 
 
-def liveness(path: Path, now: float | None = None) -> str | None:
-    """Why the verify task may still be writing (recent heartbeat, and alive if it
-    ran on this machine), or None."""
+def liveness(path: Path, now: float | None = None, stage: str = "verify") -> str | None:
+    """Why the array task (a verify task's, or ``stage``'s) may still be writing: a run
+    a restart would not recover (recent heartbeat, and alive if it ran on this
+    machine); None when none."""
     conn = open_readonly(path)
     try:
-        live = claims.live_tokens(conn, stale_after=ALIVE_WINDOW, now=now, stage="verify")
+        live = claims.live_tokens(conn, stale_after=ALIVE_WINDOW, now=now, stage=stage)
     finally:
         conn.close()
     if not live:

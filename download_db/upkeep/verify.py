@@ -96,6 +96,16 @@ class VerifyStats:
                 "seconds": round(self.seconds, 2)}
 
 
+def end_run(conn: sqlite3.Connection, run_id: int, st: VerifyStats, throttle: Throttle,
+            t0: float) -> str:
+    """Record a pass's end (local or an array task's); returns its unsound files by
+    reason, as one phrase."""
+    st.throttled_s = throttle.slept
+    st.seconds = time.monotonic() - t0
+    runs.finish_run(conn, run_id, runs.OK, st.as_dict())
+    return ", ".join(f"{k} {v:,}" for k, v in sorted(st.requeued.items())) or "none"
+
+
 # --- one file ---------------------------------------------------------------------
 def undecodable(data: bytes) -> str | None:
     """Why these bytes do not decode as an image, or None when they do (pure). JPEGs
@@ -221,10 +231,7 @@ def _run(conn: sqlite3.Connection, cfg: VerifyConfig, ctx: RunContext) -> Verify
         progress.close()
         if pool is not None:
             pool.shutdown(cancel_futures=True)
-    st.throttled_s = throttle.slept
-    st.seconds = time.monotonic() - t0
-    runs.finish_run(conn, run_id, runs.OK, st.as_dict())
-    bad = ", ".join(f"{k} {v:,}" for k, v in sorted(st.requeued.items())) or "none"
+    bad = end_run(conn, run_id, st, throttle, t0)
     ctx.say(f"verify: {st.checked:,} files checked, {st.sound:,} sound, requeued: {bad}; "
             f"{st.bytes_read / 1e6:,.1f} MB read in {st.seconds:.1f}s")
     return st

@@ -20,7 +20,7 @@ from ..errors import DatabaseError, UsageError
 from ..progress import RunContext
 from ..signals import stop_on_signals
 from .throttle import Throttle
-from .verify import VerifyConfig, VerifyStats, check_all, checks, sound_bytes
+from .verify import VerifyConfig, VerifyStats, check_all, checks, end_run, sound_bytes
 
 # Verdicts are committed at least this often (seconds), even inside a batch: each
 # commit is the task's heartbeat (a merge takes a task silent for ALIVE_WINDOW as
@@ -140,10 +140,7 @@ def _run(main: sqlite3.Connection, conn: sqlite3.Connection, cfg: VerifyConfig, 
         progress.close()
         if pool is not None:
             pool.shutdown(cancel_futures=True)
-    st.throttled_s = throttle.slept
-    st.seconds = time.monotonic() - t0
-    runs.finish_run(conn, run_id, runs.OK, st.as_dict())
-    bad = ", ".join(f"{k} {v:,}" for k, v in sorted(st.requeued.items())) or "none"
+    bad = end_run(conn, run_id, st, throttle, t0)
     ctx.say(f"verify task {shard}: {st.checked:,} files checked, {st.sound:,} sound, "
             f"unsound: {bad}; {st.bytes_read / 1e6:,.1f} MB read in {st.seconds:.1f}s; "
             f"`gbif-download-db merge` applies the verdicts in {path.name}")
