@@ -81,7 +81,7 @@ def old_merge(main: Path) -> int:
                 conn.execute(stmt)
             for name, _ in tallies.IMAGE_TRIGGERS:
                 conn.execute(f"DROP TRIGGER {name}")
-            n += conn.execute(merge._IMAGES.format(task="task", done=merge._DONE)).rowcount
+            n += conn.execute(merge.merge_statements("task")[-1]).rowcount
             for _, ddl in tallies.IMAGE_TRIGGERS:
                 conn.execute(ddl)
             hosts.merge_from(conn, "task")

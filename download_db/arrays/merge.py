@@ -29,7 +29,7 @@ UPDATE images SET status = t.status, attempts = t.attempts, next_attempt_at = t.
        http_status = t.http_status, error_type = t.error_type, file_size = t.file_size,
        width = t.width, height = t.height, last_attempt_at = t.last_attempt_at,
        file_path = t.file_path, sha256 = t.sha256, error_detail = t.error_detail,
-       phash = t.phash, dhash = t.dhash, claimed_by = NULL
+       phash = t.phash, dhash = t.dhash, fetched_url = {fetched_url}, claimed_by = NULL
   FROM {task}.images AS t
  WHERE t.image_id = images.image_id AND {done}
    AND t.last_attempt_at IS NOT images.last_attempt_at
@@ -56,11 +56,14 @@ BATCH = 8
 MERGE_CACHE_KIB = 1 << 20
 
 
-def merge_statements(task: str) -> list[str]:
-    """The counters' change, then the image rows, for the task attached as ``task``."""
+def merge_statements(task: str, fetched_url: bool = True) -> list[str]:
+    """The counters' change, then the image rows, for the task attached as ``task``.
+    ``fetched_url``: the task's images have that column (a task database made before
+    it existed and not resumed since has not; its rows merge with NULL)."""
     tallies = merge_sql(_CHANGED.format(task=task, done=_DONE), old="i", new="t",
                         unchanged=("host_id",))  # the image update keeps it
-    return [*tallies, _IMAGES.format(task=task, done=_DONE)]
+    return [*tallies, _IMAGES.format(task=task, done=_DONE,
+                                      fetched_url="t.fetched_url" if fetched_url else "NULL")]
 
 
 @dataclass
@@ -139,7 +142,9 @@ def _merge_batch(conn: sqlite3.Connection, db: Path, paths: list[Path], build: s
                 t1 = time.monotonic()
                 shard = conn.execute(
                     f"SELECT value FROM {name}.meta WHERE key = 'task_shard'").fetchone()
-                *tallies, images = merge_statements(name)
+                has_url = any(r[1] == "fetched_url" for r in
+                              conn.execute(f"PRAGMA {name}.table_info(images)"))
+                *tallies, images = merge_statements(name, has_url)
                 for stmt in tallies:
                     conn.execute(stmt)
                 n = conn.execute(images).rowcount

@@ -50,7 +50,8 @@ _TABLES = [
         dup_group       INTEGER,
         near_group      INTEGER,
         last_checked    REAL,
-        prev_error      TEXT
+        prev_error      TEXT,
+        fetched_url     TEXT
     )""",
     """CREATE TABLE IF NOT EXISTS gbif_ids (
         gbif_id      INTEGER PRIMARY KEY,
@@ -189,6 +190,8 @@ MIGRATIONS: dict[int, list[Step]] = {
     9: [AddColumn("hosts", "concurrency_limit", "INTEGER")],
     # the outcome a revisit replaced (upkeep/revisit.py), and the index it walks
     10: [AddColumn("images", "prev_error", "TEXT"), INDEX_FAILED],
+    # the URL whose response became the saved file (download/worker.py); NULL before
+    11: [AddColumn("images", "fetched_url", "TEXT")],
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 

@@ -102,7 +102,8 @@ def _adopt_temp(conn: sqlite3.Connection, root: Path, image_id: int, gid: int, n
         conn.execute(
             "UPDATE images SET status = 'success', error_type = ?, error_detail = ?, "
             "http_status = 200, file_path = ?, file_size = ?, sha256 = ?, width = ?, height = ?, "
-            "attempts = attempts + 1, last_attempt_at = ?, next_attempt_at = 0 WHERE image_id = ?",
+            "fetched_url = NULL, attempts = attempts + 1, last_attempt_at = ?, "
+            "next_attempt_at = 0 WHERE image_id = ?",
             ("raw_unprocessed" if out.raw_unprocessed else None,
              "adopted after a crash", rel, len(data), hashlib.sha256(data).hexdigest(),
              out.width or None, out.height or None, now, image_id))

@@ -31,6 +31,7 @@ class Saved:
     phash: int | None
     dhash: int | None
     error_type: str | None  # a flag such as raw_unprocessed
+    fetched_url: str | None  # what the fetch asked for: the followers got the same bytes
 
 
 class SharedFetches:
@@ -108,7 +109,8 @@ def saved_from(r: Result, root: Path) -> Saved | None:
     if r.status != SUCCESS or not r.temp or not r.file_path or not r.sha256:
         return None
     return Saved(r.item.image_id, r.temp, root / r.file_path, r.file_path.rsplit(".", 1)[-1],
-                 r.file_size or 0, r.sha256, r.width, r.height, r.phash, r.dhash, r.error_type)
+                 r.file_size or 0, r.sha256, r.width, r.height, r.phash, r.dhash, r.error_type,
+                 r.fetched_url)
 
 
 def link(root: Path, item: Item, saved: Saved) -> Result | None:
@@ -129,4 +131,5 @@ def link(root: Path, item: Item, saved: Saved) -> Result | None:
                   file_path=image_relpath(item.gbif_id, item.image_no, saved.ext),
                   file_size=saved.size, sha256=saved.sha256, width=saved.width,
                   height=saved.height, phash=saved.phash, dhash=saved.dhash, temp=tmp,
+                  fetched_url=saved.fetched_url,
                   extra={"shared": True})

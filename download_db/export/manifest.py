@@ -52,9 +52,9 @@ BATCH_ROWS = 65536  # rows per query and per Arrow batch: memory stays flat at a
 # Columns the identity stage and the fetched-URL record add to images when they
 # exist; until then the manifest carries them as typed nulls.
 _OPTIONAL = ("phash", "dhash", "dup_group", "near_group", "placeholder", "fetched_url")
-# Before the fetched URL was recorded, an image with a single candidate URL was
-# fetched from that URL (an IIIF manifest: the manifest's URL); otherwise unknown.
-_SINGLE_URL = "CASE WHEN instr(i.urls, char(10)) = 0 THEN i.urls END"
+# Rows saved before the fetched URL was recorded (and adopted files): the first
+# candidate, the one the downloader tries first (an IIIF manifest: its URL).
+_FIRST_URL = "substr(i.urls, 1, instr(i.urls || char(10), char(10)) - 1)"
 # Selected values that are not manifest columns as such.
 _HELPER_TYPES = {"attribution_id": pa.int64(), "downloaded_at": pa.float64(),
                  "placeholder": pa.int64(), "image_id": pa.int64()}
@@ -200,8 +200,8 @@ def _selected(f: Filters, src: Source) -> dict[str, str]:
     sel.update({c: f"i.{c}" for c in _OPTIONAL[:-1] if c in src.columns})
     if "placeholder" not in src.columns and src.placeholders_checked:
         sel["placeholder"] = f"i.error_type IS '{PLACEHOLDER}'"
-    sel["url"] = (f"coalesce(i.fetched_url, {_SINGLE_URL})" if "fetched_url" in src.columns
-                  else _SINGLE_URL)
+    sel["url"] = (f"coalesce(i.fetched_url, {_FIRST_URL})" if "fetched_url" in src.columns
+                  else _FIRST_URL)
     sel["attribution_id"] = "i.attribution_id"
     if src.has_occurrences:
         sel.update(publisher="o.institution_code", dataset_key="o.dataset_key",
