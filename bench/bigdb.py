@@ -71,8 +71,10 @@ def build(db: Path, images: int) -> None:
         conn.executemany("INSERT INTO hosts(host_id, host) VALUES (?, ?)",
                          [(h, f"host{h}.example.org") for h in range(1, HOSTS + 1)])
         conn.executemany(
-            "INSERT INTO attributions VALUES (?, 'CC-BY 4.0', ?, ?)",
-            [(h, f"Herbarium {h}", f"Collector {h}") for h in range(1, HOSTS + 1)])
+            "INSERT INTO attributions(attribution_id, license, rights_holder, creator, "
+            "publisher) VALUES (?, 'CC-BY 4.0', ?, ?, ?)",
+            [(h, f"Herbarium {h}", f"Collector {h}", f"Publisher {h % 50}" if h % 3 else None)
+             for h in range(1, HOSTS + 1)])
     for lo in range(1, images + 1, CHUNK):
         hi = min(lo + CHUNK - 1, images)
         with connection.transaction(conn):

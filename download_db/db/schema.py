@@ -79,13 +79,14 @@ _TABLES = [
         updated_at        REAL,
         concurrency_limit INTEGER
     )""",
-    # license / rightsHolder / creator of an image's best multimedia row,
-    # stored once per distinct combination; the id is a content hash.
+    # license / rightsHolder / creator / publisher of an image's best multimedia
+    # row, stored once per distinct combination; the id is a content hash.
     """CREATE TABLE IF NOT EXISTS attributions (
         attribution_id INTEGER PRIMARY KEY,
         license        TEXT NOT NULL,
         rights_holder  TEXT NOT NULL,
-        creator        TEXT NOT NULL
+        creator        TEXT NOT NULL,
+        publisher      TEXT
     )""",
     # One row per stage run: what ran where, and how it ended.
     """CREATE TABLE IF NOT EXISTS runs (
@@ -190,8 +191,10 @@ MIGRATIONS: dict[int, list[Step]] = {
     9: [AddColumn("hosts", "concurrency_limit", "INTEGER")],
     # the outcome a revisit replaced (upkeep/revisit.py), and the index it walks
     10: [AddColumn("images", "prev_error", "TEXT"), INDEX_FAILED],
-    # the URL whose response became the saved file (download/worker.py); NULL before
-    11: [AddColumn("images", "fetched_url", "TEXT")],
+    # the URL whose response became the saved file (download/worker.py), and the
+    # multimedia row's publisher (export's publisher column); NULL on older rows
+    11: [AddColumn("images", "fetched_url", "TEXT"),
+         AddColumn("attributions", "publisher", "TEXT")],
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 

@@ -57,7 +57,8 @@ _OPTIONAL = ("phash", "dhash", "dup_group", "near_group", "placeholder", "fetche
 _FIRST_URL = "substr(i.urls, 1, instr(i.urls || char(10), char(10)) - 1)"
 # Selected values that are not manifest columns as such.
 _HELPER_TYPES = {"attribution_id": pa.int64(), "downloaded_at": pa.float64(),
-                 "placeholder": pa.int64(), "image_id": pa.int64()}
+                 "placeholder": pa.int64(), "image_id": pa.int64(),
+                 "institution_code": pa.string()}
 
 
 @dataclass(frozen=True)
@@ -138,10 +139,14 @@ def prepare(conn: sqlite3.Connection, f: Filters) -> Source:
         if row is None:
             raise UsageError(f"--host {host}: no images from that host in this database")
         src.host_ids.append(int(row[0]))
-    rows = conn.execute("SELECT attribution_id, license, rights_holder, creator "
+    # publisher: the multimedia row's (schema v11); an older database has none
+    names = ["license", "rights_holder", "creator"]
+    if "publisher" in {r[1] for r in conn.execute("PRAGMA table_info(attributions)")}:
+        names.append("publisher")
+    rows = conn.execute(f"SELECT attribution_id, {', '.join(names)} "
                         "FROM attributions ORDER BY attribution_id").fetchall()
     src.attr_ids = np.array([r[0] for r in rows], dtype=np.int64)
-    for k, name in enumerate(("license", "rights_holder", "creator"), start=1):
+    for k, name in enumerate(names, start=1):
         src.attr[name] = pa.array([r[k] or None for r in rows], pa.string())
     src.attr["license_short"] = pa.array([licences.normalise(r[1]) for r in rows], pa.string())
     if f.exclude_duplicates:
@@ -204,7 +209,7 @@ def _selected(f: Filters, src: Source) -> dict[str, str]:
                   else _FIRST_URL)
     sel["attribution_id"] = "i.attribution_id"
     if src.has_occurrences:
-        sel.update(publisher="o.institution_code", dataset_key="o.dataset_key",
+        sel.update(institution_code="o.institution_code", dataset_key="o.dataset_key",
                    occurrence_id="o.occurrence_id")
     sel["downloaded_at"] = "i.last_attempt_at"
     if src.duplicates is not None:
@@ -248,6 +253,10 @@ def _to_batch(cols: dict[str, pa.Array], n: int, f: Filters, src: Source) -> pa.
     # an image without an attribution row states no licence
     arrays["license_short"] = pc.fill_null(
         arrays.get("license_short", pa.nulls(n, pa.string())), licences.UNKNOWN)
+    # the multimedia row's publisher, else the occurrence's institutionCode
+    if "institution_code" in cols:
+        arrays["publisher"] = pc.coalesce(arrays.get("publisher", pa.nulls(n, pa.string())),
+                                          cols["institution_code"])
     millis = pc.round(pc.multiply(cols["downloaded_at"], 1000.0))
     arrays["downloaded_at"] = pc.cast(millis, pa.int64()).cast(SCHEMA.field("downloaded_at").type)
     if "placeholder" in cols:
