@@ -1,13 +1,18 @@
-"""The manifest's pages read through ADBC: types fixed on whole pages, keyset paging complete."""
+"""Manifest pages through ADBC: types on whole pages, complete keyset paging, ordered readers."""
 
 from __future__ import annotations
 
+import random
 import sqlite3 as stdlib_sqlite3
+import threading
+import time
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from download_db.cli.main import main
 from download_db.db import connection
@@ -68,3 +73,57 @@ def test_database_path_of_a_connection(tmp_path):
     c = stdlib_sqlite3.connect(db)
     assert pages.database_path(c) == Path(db)
     c.close()
+
+
+@given(lo=st.integers(0, 10 ** 10), span=st.integers(0, 10 ** 9), rows=st.integers(0, 10 ** 8),
+       page=st.integers(1, 10 ** 5))
+def test_key_ranges_cover_every_gbif_id_once(lo, span, rows, page):
+    hi = lo + span
+    r = pages.key_ranges(lo, hi, rows, page)
+    assert r[0][0] == lo and r[-1][1] == hi + 1
+    assert all(a < b for a, b in r) and all(r[k][1] == r[k + 1][0] for k in range(len(r) - 1))
+
+
+def test_in_order_keeps_the_order_of_the_ranges():
+    ranges = [(k, k + 1) for k in range(40)]
+
+    def read(start: int, end: int):
+        for j in range(3):
+            time.sleep(random.random() / 500)  # readers finish out of order
+            yield (start, j)
+
+    got = list(pages.in_order(ranges, read, readers=3))
+    assert got == [(k, j) for k in range(40) for j in range(3)]
+
+
+def test_in_order_hands_on_a_reader_error_and_stops_the_others():
+    started: list[int] = []
+
+    def read(start: int, end: int):
+        started.append(start)
+        if start == 5:
+            raise OSError("disk I/O error")
+        yield start
+
+    with pytest.raises(OSError, match="disk I/O"):
+        list(pages.in_order([(k, k + 1) for k in range(1000)], read, readers=2))
+    assert len(started) < 20  # only a few ranges ahead of the consumer were begun
+
+
+def test_an_abandoned_export_closes_its_readers():
+    started: list[int] = []
+    closed: list[int] = []
+
+    def read(start: int, end: int):
+        started.append(start)
+        try:
+            yield from range(1000)
+        finally:
+            closed.append(start)
+
+    before = threading.active_count()
+    it = pages.in_order([(k, k + 1) for k in range(10)], read, readers=2)
+    assert next(it) == 0
+    it.close()  # the writer stopped (an error, a full disk): the readers end with it
+    assert threading.active_count() == before
+    assert started and sorted(closed) == sorted(started)
