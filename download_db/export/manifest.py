@@ -229,7 +229,11 @@ def batches(conn: sqlite3.Connection, f: Filters, src: Source) -> Iterator[pa.Re
     types = {c: _HELPER_TYPES.get(c) or SCHEMA.field(c).type for c in _selected(f, src)}
     sql, path = query(f, src, ranged=True), pages.database_path(conn)
     lo, hi = conn.execute("SELECT min(gbif_id), max(gbif_id) FROM gbif_ids").fetchone()
-    ranges = pages.key_ranges(lo, hi, upkeep.count_saved(conn), BATCH_ROWS)
+    try:
+        saved = upkeep.count_saved(conn)
+    except sqlite3.OperationalError:  # a database from before the counters (v1), unmigrated
+        saved = 0  # one range: read as before
+    ranges = pages.key_ranges(lo, hi, saved, BATCH_ROWS)
 
     def read(start: int, end: int) -> Iterator[pa.RecordBatch]:
         g, n = start, -1
