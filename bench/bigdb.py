@@ -35,7 +35,8 @@ WITH RECURSIVE s(i) AS (SELECT :lo UNION ALL SELECT i + 1 FROM s WHERE i < :hi),
 v AS (SELECT i, (i * 8) / 13 AS g, (i * 7919) % 1000 AS r, ((i * i) % {HOSTS}) + 1 AS h FROM s)
 INSERT INTO images(image_id, gbif_id, image_no, status, attempts, next_attempt_at, host_id,
                    attribution_id, http_status, error_type, file_size, width, height,
-                   last_attempt_at, file_path, sha256, image_key, urls, error_detail)
+                   last_attempt_at, file_path, sha256, image_key, urls, error_detail,
+                   fetched_url)
 SELECT i, g, i - ((g * 13 + 7) / 8),
        CASE WHEN r < 735 THEN 'success' WHEN r < 935 THEN 'pending'
             WHEN r < 985 THEN 'failed_permanent' ELSE 'failed_transient' END,
@@ -58,7 +59,9 @@ SELECT i, g, i - ((g * 13 + 7) / 8),
        printf('https://host%d.example.org/media/specimens/%d/full/%d.jpg'
               || char(10) || 'http://host%d.example.org/thumb/%d.jpg', h, g, i, h, i),
        CASE WHEN r >= 935 AND r % 3 = 1
-            THEN '[text/html] The requested specimen image is not available' END
+            THEN '[text/html] The requested specimen image is not available' END,
+       CASE WHEN r < 735 THEN printf('https://host%d.example.org/media/specimens/%d/full/%d.jpg',
+                                     h, g, i) END
   FROM v
 """
 
@@ -71,8 +74,10 @@ def build(db: Path, images: int) -> None:
         conn.executemany("INSERT INTO hosts(host_id, host) VALUES (?, ?)",
                          [(h, f"host{h}.example.org") for h in range(1, HOSTS + 1)])
         conn.executemany(
-            "INSERT INTO attributions VALUES (?, 'CC-BY 4.0', ?, ?)",
-            [(h, f"Herbarium {h}", f"Collector {h}") for h in range(1, HOSTS + 1)])
+            "INSERT INTO attributions(attribution_id, license, rights_holder, creator, "
+            "publisher) VALUES (?, 'CC-BY 4.0', ?, ?, ?)",
+            [(h, f"Herbarium {h}", f"Collector {h}", f"Publisher {h % 50}" if h % 3 else None)
+             for h in range(1, HOSTS + 1)])
     for lo in range(1, images + 1, CHUNK):
         hi = min(lo + CHUNK - 1, images)
         with connection.transaction(conn):

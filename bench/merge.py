@@ -73,7 +73,8 @@ UPDATE images SET status = t.status, attempts = t.attempts, next_attempt_at = t.
        http_status = t.http_status, error_type = t.error_type, file_size = t.file_size,
        width = t.width, height = t.height, last_attempt_at = t.last_attempt_at,
        file_path = t.file_path, sha256 = t.sha256, error_detail = t.error_detail,
-       phash = t.phash, dhash = t.dhash, claimed_by = NULL, from_gbif_cache = NULL
+       phash = t.phash, dhash = t.dhash, fetched_url = t.fetched_url, claimed_by = NULL,
+       from_gbif_cache = NULL
   FROM {{task}}.images AS t
  WHERE t.image_id = images.image_id AND {_SHIPPED_DONE}
    AND t.last_attempt_at IS NOT images.last_attempt_at

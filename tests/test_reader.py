@@ -109,7 +109,7 @@ def header(tmp_path_factory) -> reader.Header:
 def test_header_current_column_order_maps_by_name():
     h = Source(NORWAY).header
     assert h.index == {"gbifID": 0, "type": 1, "format": 2, "identifier": 3, "creator": 10,
-                       "license": 13, "rightsHolder": 14}
+                       "publisher": 12, "license": 13, "rightsHolder": 14}
     assert h.ncols == 15
     with open(NORWAY, "rb") as f:
         assert h.data_offset == len(f.readline())
@@ -118,7 +118,7 @@ def test_header_current_column_order_maps_by_name():
 def test_header_old_column_order_maps_by_name():
     h = Source(GHANA).header
     assert h.index == {"gbifID": 0, "type": 1, "format": 2, "identifier": 3, "creator": 8,
-                       "license": 13, "rightsHolder": 14}
+                       "publisher": 10, "license": 13, "rightsHolder": 14}
     assert h.ncols == 15
 
 
@@ -188,7 +188,7 @@ def test_optional_columns_missing_become_empty_strings(tmp_path):
     fast, _ = assert_same_parse(b"9\thttps://h.example/a.jpg\n", src.header)
     assert rows_of(fast) == [{"gbifID": "9", "type": "", "format": "",
                               "identifier": "https://h.example/a.jpg", "license": "",
-                              "rightsHolder": "", "creator": ""}]
+                              "rightsHolder": "", "creator": "", "publisher": ""}]
 
 
 @pytest.mark.parametrize("missing", ["gbifID", "identifier"])
@@ -512,7 +512,7 @@ def test_parse_clean_data(header):
     assert rows_of(fast)[2]["rightsHolder"] == "Ø"
     assert rows_of(fast)[0] == {"gbifID": "100", "type": "StillImage", "format": "image/jpeg",
                                 "identifier": "https://h.example/a.jpg", "license": "CC0",
-                                "rightsHolder": "R", "creator": "Ann"}
+                                "rightsHolder": "R", "creator": "Ann", "publisher": ""}
 
 
 def test_parse_empty_chunk(header):

@@ -30,7 +30,8 @@ UPDATE images SET status = t.status, attempts = t.attempts, next_attempt_at = t.
        http_status = t.http_status, error_type = t.error_type, file_size = t.file_size,
        width = t.width, height = t.height, last_attempt_at = t.last_attempt_at,
        file_path = t.file_path, sha256 = t.sha256, error_detail = t.error_detail,
-       phash = t.phash, dhash = t.dhash, claimed_by = NULL, from_gbif_cache = NULL
+       phash = t.phash, dhash = t.dhash, fetched_url = {fetched_url}, claimed_by = NULL,
+       from_gbif_cache = NULL
   FROM {task}.images AS t
  WHERE t.image_id = images.image_id AND {done}
    AND t.last_attempt_at IS NOT images.last_attempt_at
@@ -62,10 +63,13 @@ SLICE = 1 << 18
 MERGE_CACHE_KIB = 1 << 20
 
 
-def slice_statement(task: str) -> str:
+def slice_statement(task: str, fetched_url: bool = True) -> str:
     """The update of a slice of image ids (parameters :lo, :hi) from the task
-    attached as ``task``."""
-    return _IMAGES.format(task=task, done=_DONE)
+    attached as ``task``. ``fetched_url``: the task's images have that column (a task
+    database made before it existed and not resumed since has not; its rows merge
+    with NULL)."""
+    return _IMAGES.format(task=task, done=_DONE,
+                          fetched_url="t.fetched_url" if fetched_url else "NULL")
 
 
 @dataclass
@@ -155,7 +159,9 @@ def _merge_batch(conn: sqlite3.Connection, db: Path, paths: list[Path], build: s
                 raise DatabaseError(f"{path} comes from another build of {db} (it was rebuilt "
                                     "with --reset); its image ids mean nothing here: delete it")
         lo, hi = _id_range(conn, names)
-        stmts = {name: slice_statement(name) for name in names}
+        stmts = {name: slice_statement(name, any(
+            r[1] == "fetched_url" for r in conn.execute(f"PRAGMA {name}.table_info(images)")))
+            for name in names}
         n = dict.fromkeys(names, 0)
         secs = dict.fromkeys(names, 0.0)
         with transaction(conn):

@@ -233,10 +233,13 @@ def create_task_db(main_db: Path, path: Path, shard: Shard, max_parts: int,
     conn.execute("ATTACH DATABASE ? AS main_db", (readonly_uri(main_db, immutable=True),))
     with transaction(conn):
         hosts.copy_from(conn, "main_db")
-        conn.execute("INSERT INTO attributions SELECT * FROM main_db.attributions")
+        attrs = _shared_columns(conn, "attributions")
+        conn.execute(f"INSERT INTO attributions({attrs}) SELECT {attrs} FROM main_db.attributions")
+        cols = _shared_columns(conn, "images")
         for p in pieces:
             conn.execute(
-                "INSERT INTO images SELECT * FROM main_db.images INDEXED BY images_todo "
+                f"INSERT INTO images({cols}) SELECT {cols} FROM main_db.images "
+                "INDEXED BY images_todo "
                 f"WHERE host_id = :host_id AND {TODO_WHERE} AND {WORK_LEFT_SQL} "
                 "AND image_id % :parts = :part",
                 {"host_id": p.host_id, "max_attempts": max_attempts, "parts": p.parts,
@@ -265,6 +268,15 @@ def create_task_db(main_db: Path, path: Path, shard: Shard, max_parts: int,
     conn.close()
     os.replace(tmp, path)
     return n
+
+
+def _shared_columns(conn: sqlite3.Connection, table: str) -> str:
+    """The columns of ``table`` both the task and the main DB have, by name: a main DB
+    not yet migrated lacks the newest, and a column's position depends on when its
+    migration ran, so ``SELECT *`` could shift values into the wrong columns."""
+    main = {r[1] for r in conn.execute(f"PRAGMA main_db.table_info({table})")}
+    return ", ".join(r[1] for r in conn.execute(f"PRAGMA main.table_info({table})")
+                     if r[1] in main)
 
 
 def _main_meta(conn: sqlite3.Connection, key: str) -> str | None:

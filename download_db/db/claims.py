@@ -90,6 +90,9 @@ class Result:
     height: int | None = None
     phash: int | None = None  # files/phash.py; None: `gbif-download-db hash` fills it in
     dhash: int | None = None
+    # the URL whose response is the saved file (after rendition/IIIF rewrites, before
+    # redirects); None when nothing was fetched (an adopted file)
+    fetched_url: str | None = None
     retry_at: float | None = None  # deferred: when our host state allows another try
     temp: str | None = None  # success: temp file to rename after the commit
     extra: dict = field(default_factory=dict)
@@ -227,7 +230,7 @@ def result_params(r: Result, token: str, max_attempts: int, now: float) -> dict:
         "error_type": r.error_type if r.status != PENDING else r.item.error_type,
         "error_detail": detail, "file_path": r.file_path, "file_size": r.file_size,
         "sha256": r.sha256, "width": r.width, "height": r.height,
-        "phash": r.phash, "dhash": r.dhash,
+        "phash": r.phash, "dhash": r.dhash, "fetched_url": r.fetched_url,
         "last": now if r.attempted else None, "next": next_at,
         # a deferral (nothing asked of any server) keeps the previous outcome's details
         "keep_old": 1 if r.status == PENDING else 0,
@@ -243,6 +246,7 @@ UPDATE images SET status = :status, attempts = :attempts,
        error_detail = CASE WHEN :keep_old THEN error_detail ELSE :error_detail END,
        file_path = :file_path, file_size = :file_size, sha256 = :sha256,
        width = :width, height = :height, phash = :phash, dhash = :dhash,
+       fetched_url = :fetched_url,
        last_attempt_at = COALESCE(:last, last_attempt_at),
        next_attempt_at = :next, claimed_by = :claimed_by,
        from_gbif_cache = CASE WHEN :keep_old THEN from_gbif_cache END

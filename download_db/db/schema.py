@@ -69,7 +69,8 @@ _TABLES = [
         near_group      INTEGER,
         last_checked    REAL,
         prev_error      TEXT,
-        from_gbif_cache INTEGER
+        from_gbif_cache INTEGER,
+        fetched_url     TEXT
     )""",
     """CREATE TABLE IF NOT EXISTS gbif_ids (
         gbif_id      INTEGER PRIMARY KEY,
@@ -97,13 +98,14 @@ _TABLES = [
         updated_at        REAL,
         concurrency_limit INTEGER
     )""",
-    # license / rightsHolder / creator of an image's best multimedia row,
-    # stored once per distinct combination; the id is a content hash.
+    # license / rightsHolder / creator / publisher of an image's best multimedia
+    # row, stored once per distinct combination; the id is a content hash.
     """CREATE TABLE IF NOT EXISTS attributions (
         attribution_id INTEGER PRIMARY KEY,
         license        TEXT NOT NULL,
         rights_holder  TEXT NOT NULL,
-        creator        TEXT NOT NULL
+        creator        TEXT NOT NULL,
+        publisher      TEXT
     )""",
     # One row per stage run: what ran where, and how it ended.
     RUNS_DDL,
@@ -212,6 +214,10 @@ MIGRATIONS: dict[int, list[Step]] = {
     # images saved from GBIF's image cache (download --rescue-from-gbif-cache), the
     # rescue's work list and the report's counts; each index is one scan of images
     13: [AddColumn("images", "from_gbif_cache", "INTEGER"), INDEX_RESCUE, INDEX_GBIF_CACHE],
+    # the URL whose response became the saved file (download/worker.py), and the
+    # multimedia row's publisher (export's publisher column); NULL on older rows
+    14: [AddColumn("images", "fetched_url", "TEXT"),
+         AddColumn("attributions", "publisher", "TEXT")],
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 

@@ -105,7 +105,8 @@ def _adopt_temp(conn: sqlite3.Connection, root: Path, image_id: int, gid: int, n
         conn.execute(
             "UPDATE images SET status = 'success', error_type = ?, error_detail = ?, "
             "http_status = 200, file_path = ?, file_size = ?, sha256 = ?, width = ?, height = ?, "
-            "attempts = attempts + (status <> 'failed_permanent'), last_attempt_at = ?, "
+            "fetched_url = NULL, attempts = attempts + (status <> 'failed_permanent'), "
+            "last_attempt_at = ?, "
             f"prev_error = CASE WHEN status = 'failed_permanent' THEN {PREV_ERROR_SQL} "
             "ELSE prev_error END, from_gbif_cache = CASE WHEN status = 'failed_permanent' "
             f"THEN {FROM_GBIF_CACHE} END, next_attempt_at = 0 WHERE image_id = ?",

@@ -31,7 +31,10 @@ class Saved:
     phash: int | None
     dhash: int | None
     error_type: str | None  # a flag such as raw_unprocessed
-    canvases: tuple = ()  # the manifest's other canvases (web/iiif.CanvasImage): each image's
+    fetched_url: str | None  # what the fetch asked for: the followers got the same bytes
+    # the manifest's other canvases (web/iiif.CanvasImage): every image sharing the URL
+    # gets rows for them
+    canvases: tuple = ()
 
 
 class SharedFetches:
@@ -110,7 +113,7 @@ def saved_from(r: Result, root: Path) -> Saved | None:
         return None
     return Saved(r.item.image_id, r.temp, root / r.file_path, r.file_path.rsplit(".", 1)[-1],
                  r.file_size or 0, r.sha256, r.width, r.height, r.phash, r.dhash, r.error_type,
-                 tuple(r.extra.get("canvases") or ()))
+                 r.fetched_url, tuple(r.extra.get("canvases") or ()))
 
 
 def link(root: Path, item: Item, saved: Saved) -> Result | None:
@@ -131,5 +134,6 @@ def link(root: Path, item: Item, saved: Saved) -> Result | None:
                   file_path=image_relpath(item.gbif_id, item.image_no, saved.ext),
                   file_size=saved.size, sha256=saved.sha256, width=saved.width,
                   height=saved.height, phash=saved.phash, dhash=saved.dhash, temp=tmp,
+                  fetched_url=saved.fetched_url,
                   extra={"shared": True, **({"canvases": list(saved.canvases)}
                                              if saved.canvases else {})})

@@ -161,12 +161,14 @@ class Worker:
 
     # -- one candidate URL ------------------------------------------------------------
     def _fetch_save(self, item: Item, url: str, held: dict[str, Slot]) -> Result:
-        data = self._candidate(url, held)
+        r = self._candidate(url, held)
         # the host's slot covers the request only, not our decoding and disk
         self._release(held)
-        return self._save(item, data)
+        return self._save(item, r.body, r.requested)
 
-    def _candidate(self, url: str, held: dict[str, Slot]) -> bytes:
+    def _candidate(self, url: str, held: dict[str, Slot]) -> fetch.Response:
+        """The response whose body is the image; its ``requested`` URL (after any
+        rendition or IIIF rewrite, before redirects) is recorded as fetched_url."""
         c = keys.parse_identifier(url)
         kind = c.kind if isinstance(c, keys.Candidate) else keys.KIND_DIRECT
         if kind in (keys.KIND_MANIFEST, keys.KIND_INFO):
@@ -183,7 +185,7 @@ class Worker:
             doc = self._parse_json(r.body)
             self.cfg.docs.put(url, doc)
             return self._resolve(doc, url, held)
-        return r.body
+        return r
 
     def _direct(self, url: str, held: dict[str, Slot]) -> fetch.Response:
         """A direct image URL; first the smaller rendition a rule knows of, if one
@@ -197,7 +199,7 @@ class Worker:
                     raise
         return self._get(url, held)
 
-    def _resolve(self, doc, url: str, held: dict[str, Slot]) -> bytes:
+    def _resolve(self, doc, url: str, held: dict[str, Slot]) -> fetch.Response:
         """The image behind a IIIF manifest or info.json document."""
         try:
             if isinstance(doc, dict) and ("sequences" in doc or "items" in doc):
@@ -208,7 +210,7 @@ class Worker:
                 if not self.cfg.first_canvas_only:
                     self._canvases = iiif.other_canvases(refs)
                 if ref.service is None:
-                    return self._get(ref.body or url, held).body
+                    return self._get(ref.body or url, held)
                 return self._iiif(iiif_plan.from_ref(ref), held, body=ref.body)
             info = iiif.parse_info(doc, url.rsplit("/", 1)[0])
         except iiif.ManifestError as e:
@@ -219,7 +221,7 @@ class Worker:
         return None if self.cfg.keep_original else self.cfg.max_size
 
     def _iiif(self, info: iiif.ServiceInfo, held: dict[str, Slot], body: str | None = None,
-              read: bool = False, first: bool = False) -> bytes:
+              read: bool = False, first: bool = False) -> fetch.Response:
         """The image from its Image API service, planned from what is known of it
         (read: from its info.json). The first refusal of a plan made without the
         info.json (a refusal, or a 404 for a size it never promised) reads it and plans
@@ -236,7 +238,7 @@ class Worker:
                 continue
             tried.add(req.url)
             try:
-                return self._get(req.url, held).body
+                return self._get(req.url, held)
             except FetchError as e:
                 last = e
                 if not read and iiif_plan.step_on(req, e.http_status, True):
@@ -368,7 +370,7 @@ class Worker:
                       sha256=hashlib.sha256(data).hexdigest(), width=out.width or None,
                       height=out.height or None)
 
-    def _save(self, item: Item, data: bytes) -> Result:
+    def _save(self, item: Item, data: bytes, url: str) -> Result:
         try:
             if self.cfg.keep_original:
                 out = images.verify_original(data, max_pixels=self.cfg.max_pixels)
@@ -388,4 +390,4 @@ class Worker:
                       error_detail=f"kept raw: {out.source_format}" if raw else None,
                       file_path=w.relpath, file_size=w.size, sha256=w.sha256,
                       width=out.width or None, height=out.height or None, temp=w.temp,
-                      phash=out.phash, dhash=out.dhash)
+                      phash=out.phash, dhash=out.dhash, fetched_url=url)

@@ -16,11 +16,11 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from ..db import occurrences
+from ..db import occurrences, upkeep
 from ..db.sqlite import sqlite3
 from ..errors import DatabaseError, StorageError, UsageError
 from ..states import PLACEHOLDER, SUCCESS
-from . import FORMATS, licences
+from . import FORMATS, licences, pages
 
 # Names and types are a contract (docs/export.md): scripts rely on them.
 SCHEMA = pa.schema([
@@ -52,12 +52,13 @@ BATCH_ROWS = 65536  # rows per query and per Arrow batch: memory stays flat at a
 # Columns the identity stage and the fetched-URL record add to images when they
 # exist; until then the manifest carries them as typed nulls.
 _OPTIONAL = ("phash", "dhash", "dup_group", "near_group", "placeholder", "fetched_url")
-# Before the fetched URL was recorded, an image with a single candidate URL was
-# fetched from that URL (an IIIF manifest: the manifest's URL); otherwise unknown.
-_SINGLE_URL = "CASE WHEN instr(i.urls, char(10)) = 0 THEN i.urls END"
+# Rows saved before the fetched URL was recorded (and adopted files): the first
+# candidate, the one the downloader tries first (an IIIF manifest: its URL).
+_FIRST_URL = "substr(i.urls, 1, instr(i.urls || char(10), char(10)) - 1)"
 # Selected values that are not manifest columns as such.
 _HELPER_TYPES = {"attribution_id": pa.int64(), "downloaded_at": pa.float64(),
-                 "placeholder": pa.int64(), "image_id": pa.int64()}
+                 "placeholder": pa.int64(), "image_id": pa.int64(),
+                 "institution_code": pa.string()}
 
 
 @dataclass(frozen=True)
@@ -138,10 +139,14 @@ def prepare(conn: sqlite3.Connection, f: Filters) -> Source:
         if row is None:
             raise UsageError(f"--host {host}: no images from that host in this database")
         src.host_ids.append(int(row[0]))
-    rows = conn.execute("SELECT attribution_id, license, rights_holder, creator "
+    # publisher: the multimedia row's (schema v14); an older database has none
+    names = ["license", "rights_holder", "creator"]
+    if "publisher" in {r[1] for r in conn.execute("PRAGMA table_info(attributions)")}:
+        names.append("publisher")
+    rows = conn.execute(f"SELECT attribution_id, {', '.join(names)} "
                         "FROM attributions ORDER BY attribution_id").fetchall()
     src.attr_ids = np.array([r[0] for r in rows], dtype=np.int64)
-    for k, name in enumerate(("license", "rights_holder", "creator"), start=1):
+    for k, name in enumerate(names, start=1):
         src.attr[name] = pa.array([r[k] or None for r in rows], pa.string())
     src.attr["license_short"] = pa.array([licences.normalise(r[1]) for r in rows], pa.string())
     if f.exclude_duplicates:
@@ -176,8 +181,9 @@ def _duplicates(conn: sqlite3.Connection, f: Filters, src: Source) -> pa.Array:
     return pa.array(np.fromiter((r[0] for r in conn.execute(sql)), dtype=np.int64), pa.int64())
 
 
-def query(f: Filters, src: Source) -> str:
-    """One page of the manifest, in (gbif_id, image_no) order from after :g/:n.
+def query(f: Filters, src: Source, ranged: bool = False) -> str:
+    """One page of the manifest, in (gbif_id, image_no) order from after :g/:n
+    (``ranged``: and gbifIDs below :end).
 
     Keyset pages on the unique (gbif_id, image_no) index: each page is its own
     short read, and a gbifID's images are adjacent, so records are counted
@@ -187,7 +193,8 @@ def query(f: Filters, src: Source) -> str:
     exprs = ", ".join(sel.values())
     join = "LEFT JOIN occurrences o ON o.gbif_id = i.gbif_id" if src.has_occurrences else ""
     return (f"SELECT {exprs} FROM images i INDEXED BY images_gbif_image {join} "
-            f"WHERE (i.gbif_id, i.image_no) > (:g, :n) AND {_where(f, src)} "
+            f"WHERE (i.gbif_id, i.image_no) > (:g, :n) "
+            f"{'AND i.gbif_id < :end ' if ranged else ''}AND {_where(f, src)} "
             f"ORDER BY i.gbif_id, i.image_no LIMIT {BATCH_ROWS}")
 
 
@@ -200,11 +207,11 @@ def _selected(f: Filters, src: Source) -> dict[str, str]:
     sel.update({c: f"i.{c}" for c in _OPTIONAL[:-1] if c in src.columns})
     if "placeholder" not in src.columns and src.placeholders_checked:
         sel["placeholder"] = f"i.error_type IS '{PLACEHOLDER}'"
-    sel["url"] = (f"coalesce(i.fetched_url, {_SINGLE_URL})" if "fetched_url" in src.columns
-                  else _SINGLE_URL)
+    sel["url"] = (f"coalesce(i.fetched_url, {_FIRST_URL})" if "fetched_url" in src.columns
+                  else _FIRST_URL)
     sel["attribution_id"] = "i.attribution_id"
     if src.has_occurrences:
-        sel.update(publisher="o.institution_code", dataset_key="o.dataset_key",
+        sel.update(institution_code="o.institution_code", dataset_key="o.dataset_key",
                    occurrence_id="o.occurrence_id")
     sel["downloaded_at"] = "i.last_attempt_at"
     if src.duplicates is not None:
@@ -213,24 +220,37 @@ def _selected(f: Filters, src: Source) -> dict[str, str]:
 
 
 def batches(conn: sqlite3.Connection, f: Filters, src: Source) -> Iterator[pa.RecordBatch]:
-    """The manifest as RecordBatches of SCHEMA, at most BATCH_ROWS rows each."""
-    sql = query(f, src)
-    # Rows convert in one C++ pass as a struct array: transposing the tuples in
-    # Python first costs more than the query (bench/export.py).
-    row_type = pa.struct([(c, _HELPER_TYPES.get(c) or SCHEMA.field(c).type)
-                          for c in _selected(f, src)])
-    g, n = -(2 ** 63), -1
-    while True:
-        rows = conn.execute(sql, {"g": g, "n": n}).fetchall()
-        if not rows:
-            return
-        g, n = rows[-1][0], rows[-1][1]
-        cols = pa.array(rows, type=row_type)
-        batch = _to_batch({c: cols.field(c) for c in row_type.names}, len(rows), f, src)
-        if batch.num_rows:
-            yield batch
-        if len(rows) < BATCH_ROWS:
-            return
+    """The manifest as RecordBatches of SCHEMA, at most BATCH_ROWS rows each.
+
+    The pages are read through ADBC (export/pages.py) from the file behind ``conn``, no
+    Python object per row, by several readers on consecutive gbifID ranges; the batches
+    come out in (gbif_id, image_no) order all the same.
+    """
+    types = {c: _HELPER_TYPES.get(c) or SCHEMA.field(c).type for c in _selected(f, src)}
+    sql, path = query(f, src, ranged=True), pages.database_path(conn)
+    lo, hi = conn.execute("SELECT min(gbif_id), max(gbif_id) FROM gbif_ids").fetchone()
+    try:
+        saved = upkeep.count_saved(conn)
+    except sqlite3.OperationalError:  # a database from before the counters (v1), unmigrated
+        saved = 0  # one range: read as before
+    ranges = pages.key_ranges(lo, hi, saved, BATCH_ROWS)
+
+    def read(start: int, end: int) -> Iterator[pa.RecordBatch]:
+        g, n = start, -1
+        with pages.PageReader(path, sql, types, BATCH_ROWS) as rd:
+            while True:
+                page = rd.page(g, n, end)
+                if not page.num_rows:
+                    return
+                g, n = page.column(0)[-1].as_py(), page.column(1)[-1].as_py()
+                cols = {c: page.column(c).combine_chunks() for c in types}
+                batch = _to_batch(cols, page.num_rows, f, src)
+                if batch.num_rows:
+                    yield batch
+                if page.num_rows < BATCH_ROWS:
+                    return
+
+    return pages.in_order(ranges, read)
 
 
 def _take(values: pa.Array, idx: np.ndarray, found: np.ndarray) -> pa.Array:
@@ -248,6 +268,10 @@ def _to_batch(cols: dict[str, pa.Array], n: int, f: Filters, src: Source) -> pa.
     # an image without an attribution row states no licence
     arrays["license_short"] = pc.fill_null(
         arrays.get("license_short", pa.nulls(n, pa.string())), licences.UNKNOWN)
+    # the multimedia row's publisher, else the occurrence's institutionCode
+    if "institution_code" in cols:
+        arrays["publisher"] = pc.coalesce(arrays.get("publisher", pa.nulls(n, pa.string())),
+                                          cols["institution_code"])
     millis = pc.round(pc.multiply(cols["downloaded_at"], 1000.0))
     arrays["downloaded_at"] = pc.cast(millis, pa.int64()).cast(SCHEMA.field("downloaded_at").type)
     if "placeholder" in cols:
@@ -267,6 +291,15 @@ def _to_batch(cols: dict[str, pa.Array], n: int, f: Filters, src: Source) -> pa.
 
 # -- files -----------------------------------------------------------------------------
 ROW_GROUP_ROWS = 4 * BATCH_ROWS  # ~256k rows a row group: readers can skip and parallelise
+# Parquet dictionaries for the columns with few distinct values only: on unique strings
+# (path, sha256, url, occurrence_id) a dictionary is built and then abandoned for every
+# row group. Measured on bench/export.py's data: writing 1.4x faster, the file 23% smaller.
+_DICTIONARY = ["license", "license_short", "rights_holder", "creator", "publisher",
+               "dataset_key"]
+# min/max statistics where a reader filters on them (numbers, times, the short licence);
+# long text statistics cost time and skip nothing
+_STATISTICS = [c for c in SCHEMA.names if c == "license_short" or
+               not pa.types.is_string(SCHEMA.field(c).type)]
 
 
 def temp_path(path: Path) -> Path:
@@ -293,7 +326,8 @@ def write_stream(fh: BinaryIO, fmt: str, stream: Iterable[pa.RecordBatch]) -> in
     if fmt == "parquet":
         buf: list[pa.RecordBatch] = []
         held = 0
-        with pq.ParquetWriter(fh, SCHEMA, compression="zstd") as w:
+        with pq.ParquetWriter(fh, SCHEMA, compression="zstd", use_dictionary=_DICTIONARY,
+                              write_statistics=_STATISTICS) as w:
             for b in stream:
                 buf.append(b)
                 held += b.num_rows

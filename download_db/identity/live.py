@@ -84,7 +84,7 @@ class LivePlaceholders:
                     refused[m.group(1)] += 1
             if r.status != SUCCESS or not r.sha256 or r.extra.get("shared"):
                 continue  # a linked copy of another image's fetch is not another URL
-            url = r.fetched_url if getattr(r, "fetched_url", None) else r.item.urls[0]
+            url = r.fetched_url or r.item.urls[0]
             g = self.watch.add(r.item.host_id, r.sha256, url, r.item.image_id)
             if g is not None:
                 found.append(g)

@@ -18,7 +18,9 @@ SKIP_NOT_IMAGE = "format_not_image"
 SKIP_OVERLONG = "overlong_identifier"
 
 MAX_IDENTIFIER = 4096
-MAX_ATTRIBUTION = 1000  # license / rightsHolder / creator are truncated, not skipped
+MAX_ATTRIBUTION = 1000  # license / rightsHolder / creator / publisher: truncated, not skipped
+# multimedia.txt columns stored per attribution, in attributions' column order
+ATTRIBUTION_COLUMNS = ("license", "rightsHolder", "creator", "publisher")
 
 # Ordinary URLs whose canonical form is themselves: lower-case http(s) scheme
 # and host, no default or zero-padded port, a path, printable ASCII only, no
@@ -49,7 +51,8 @@ class Grouped:
 
     images: pa.Table  # gbif_id, image_no, host_local, attribution_id, image_key, urls
     hosts: list[str]  # host_local -> host name (this chunk only)
-    attributions: list[tuple]  # distinct (attribution_id, license, rights_holder, creator)
+    # distinct (attribution_id, license, rights_holder, creator, publisher or None)
+    attributions: list[tuple]
     rows_ok: int  # rows that contributed a candidate (including merged duplicates)
     skips: dict[str, int] = field(default_factory=dict)
     samples: dict[str, list[str]] = field(default_factory=dict)
@@ -271,13 +274,18 @@ def _group(sub: pa.Table, url: pa.Array, key: pa.Array, host: pa.Array,
 
 
 def _attributions(sub: pa.Table, best: pa.Array) -> tuple[pa.Array, list[tuple]]:
-    """Attribution id per image (NULL when all three fields are empty) and the
-    chunk's distinct (id, license, rights_holder, creator) rows."""
-    # U+001F separates the three fields; a stray one inside a field becomes a space.
+    """Attribution id per image (NULL when all four fields are empty) and the
+    chunk's distinct (id, license, rights_holder, creator, publisher) rows.
+
+    The id hashes "license\x1frights_holder\x1fcreator", plus "\x1fpublisher" only
+    when there is a publisher: rows without one keep the ids they had before the
+    publisher was stored, so an ingest resumed across the upgrade stays consistent.
+    """
+    # U+001F separates the fields; a stray one inside a field becomes a space.
     cols = [pc.replace_substring(
                 pc.utf8_slice_codeunits(pc.utf8_trim_whitespace(sub[c].combine_chunks().take(best)),
                                         0, MAX_ATTRIBUTION), "\x1f", " ")
-            for c in ("license", "rightsHolder", "creator")]
+            for c in ATTRIBUTION_COLUMNS]
     joined = pc.binary_join_element_wise(*cols, "\x1f")
     enc = pc.dictionary_encode(joined)
     uniq = enc.dictionary.to_pylist()
@@ -285,13 +293,13 @@ def _attributions(sub: pa.Table, best: pa.Array) -> tuple[pa.Array, list[tuple]]
     valid = np.ones(len(uniq), dtype=bool)
     rows = []
     for j, text in enumerate(uniq):
-        if text == "\x1f\x1f":
+        if text == "\x1f\x1f\x1f":
             valid[j] = False
             ids[j] = 0
             continue
-        ids[j] = keys.attribution_id(text)
-        lic, rh, cr = text.split("\x1f")
-        rows.append((int(ids[j]), lic, rh, cr))
+        lic, rh, cr, pub = text.split("\x1f")
+        ids[j] = keys.attribution_id(text if pub else text[:-1])
+        rows.append((int(ids[j]), lic, rh, cr, pub or None))
     idx = enc.indices.to_numpy()
     return pa.array(ids[idx], pa.int64(), mask=~valid[idx]), rows
 

@@ -163,7 +163,8 @@ def _load(conn: sqlite3.Connection, source: Source, stats: IngestStats, *, run_i
             with transaction(conn):
                 hosts.add(conn, new_hosts)
                 conn.executemany("INSERT OR IGNORE INTO attributions(attribution_id, license, "
-                                 "rights_holder, creator) VALUES (?, ?, ?, ?)", g.attributions)
+                                 "rights_holder, creator, publisher) VALUES (?, ?, ?, ?, ?)",
+                                 g.attributions)
                 conn.executemany(_INSERT_IMAGE, rows)
                 hosts.count_images(conn, [(int(c), int(local[j]))
                                           for j, c in enumerate(per_host) if c])

@@ -19,7 +19,8 @@ from ..errors import InputError
 # Columns we use, by GBIF header name (the position differs between downloads).
 COL_GBIF = "gbifID"
 COL_IDENT = "identifier"
-WANTED = ("gbifID", "type", "format", "identifier", "license", "rightsHolder", "creator")
+WANTED = ("gbifID", "type", "format", "identifier", "license", "rightsHolder", "creator",
+          "publisher")
 REQUIRED = (COL_GBIF, COL_IDENT)
 ALIASES = {"coreid": COL_GBIF}
 

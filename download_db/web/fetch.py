@@ -36,6 +36,7 @@ class Response:
     content_type: str
     body: bytes
     iiif_json: bool = False  # a IIIF manifest / info.json where an image was expected
+    requested: str = ""  # the URL asked for (before redirects)
 
 
 class FetchError(Exception):
@@ -260,13 +261,13 @@ def _read(r: requests.Response, url: str, start: float, limits: Limits,
         raise FetchError("empty_response", "200 with an empty body", http_status=status,
                          host_failure=True)
     if not want_text and _is_iiif_json(body):
-        return Response(r.url, status, ctype, body, iiif_json=True)
+        return Response(r.url, status, ctype, body, iiif_json=True, requested=url)
     if not want_text and (text_type or sniff.looks_like_text(body[:4096])):
         label = ctype.split(";")[0].strip() or "no content-type"
         why = label if text_type else f"non-image body, {label}"
         raise FetchError("invalid_content_type", f"[{why}] {sniff.visible_text(body)}",
                          http_status=status, host_failure=False)
-    return Response(r.url, status, ctype, body)
+    return Response(r.url, status, ctype, body, requested=url)
 
 
 def _is_iiif_json(body: bytes) -> bool:
