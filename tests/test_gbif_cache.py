@@ -223,6 +223,10 @@ def test_dead_links_are_rescued_one_request_at_a_time(tmp_path: Path, pair, caps
         assert prev.startswith("http_404 (HTTP 404) at ") and "HTTP 404" in prev
         assert max(w, h) <= 1200 and (w, h) == (800, 1200)  # the cache's size, recorded
         assert (root / path).stat().st_size == size
+    # the URL fetched is the cache's (the export's url column says where the file came from)
+    for gid in ids["dead"]:
+        ((url,),) = q(db, "SELECT fetched_url FROM images WHERE gbif_id = ?", (gid,))
+        assert url.startswith(cache.url(f"/v1/image/cache/occurrence/{gid}/media/")), url
     # the cache had no copy: the publisher's verdict stays, and the try is recorded
     status, fgc, etype, detail, prev, *_ = rows[ids["unknown"][0]]
     assert (status, fgc, etype, prev) == ("failed_permanent", 0, "http_404", None)

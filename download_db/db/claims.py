@@ -125,7 +125,8 @@ UPDATE images SET status = 'success', http_status = :http_status, error_type = :
        error_detail = :error_detail, file_path = :file_path, file_size = :file_size,
        sha256 = :sha256, width = :width, height = :height, phash = :phash, dhash = :dhash,
        prev_error = {PREV_ERROR_SQL}, from_gbif_cache = {FROM_GBIF_CACHE},
-       last_attempt_at = :now, next_attempt_at = 0, claimed_by = :token
+       fetched_url = :fetched_url, last_attempt_at = :now, next_attempt_at = 0,
+       claimed_by = :token
  WHERE image_id = :id AND claimed_by = :token
 """
 # Anything else leaves the publisher's outcome as it was (last_attempt_at too: a revisit
@@ -178,7 +179,8 @@ def rescue_params(r: Result, token: str, max_attempts: int, now: float) -> tuple
             "id": r.item.image_id, "token": token, "now": now, "http_status": r.http_status,
             "error_type": r.error_type, "error_detail": "saved from GBIF's image cache",
             "file_path": r.file_path, "file_size": r.file_size, "sha256": r.sha256,
-            "width": r.width, "height": r.height, "phash": r.phash, "dhash": r.dhash}
+            "width": r.width, "height": r.height, "phash": r.phash, "dhash": r.dhash,
+            "fetched_url": r.fetched_url}  # the cache's URL: where the file came from
     fgc: int | None
     if r.status == FAILED_TRANSIENT:  # -k: k tries failed so far; 0 once the budget is spent
         tries = r.item.cache_tries + 1
