@@ -167,10 +167,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def user_agent(contact: str | None) -> str:
-    import requests
+    import urllib3
 
     who = f" (+{contact}; bulk image download for research)" if contact else ""
-    return f"gbif-download-db/{__version__}{who} python-requests/{requests.__version__}"
+    return f"gbif-download-db/{__version__}{who} python-urllib3/{urllib3.__version__}"
 
 
 def config(a: argparse.Namespace, prog: str) -> DownloadConfig:

@@ -7,8 +7,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-import requests
-
 from .. import notify
 from ..config import DownloadConfig
 from ..db import claims
@@ -58,7 +56,7 @@ class _Crew:
     """What the worker threads share, and what they hand back."""
 
     wcfg: WorkerConfig
-    session: requests.Session  # one pool per host bounds the open connections
+    session: fetch.Session  # one pool per host bounds the open connections
     sched: Scheduler
     workers: list[Worker] = field(default_factory=list)
     # directories found missing: they cannot hold files of earlier runs to adopt

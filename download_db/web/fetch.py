@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import socket
-import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from urllib.parse import urljoin
 
-import requests
 import urllib3
-from requests.adapters import HTTPAdapter
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from requests.utils import requote_uri
+from urllib3.util import Timeout
 
 from .. import __version__
 from ..states import is_transient
 from . import sniff
 from .politeness import DEFAULT_COOLDOWN, parse_retry_after
-from .proxies import EnvSession
+from .transport import Session, abort_all, end_deadline, start_deadline
+
+__all__ = ["FetchError", "Limits", "Response", "Session", "abort_all", "answers", "get",
+           "new_session"]
 
 
 @dataclass(frozen=True)
@@ -66,116 +68,7 @@ class FetchError(Exception):
         return is_transient(self.error_type)
 
 
-# --- the deadline watchdog ---------------------------------------------------------
-# Socket timeouts bound each recv(), not the whole response: a server sending a
-# byte a second never trips them. Connections register their socket before
-# reading a response; a watchdog shuts it down when the request's deadline
-# passes, which unblocks the reading thread at once.
-
-_local = threading.local()
-_watch_lock = threading.Lock()
-_watched: dict[int, tuple[socket.socket, float]] = {}
-_watchdog_started = False
-
-
-def _register(sock: socket.socket | None) -> None:
-    deadline = getattr(_local, "deadline", None)
-    if sock is not None and deadline is not None:
-        with _watch_lock:
-            _watched[threading.get_ident()] = (sock, deadline)
-
-
-def _unregister() -> None:
-    with _watch_lock:
-        _watched.pop(threading.get_ident(), None)
-
-
-def _watchdog() -> None:
-    while True:
-        time.sleep(0.2)
-        now = time.monotonic()
-        with _watch_lock:
-            expired = [(k, s) for k, (s, d) in _watched.items() if d <= now]
-            for k, _ in expired:
-                _watched.pop(k, None)
-        for _, s in expired:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-
-def abort_all() -> None:
-    """End every request in flight now (a stop signal): the watchdog shuts
-    their sockets on its next tick."""
-    with _watch_lock:
-        for k, (s, _) in list(_watched.items()):
-            _watched[k] = (s, 0.0)
-
-
-def _ensure_watchdog() -> None:
-    global _watchdog_started
-    with _watch_lock:
-        if not _watchdog_started:
-            threading.Thread(target=_watchdog, name="deadline-watchdog", daemon=True).start()
-            _watchdog_started = True
-
-
-def _left(timeout):
-    """The socket timeout for connecting, capped by what is left of the deadline: the
-    watchdog only sees a socket once the request is sent, so a TLS handshake (or a
-    proxy's CONNECT answer) that never comes is bounded here instead."""
-    deadline = getattr(_local, "deadline", None)
-    if deadline is None or not isinstance(timeout, (int, float)):
-        return timeout
-    return max(min(timeout, deadline - time.monotonic()), 0.01)
-
-
-class _Deadlined:
-    """Connection mix-in: connect within what is left of the deadline, and arm the
-    watchdog on the socket once the request is sent."""
-
-    def _new_conn(self) -> socket.socket:
-        self.timeout = _left(self.timeout)  # type: ignore[has-type]
-        return super()._new_conn()  # type: ignore[misc]
-
-    def getresponse(self, *a, **kw):
-        _register(self.sock)  # type: ignore[attr-defined]
-        return super().getresponse(*a, **kw)  # type: ignore[misc]
-
-
-class _Conn(_Deadlined, urllib3.connection.HTTPConnection):
-    pass
-
-
-class _TLSConn(_Deadlined, urllib3.connection.HTTPSConnection):
-    pass
-
-
-class _Pool(HTTPConnectionPool):
-    ConnectionCls = _Conn
-
-
-class _TLSPool(HTTPSConnectionPool):
-    ConnectionCls = _TLSConn
-
-
-_POOLS = {"http": _Pool, "https": _TLSPool}
-
-
-class _Adapter(HTTPAdapter):
-    def init_poolmanager(self, *a, **kw) -> None:
-        super().init_poolmanager(*a, **kw)
-        self.poolmanager.pool_classes_by_scheme = _POOLS
-
-    def proxy_manager_for(self, proxy: str, **kw):  # type: ignore[override]
-        # through a proxy too, connections are ours: the deadline covers them
-        manager = super().proxy_manager_for(proxy, **kw)
-        manager.pool_classes_by_scheme = _POOLS
-        return manager
-
-
-def new_session(limits: Limits, pool_size: int = 4, *, use_env: bool = True) -> requests.Session:
+def new_session(limits: Limits, pool_size: int = 4, *, use_env: bool = True) -> Session:
     """One session for all worker threads: keep-alive connections pooled per host,
     at most ``pool_size`` per host (a thread waits for a free one), so idle
     connections stay within the politeness limit too. No automatic retries (we
@@ -184,47 +77,86 @@ def new_session(limits: Limits, pool_size: int = 4, *, use_env: bool = True) -> 
     use_env: honour the environment as curl, pip and requests do (http_proxy,
     https_proxy, all_proxy, no_proxy in either case; REQUESTS_CA_BUNDLE); False
     (--no-proxy) ignores it all."""
-    _ensure_watchdog()
-    s = EnvSession(use_env)
-    adapter = _Adapter(pool_connections=256, pool_maxsize=pool_size, pool_block=True,
-                       max_retries=0)
-    s.mount("http://", adapter)
-    s.mount("https://", adapter)
-    s.max_redirects = limits.max_redirects
-    s.headers.update({"User-Agent": limits.user_agent, "Accept-Encoding": "identity"})
-    return s
+    return Session({"User-Agent": limits.user_agent, "Accept-Encoding": "identity"},
+                   pool_size, limits.connect_timeout, limits.read_timeout, use_env)
 
 
-def get(session: requests.Session, url: str, limits: Limits, *,
+def get(session: Session, url: str, limits: Limits, *,
         accept: str = "image/*, */*;q=0.5", want_text: bool = False) -> Response:
     """GET url; return a 200 Response with the whole body, or raise FetchError.
 
     Bodies that are HTML/text/JSON/XML (by Content-Type or by content) raise
     invalid_content_type unless ``want_text`` (manifests and info.json).
     """
-    start = time.monotonic()
-    _local.deadline = start + limits.deadline
+    start = start_deadline(limits.deadline)
     try:
         try:
-            r = session.get(url, stream=True, allow_redirects=True, headers={"Accept": accept},
-                            timeout=(limits.connect_timeout, limits.read_timeout))
-        except requests.exceptions.RequestException as e:
+            r, final = _follow(session, url, limits, {"Accept": accept})
+        except (urllib3.exceptions.HTTPError, OSError, ValueError) as e:
             raise _classify_exception(e, start, limits) from None
         try:
-            return _read(r, url, start, limits, want_text)
-        except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as e:
-            raise _classify_exception(e, start, limits) from None
+            return replace(_read(r, final, start, limits, want_text), requested=url)
+        except (urllib3.exceptions.HTTPError, OSError, ValueError) as e:
+            raise _classify_exception(e, start, limits, in_body=True) from None
         finally:
-            r.close()
+            _done(r)
     finally:
-        _local.deadline = None
-        _unregister()
+        end_deadline()
 
 
-def _read(r: requests.Response, url: str, start: float, limits: Limits,
+def _follow(session: Session, url: str, limits: Limits,
+            headers: dict[str, str]) -> tuple[urllib3.BaseHTTPResponse, str]:
+    """The first response that is not a redirect, and its URL. As browsers and requests
+    do: a relative Location is resolved against the URL that sent it; at most
+    ``max_redirects`` are followed; each hop goes through its own host's proxy."""
+    url = requote_uri(url)  # spaces and the like percent-encoded, as requests did
+    for _ in range(limits.max_redirects + 1):
+        _check_url(url)
+        r = session.open("GET", url, headers)
+        location = r.headers.get("Location") if r.status in _REDIRECTS else None
+        if location is None:
+            return r, url
+        _done(r, drain=True)
+        url = requote_uri(urljoin(url, location.encode("latin1").decode("utf8", "replace")))
+    raise _TooManyRedirects(f"Exceeded {limits.max_redirects} redirects.")
+
+
+_REDIRECTS = frozenset((301, 302, 303, 307, 308))
+
+
+class _TooManyRedirects(urllib3.exceptions.HTTPError):
+    pass
+
+
+class _BadURL(urllib3.exceptions.HTTPError):
+    pass
+
+
+def _check_url(url: str) -> None:
+    scheme, _, rest = url.partition("://")
+    if not rest:
+        raise _BadURL(f"Invalid URL {url!r}: No scheme supplied.")
+    if scheme.lower() not in ("http", "https"):
+        raise _BadURL(f"No connection adapters were found for {url!r}")
+
+
+def _done(r: urllib3.BaseHTTPResponse, drain: bool = False) -> None:
+    """Give the connection back to its pool: as is when the body was read to the end (or
+    a small one is drained), closed otherwise, so no unread bytes reach the next request."""
+    try:
+        if drain and (r.length_remaining or 0) <= 64 * 1024:
+            r.drain_conn()
+        elif not r.isclosed():
+            r.close()
+    except (urllib3.exceptions.HTTPError, OSError):
+        r.close()
+    r.release_conn()
+
+
+def _read(r: urllib3.BaseHTTPResponse, url: str, start: float, limits: Limits,
           want_text: bool) -> Response:
     ctype = r.headers.get("Content-Type", "")
-    status = r.status_code
+    status = r.status
     if status != 200:
         raise _status_error(r, status)
     length = r.headers.get("Content-Length")
@@ -233,10 +165,41 @@ def _read(r: requests.Response, url: str, start: float, limits: Limits,
         raise FetchError("too_large", f"Content-Length {expected:,} B is above the "
                          f"{limits.max_bytes:,} B cap", http_status=status, host_failure=False)
     text_type = sniff.content_type_class(ctype) == "text"
+    if expected and not text_type and r.headers.get("Content-Encoding", "identity").strip() \
+            in ("", "identity"):
+        # the usual image: one read of the announced length (within the cap, checked
+        # above), no chunk list and no join; a stall or trickle past the deadline is ended
+        # by the watchdog, a short body raises IncompleteRead (truncated)
+        body = r.read(decode_content=False)
+        got = len(body)
+        if time.monotonic() - start > limits.deadline:
+            raise FetchError("timeout", f"deadline of {limits.deadline:.0f}s passed after "
+                             f"{got:,} B", http_status=status, host_failure=True)
+    else:
+        body, got, text_type = _read_chunks(r, status, start, limits, text_type, want_text)
+    if expected is not None and got < expected and not (text_type and not want_text):
+        raise FetchError("truncated", f"got {got:,} of {expected:,} B", http_status=status,
+                         host_failure=True)
+    if not body:
+        raise FetchError("empty_response", "200 with an empty body", http_status=status,
+                         host_failure=True)
+    if not want_text and _is_iiif_json(body):
+        return Response(url, status, ctype, body, iiif_json=True)
+    if not want_text and (text_type or sniff.looks_like_text(body[:4096])):
+        label = ctype.split(";")[0].strip() or "no content-type"
+        why = label if text_type else f"non-image body, {label}"
+        raise FetchError("invalid_content_type", f"[{why}] {sniff.visible_text(body)}",
+                         http_status=status, host_failure=False)
+    return Response(url, status, ctype, body)
+
+
+def _read_chunks(r: urllib3.BaseHTTPResponse, status: int, start: float, limits: Limits,
+                 text_type: bool, want_text: bool) -> tuple[bytes, int, bool]:
+    """The body in chunks, for what may be large, encoded or a page: (body, bytes, text)."""
     cap = limits.max_bytes
     chunks: list[bytes] = []
     got = 0
-    for chunk in r.iter_content(chunk_size=256 * 1024):
+    while chunk := r.read(256 * 1024, decode_content=True):
         if not chunks and text_type and not want_text:
             # magic bytes beat a wrong Content-Type: a JPEG sent as text/html is a JPEG
             text_type = sniff.image_format(chunk[:64]) is None
@@ -253,21 +216,7 @@ def _read(r: requests.Response, url: str, start: float, limits: Limits,
                 break  # enough of the page to show what it says
             raise FetchError("too_large", f"body exceeds the {limits.max_bytes:,} B cap",
                              http_status=status, host_failure=False)
-    body = b"".join(chunks)
-    if expected is not None and got < expected and not (text_type and not want_text):
-        raise FetchError("truncated", f"got {got:,} of {expected:,} B", http_status=status,
-                         host_failure=True)
-    if not body:
-        raise FetchError("empty_response", "200 with an empty body", http_status=status,
-                         host_failure=True)
-    if not want_text and _is_iiif_json(body):
-        return Response(r.url, status, ctype, body, iiif_json=True, requested=url)
-    if not want_text and (text_type or sniff.looks_like_text(body[:4096])):
-        label = ctype.split(";")[0].strip() or "no content-type"
-        why = label if text_type else f"non-image body, {label}"
-        raise FetchError("invalid_content_type", f"[{why}] {sniff.visible_text(body)}",
-                         http_status=status, host_failure=False)
-    return Response(r.url, status, ctype, body, requested=url)
+    return b"".join(chunks), got, text_type
 
 
 def _is_iiif_json(body: bytes) -> bool:
@@ -275,7 +224,7 @@ def _is_iiif_json(body: bytes) -> bool:
     return head[:1] == b"{" and b"iiif.io/api/" in head
 
 
-def _status_error(r: requests.Response, status: int) -> FetchError:
+def _status_error(r: urllib3.BaseHTTPResponse, status: int) -> FetchError:
     retry = parse_retry_after(r.headers.get("Retry-After"))
     if status == 429:
         return FetchError("rate_limited", f"HTTP 429, Retry-After {r.headers.get('Retry-After')}",
@@ -293,7 +242,7 @@ def _status_error(r: requests.Response, status: int) -> FetchError:
                           cooldown=cooldown, retry_after_given=cooldown is not None)
     detail = f"HTTP {status}"
     try:
-        snippet = sniff.visible_text(r.raw.read(16 * 1024, decode_content=True) or b"", 300)
+        snippet = sniff.visible_text(r.read(16 * 1024, decode_content=True) or b"", 300)
         if snippet:
             detail += f": {snippet}"
     except (OSError, urllib3.exceptions.HTTPError):
@@ -301,7 +250,8 @@ def _status_error(r: requests.Response, status: int) -> FetchError:
     return FetchError(f"http_{status}", detail, http_status=status, host_failure=False)
 
 
-def _classify_exception(e: BaseException, start: float, limits: Limits) -> FetchError:
+def _classify_exception(e: BaseException, start: float, limits: Limits,
+                        in_body: bool = False) -> FetchError:
     elapsed = time.monotonic() - start
     msg = str(e)[:300]
     if "NameResolutionError" in msg or "Name or service not known" in msg \
@@ -311,33 +261,35 @@ def _classify_exception(e: BaseException, start: float, limits: Limits) -> Fetch
     if elapsed >= limits.deadline - 0.05:
         return FetchError("timeout", f"deadline of {limits.deadline:.0f}s passed",
                           host_failure=True)
-    if isinstance(e, requests.exceptions.TooManyRedirects):
+    if isinstance(e, _TooManyRedirects):
         return FetchError("too_many_redirects", msg, host_failure=False)
-    if isinstance(e, (requests.exceptions.InvalidSchema, requests.exceptions.MissingSchema,
-                      requests.exceptions.InvalidURL, requests.exceptions.InvalidHeader)):
+    if isinstance(e, (_BadURL, urllib3.exceptions.LocationValueError, ValueError)):
         return FetchError("bad_redirect", msg, host_failure=False)
-    if isinstance(e, requests.exceptions.ProxyError):
+    if isinstance(e, urllib3.exceptions.ProxyError):
         # the proxy is down, refused us or could not reach the host: our state
         return FetchError("proxy_error", msg, host_failure=None, network=True)
-    if isinstance(e, requests.exceptions.SSLError):
+    if isinstance(e, urllib3.exceptions.SSLError):
         return FetchError("tls_error", msg, host_failure=True)
-    if isinstance(e, (requests.exceptions.Timeout, socket.timeout)) or "timed out" in msg.lower():
-        # requests reports a read timeout while streaming the body as ConnectionError
+    # NewConnectionError is a ConnectTimeoutError in urllib3 2, refused ones included
+    if (isinstance(e, (urllib3.exceptions.TimeoutError, socket.timeout))
+            and not isinstance(e, urllib3.exceptions.NewConnectionError)) \
+            or "timed out" in msg.lower():
         return FetchError("timeout", msg, host_failure=True)
-    if isinstance(e, requests.exceptions.ChunkedEncodingError) or "IncompleteRead" in msg:
+    # the body broke off (a reset, a short chunk) once the headers had come
+    if "IncompleteRead" in msg or (in_body and isinstance(e, urllib3.exceptions.ProtocolError)):
         return FetchError("truncated", msg, host_failure=True)
     # no server was reached: refused, unreachable (not a reset mid-request)
     unreached = "Failed to establish a new connection" in msg or "NewConnectionError" in msg
     return FetchError("connection_broken", msg, host_failure=True, network=unreached)
 
 
-def answers(session: requests.Session, url: str, timeout: float = 5.0) -> bool:
+def answers(session: Session, url: str, timeout: float = 5.0) -> bool:
     """Does a server answer at url at all (any status, even a TLS refusal)? The offline
     probe: False only when nothing was reached (name, route, proxy, or no answer in time)."""
     try:
-        session.head(url, timeout=(timeout, timeout), allow_redirects=False).close()
+        session.open("HEAD", url, timeout=Timeout(connect=timeout, read=timeout)).release_conn()
         return True
-    except requests.exceptions.SSLError:
+    except urllib3.exceptions.SSLError:
         return True
-    except requests.exceptions.RequestException:
+    except (urllib3.exceptions.HTTPError, OSError, ValueError):
         return False

@@ -6,42 +6,42 @@ import os
 from collections.abc import Mapping
 from urllib.parse import urlsplit, urlunsplit
 
-import requests
+import certifi
+from requests import utils as rq
+from urllib3.util import make_headers
 
 
-class EnvSession(requests.Session):
-    """requests' trust_env, read once: with it on, requests re-reads the proxy variables
-    and ~/.netrc on every request (measured: 2-3 % of a keep-original download's CPU).
-    Here the environment's proxies are looked up once per scheme and host:port (no_proxy
-    included) and the CA bundle once; ~/.netrc is not read, as curl does not by default,
-    so no stored password is sent to a publisher."""
+class EnvProxies:
+    """The environment's proxies and CA bundle, read once: the proxy for a scheme and
+    host:port is looked up once (no_proxy included, with requests' rules: suffixes,
+    CIDR, ports), the CA bundle at start. ~/.netrc is not read, as curl does not by
+    default, so no stored password is sent to a publisher. use_env=False (--no-proxy):
+    direct connections, certifi's CA bundle."""
 
     def __init__(self, use_env: bool) -> None:
-        super().__init__()
-        self.trust_env = False
         self._use_env = use_env
-        self._env_proxies: dict[tuple[str, str], dict[str, str]] = {}
-        if use_env:
-            self.verify = (os.environ.get("REQUESTS_CA_BUNDLE")
-                           or os.environ.get("CURL_CA_BUNDLE") or True)
+        self._found: dict[tuple[str, str], str | None] = {}
+        ca = (os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+              if use_env else None) or certifi.where()
+        self.tls: dict[str, str] = {"cert_reqs": "CERT_REQUIRED",
+                                    ("ca_cert_dir" if os.path.isdir(ca) else "ca_certs"): ca}
 
-    def _proxies_for(self, url: str) -> dict[str, str]:
+    def proxy_for(self, url: str) -> str | None:
+        """The proxy URL to reach url through, or None for a direct connection."""
+        if not self._use_env:
+            return None
         parts = urlsplit(url)
         key = (parts.scheme, parts.netloc.lower())
-        found = self._env_proxies.get(key)
-        if found is None:
-            found = self._env_proxies[key] = requests.utils.get_environ_proxies(url)
-        return found
+        if key not in self._found:
+            proxy = rq.select_proxy(url, rq.get_environ_proxies(url))
+            self._found[key] = rq.prepend_scheme_if_needed(proxy, "http") if proxy else None
+        return self._found[key]
 
-    def merge_environment_settings(self, url, proxies, stream, verify, cert):  # type: ignore[override]
-        if self._use_env and not proxies:
-            proxies = self._proxies_for(url)
-        return super().merge_environment_settings(url, proxies, stream, verify, cert)
-
-    def rebuild_proxies(self, prepared_request, proxies):  # type: ignore[override]
-        if self._use_env:  # a redirect to another host: its own proxy, or none (no_proxy)
-            proxies = self._proxies_for(prepared_request.url)
-        return super().rebuild_proxies(prepared_request, proxies)
+    @staticmethod
+    def proxy_headers(proxy: str) -> dict[str, str]:
+        """Proxy-Authorization from credentials in the proxy URL, as requests sends it."""
+        user, password = rq.get_auth_from_url(proxy)
+        return make_headers(proxy_basic_auth=f"{user}:{password}") if user else {}
 
 
 def describe_proxies(env: Mapping[str, str] | None = None) -> str | None:
