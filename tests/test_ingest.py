@@ -320,3 +320,18 @@ def test_kill_minus_9_then_rerun_gives_the_clean_result(tmp_path, seed) -> None:
     conn = stdlib_sqlite3.connect(db)
     assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     conn.close()
+
+
+def test_a_file_left_without_tables_by_a_killed_ingest_is_built(tmp_path: Path) -> None:
+    """Killed after the file and its journal mode, before the schema committed: the next
+    ingest builds it instead of calling it 'not a download database'."""
+    from download_db.cli.main import main
+
+    db = tmp_path / "d.db"
+    conn = stdlib_sqlite3.connect(db)
+    conn.execute("PRAGMA journal_mode = WAL")  # what connect() does first
+    conn.close()
+    assert db.exists() and not q(db, "SELECT name FROM sqlite_master")
+    mm = write_multimedia(tmp_path / "m.txt", [row(3_900_000_001, "http://a.example.org/x.jpg")])
+    assert main(["ingest", "--db", str(db), "--multimedia", str(mm), "--no-bar"]) == 0
+    assert q(db, "SELECT count(*) FROM images") == [(1,)]

@@ -230,10 +230,12 @@ def _db_state(db: Path) -> str:
 
 
 def _open(cfg: InitConfig) -> sqlite3.Connection:
-    fresh = not cfg.db.exists()
     try:
         # a bulk load's pragmas; not for adding occurrences to a built database
         conn = connect(cfg.db, bulk=cfg.mode in (MODE_BUILD, MODE_RESET) and bool(cfg.multimedia))
+        # no table yet: a new file, or one whose creator was killed before the schema
+        # committed (the file and its journal mode come first); _db_state calls it missing
+        fresh = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
         if fresh:
             create_schema(conn)
         else:
