@@ -32,7 +32,6 @@ VERIFY_MISSING = "file_missing"
 VERIFY_SIZE = "file_size_changed"
 VERIFY_HASH = "file_hash_changed"
 VERIFY_UNDECODABLE = "file_undecodable"
-VERIFY_ERRORS = (VERIFY_MISSING, VERIFY_SIZE, VERIFY_HASH, VERIFY_UNDECODABLE)
 
 # Error type of a picture a host serves for many different URLs ("image not
 # available"): permanent, found by the download, dedupe/finalize or --placeholder-hashes.

@@ -24,7 +24,6 @@ DDL = """CREATE TABLE IF NOT EXISTS array_plan (
     PRIMARY KEY (n_tasks, host_id, part)
 ) WITHOUT ROWID"""
 
-Row = tuple[int, int, int, int]  # (host_id, part, parts, task), task 1-based
 _COLS = "n_tasks, host_id, part, parts, task, work, array_id, created_at"
 
 

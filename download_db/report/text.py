@@ -6,8 +6,6 @@ import time
 
 from ..progress import fmt_secs, human_bytes
 
-WIDTH = 78
-
 
 def when(ts: float | None) -> str:
     return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))

@@ -34,7 +34,6 @@ from . import revisit
 from .throttle import Throttle
 
 BATCH = 10_000  # images per read and per commit: bounds memory and what a kill redoes
-READ_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
