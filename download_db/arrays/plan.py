@@ -294,16 +294,21 @@ def task_split(conn: sqlite3.Connection) -> dict[int, tuple[int, int]]:
     return out
 
 
+def other_counts(paths: list[Path], shard: Shard) -> list[int]:
+    """The task counts N of these unmerged array databases (``...-of-NNNN.db``) other
+    than ``shard``'s, smallest first."""
+    return sorted({int(p.name.split("-of-")[1].split(".")[0]) for p in paths} - {shard.count})
+
+
 def refuse_other_arrays(tasks_dir: Path, shard: Shard) -> None:
     """Changing N is allowed only after a merge: unmerged results of an N-task array
     belong to its plan, and another N's plan would hand those hosts to other tasks."""
-    others = sorted({p.name.split("-of-")[1].split(".")[0] for p in task_dbs(tasks_dir)}
-                    - {f"{shard.count:04d}"})
+    others = other_counts(task_dbs(tasks_dir), shard)
     if others:
         raise UsageError(
-            f"{tasks_dir} holds unmerged results of a {int(others[0])}-task array; run "
+            f"{tasks_dir} holds unmerged results of a {others[0]}-task array; run "
             f"init_download_db.py --merge-only before running it with {shard.count} tasks "
-            f"(or resubmit with {int(others[0])} tasks)")
+            f"(or resubmit with {others[0]} tasks)")
 
 
 def check_task_db(conn: sqlite3.Connection, main_db: Path, shard: Shard) -> None:

@@ -14,7 +14,7 @@ from ..db.sqlite import sqlite3
 from ..errors import DatabaseError, UsageError
 from ..progress import say
 from ..states import ALIVE_WINDOW, DEFAULT_MAX_ATTEMPTS, VERIFY_MISSING
-from .plan import Shard, tasks_dir_for
+from .plan import Shard, other_counts, tasks_dir_for
 
 # Verdicts applied per transaction: bounds what a kill redoes and how long the main
 # database's write lock is held.
@@ -37,13 +37,12 @@ def verdict_dbs(tasks_dir: Path) -> list[Path]:
 def refuse_other_counts(tasks_dir: Path, shard: Shard) -> None:
     """Unmerged verdicts of an array with another N would be checked again (each
     task's position is in its own database): merge them first."""
-    others = sorted({p.name.split("-of-")[1].split(".")[0] for p in verdict_dbs(tasks_dir)}
-                    - {f"{shard.count:04d}"})
+    others = other_counts(verdict_dbs(tasks_dir), shard)
     if others:
         raise UsageError(
-            f"{tasks_dir} holds unmerged verdicts of a {int(others[0])}-task verify array; "
+            f"{tasks_dir} holds unmerged verdicts of a {others[0]}-task verify array; "
             f"run `gbif-download-db merge` before running it with {shard.count} tasks "
-            f"(or resubmit with {int(others[0])} tasks)")
+            f"(or resubmit with {others[0]} tasks)")
 
 
 def liveness(path: Path, now: float | None = None, stage: str = "verify") -> str | None:
