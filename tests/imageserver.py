@@ -475,8 +475,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         parts = self.raw_requestline.decode("iso-8859-1").split()
         target = parts[1] if len(parts) > 1 else ""
-        tracked = not target.startswith("/__")
-        if tracked:
+        self.in_flight = not target.startswith("/__")
+        if self.in_flight:
             app._begin(parts[0] if parts else "", target)
         try:
             if len(self.raw_requestline) > 65536:
@@ -492,8 +492,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if not self.wfile.closed:  # /reset/ closes it
                 self.wfile.flush()
         finally:
-            if tracked:
-                app._end()
+            self.end_in_flight()
+
+    def end_in_flight(self) -> None:
+        """Stop counting this request as in flight (once)."""
+        if self.in_flight:
+            self.in_flight = False
+            self.server.app._end()
 
     def _dispatch(self) -> None:
         self.head = self.command == "HEAD"
@@ -541,6 +546,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         no_body = code in (204, 304) or 100 <= code < 200
         self.send_head(code, ctype, None if no_body else len(body), headers)
         if not self.head and not no_body:
+            # Out of flight before the last write: once it is sent the client may hold the
+            # whole body and start its next request before this thread runs again.
+            self.end_in_flight()
             self.wfile.write(body)
 
     def size(self) -> tuple[int, int]:
@@ -1082,9 +1090,10 @@ class ImageServer:
     # stats -----------------------------------------------------------------------------
 
     def stats(self) -> dict:
-        """Counters since the last reset.  A request is in flight from its request line to
-        the return of its last write, so ``concurrent_now`` can lag a moment behind a client
-        that already has the whole body.  ``/__stats`` and ``/__reset`` are not counted."""
+        """Counters since the last reset.  A request is in flight from its request line
+        until its last write starts (a whole body in one write) or returns (a body written in
+        parts), so a client holding a whole body is never still counted.  ``/__stats`` and
+        ``/__reset`` are not counted."""
         with self._lock:
             return {
                 "requests": self._requests,
