@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from download_db.arrays import merge, plan
+from download_db.arrays import merge, merge_counts, plan
 from download_db.db import connection
+from download_db.db.sqlite import sqlite3
+from download_db.errors import DatabaseError
 from download_db.report import collect
 from download_db.report.check import check
 from tests.helpers import generate, q
@@ -65,11 +67,11 @@ def test_a_batch_of_tasks_is_one_transaction_and_one_pass(built, tmp_path) -> No
     assert st.tasks == 3
     # one transaction: each page of images is rewritten once, not once per task
     assert sum(s.startswith("BEGIN") for s in sql) == 1
-    # per task and slice of ids (one here): one update, which the counters follow
-    # through the merge's temp trigger (no second walk over the rows)
-    # (the trace repeats a statement for each trigger run it makes: count distinct texts)
+    # per task and slice of ids (one here): one upsert; the counters' change is
+    # counted beside it by a second thread (no temp trigger on every row)
     assert len({s for s in sql if ".images AS t" in s}) == 3
     assert not [s for s in sql if "GROUP BY" in s and ".images" in s]  # no sort of rows
+    assert not [s for s in sql if "TEMP TRIGGER" in s]
     assert conn.execute("PRAGMA cache_size").fetchone()[0] == -65536  # restored
     conn.close()
     ro = collect.open_readonly(main)
@@ -96,3 +98,69 @@ def test_more_tasks_than_a_batch(built, tmp_path, monkeypatch) -> None:
     ro = collect.open_readonly(main)
     assert check(ro, None, files=False).ok
     ro.close()
+
+
+def _merge_traced(main: Path, **kw) -> list[str]:
+    conn = connection.connect(main)
+    sql: list[str] = []
+    conn.set_trace_callback(sql.append)
+    try:
+        merge.merge_tasks(conn, main, out=io.StringIO(), **kw)
+    finally:
+        conn.close()
+    return sql
+
+
+def _counters_exact(main: Path) -> bool:
+    ro = collect.open_readonly(main)
+    try:
+        return check(ro, None, files=False).ok
+    finally:
+        ro.close()
+
+
+def test_tasks_of_two_arrays_are_counted_by_the_temp_trigger(built, tmp_path) -> None:
+    """A snapshot count is exact only for disjoint tasks: a batch mixing arrays
+    (two tasks may hold one row) falls back to the trigger, which sees each change."""
+    main = _tasks(built, tmp_path, 2)
+    other = plan.task_dbs(plan.tasks_dir_for(main))[1]
+    c = connection.connect(other, wal=False)
+    with connection.transaction(c):
+        c.execute("UPDATE meta SET value = 'another-array' WHERE key = 'array_id'")
+    c.close()
+    sql = _merge_traced(main)
+    assert [s for s in sql if "CREATE TEMP TRIGGER" in s]
+    assert plan.task_dbs(plan.tasks_dir_for(main)) == []
+    assert _counters_exact(main)
+
+
+def test_a_stop_seen_by_the_counting_thread_rolls_the_batch_back(built, tmp_path,
+                                                                 monkeypatch) -> None:
+    monkeypatch.setattr(merge_counts, "PROGRESS_STEPS", 10)  # look often on a tiny database
+    main = _tasks(built, tmp_path, 3)
+    before = q(main, "SELECT * FROM images ORDER BY image_id")
+    with pytest.raises(sqlite3.OperationalError, match="interrupt"):
+        _merge_traced(main, stop=lambda: True)
+    assert len(plan.task_dbs(plan.tasks_dir_for(main))) == 3  # nothing deleted
+    assert q(main, "SELECT * FROM images ORDER BY image_id") == before
+    assert _counters_exact(main)
+    _merge_traced(main)  # the next merge does it all
+    assert plan.task_dbs(plan.tasks_dir_for(main)) == [] and _counters_exact(main)
+
+
+def test_a_task_row_the_main_database_lacks_is_refused(built, tmp_path) -> None:
+    """The upsert must only ever update: a task image without its main row means the
+    task was not cut from this database, and nothing of the batch is merged."""
+    main = _tasks(built, tmp_path, 2)
+    task = plan.task_dbs(plan.tasks_dir_for(main))[0]
+    (gone,) = q(task, "SELECT max(image_id) FROM images")[0]
+    c = connection.connect(main)
+    with connection.transaction(c):
+        c.execute("DELETE FROM images WHERE image_id = ?", (gone,))
+    c.close()
+    tables = ("images", "image_tally", "activity")
+    before = [q(main, f"SELECT * FROM {t} ORDER BY 1, 2, 3") for t in tables]
+    with pytest.raises(DatabaseError, match="main database lacks"):
+        _merge_traced(main)
+    assert [q(main, f"SELECT * FROM {t} ORDER BY 1, 2, 3") for t in tables] == before
+    assert len(plan.task_dbs(plan.tasks_dir_for(main))) == 2

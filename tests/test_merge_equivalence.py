@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from download_db.arrays import merge, plan
+from download_db.arrays import merge, merge_counts, plan
 from download_db.db import connection
 from download_db.db.sqlite import sqlite3
 from download_db.report import collect
@@ -105,12 +105,15 @@ def _dump(db: Path) -> dict[str, list]:
         conn.close()
 
 
-@settings(max_examples=12, deadline=None,
+@settings(max_examples=16, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(n=st.integers(1, 4), seed=st.integers(0, 10**6),
-       slice_=st.sampled_from([1, 3, 17, 64, 1 << 18]), batch=st.sampled_from([1, 2, 8]))
+       slice_=st.sampled_from([1, 3, 17, 64, 1 << 18]), batch=st.sampled_from([1, 2, 8]),
+       snapshot=st.booleans())
 def test_sliced_merge_equals_the_shipped_merge(built, tmp_path_factory, n, seed, slice_,
-                                               batch) -> None:
+                                               batch, snapshot) -> None:
+    """Both ways of counting: from a snapshot on a second thread (tasks of one array)
+    and by the temp trigger (any other batch)."""
     d = tmp_path_factory.mktemp("cmp")
     old = _array(built, d / "old", n, seed)
     shutil.copytree(d / "old", d / "new")
@@ -119,12 +122,14 @@ def test_sliced_merge_equals_the_shipped_merge(built, tmp_path_factory, n, seed,
     _bench().shipped_merge(conn, old, batch=batch)
     conn.close()
     conn = connection.connect(new)
-    saved = merge.SLICE, merge.BATCH
+    saved = merge.SLICE, merge.BATCH, merge_counts.disjoint
     merge.SLICE, merge.BATCH = slice_, batch
+    if not snapshot:
+        merge_counts.disjoint = lambda conn, names: False
     try:
         st_ = merge.merge_tasks(conn, new, out=io.StringIO())
     finally:
-        merge.SLICE, merge.BATCH = saved
+        merge.SLICE, merge.BATCH, merge_counts.disjoint = saved
         conn.close()
     assert st_.tasks == n
     a, b = _dump(old), _dump(new)
@@ -200,9 +205,9 @@ merge.merge_tasks(conn, db, out=io.StringIO())
 """
 
 
-@pytest.mark.parametrize("after", [5, 60, 300, 500])  # BEGIN at ~6, COMMIT at ~516
+@pytest.mark.parametrize("at", [0.01, 0.1, 0.6, 0.97])
 def test_a_merge_killed_mid_transaction_is_completed_by_the_next(built, tmp_path, monkeypatch,
-                                                                 after) -> None:
+                                                                 at) -> None:
     """SIGKILL inside the merge (hot WAL, task databases still there): the next
     merge recovers the database and leaves what an uninterrupted merge leaves."""
     import subprocess
@@ -211,9 +216,18 @@ def test_a_merge_killed_mid_transaction_is_completed_by_the_next(built, tmp_path
     main = _array(built, tmp_path / "main", 3, 11)
     shutil.copytree(tmp_path / "main", tmp_path / "want")
     want = tmp_path / "want" / main.name
+    calls = 0
+
+    def count() -> bool:
+        nonlocal calls
+        calls += 1
+        return False
+
     conn = connection.connect(want)
+    conn.set_progress_handler(count, 100)
     merge.merge_tasks(conn, want, out=io.StringIO())
     conn.close()
+    after = int(calls * at)  # the kill this far into the same merge
     root = Path(__file__).resolve().parent.parent
     proc = subprocess.run([sys.executable, "-c", _KILLER, str(main), str(after)], cwd=root,
                           env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"}, timeout=120)

@@ -71,6 +71,9 @@ def connect(
     # Keep the -wal file from staying huge after a burst.
     conn.execute("PRAGMA journal_size_limit = 67108864")
     conn.execute("PRAGMA foreign_keys = OFF")
+    # Debian builds SQLite with SECURE_DELETE: every changed or deleted cell is zeroed
+    # in place. Nothing here is secret, and the zeroing costs 7 % of a 10M-row merge.
+    conn.execute("PRAGMA secure_delete = OFF")
     return conn
 
 

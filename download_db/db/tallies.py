@@ -266,6 +266,65 @@ def _both_sides(t: Tally, keep: Mapping[str, str]) -> tuple[list[str], str, list
     return begin, add, [side("o", "-"), side("n", ""), f"DROP TABLE temp.{temp}"]
 
 
+@dataclass(frozen=True)
+class ChangeCount:
+    """One counter's change over the images rows a merge sets from a task's, counted
+    by a reader of the database as the merge found it (arrays/merge_counts.py) in
+    place of the temp trigger: ``create`` makes the reader's temp table, ``count``
+    fills it from a ``{from_where}`` over aliases new (the task's row) and old (the
+    row it replaces), ``read`` returns its rows, a few thousand, and ``apply`` turns
+    them into the writer's upserts."""
+
+    tally: Tally
+    create: str
+    count: str
+    read: str
+
+    def apply(self, rows: list[tuple]) -> list[tuple[str, list[tuple]]]:
+        """(statement, parameter rows) adding the counted change to the counter."""
+        t = self.tally
+        k, m = len(t.key), len(t.sums)
+        values = ", ".join(["?"] * k + ["{sign}?"] * m)
+        add = (f"INSERT INTO {t.table}({', '.join(t.columns())}) VALUES ({values})"
+               f"{t.upsert()}")
+        if not t.signed:
+            return [(add.format(sign=""), rows)]
+        return [(add.format(sign="-"), [r[:k] + r[2 * k:2 * k + m] for r in rows]),
+                (add.format(sign=""), [r[k:2 * k] + r[2 * k + m:] for r in rows])]
+
+
+def change_counts(unchanged: tuple[str, ...] = ()) -> tuple[ChangeCount, ...]:
+    """ChangeCounts of the images counters; the ``unchanged`` columns are not set by
+    the merge (the new side reads them from the old row)."""
+    keep = dict.fromkeys(unchanged, "old")
+    out = []
+    for t in TALLIES:
+        if t.source != "images":
+            continue
+        temp = f"change_{t.table}"
+        if t.signed:
+            keys = [f"{side}k{i}" for side in "on" for i in range(len(t.key))]
+            sums = [f"{side}s{i}" for side in "on" for i in range(len(t.sums))]
+            exprs = ([e.format(r="old") for _, e in t.key] + [_swap(e, "new", keep)
+                                                             for _, e in t.key]
+                     + [e.format(r="old") for _, e in t.sums]
+                     + [_swap(e, "new", keep) for _, e in t.sums])
+            cond = ""
+        else:
+            keys = [f"k{i}" for i in range(len(t.key))]
+            sums = [f"s{i}" for i in range(len(t.sums))]
+            exprs = [_swap(e, "new", keep) for _, e in t.key + t.sums]
+            cond = f" AND {_swap(t.where, 'new', keep)}" if t.where else ""
+        sets = ", ".join(f"{c} = {c} + excluded.{c}" for c in sums)
+        out.append(ChangeCount(
+            t, f"CREATE TEMP TABLE {temp}({', '.join(keys + sums)}, "
+               f"PRIMARY KEY ({', '.join(keys)})) WITHOUT ROWID",
+            f"INSERT INTO temp.{temp}({', '.join(keys + sums)}) SELECT {', '.join(exprs)} "
+            f"{{from_where}}{cond} ON CONFLICT DO UPDATE SET {sets}",
+            f"SELECT {', '.join(keys + sums)} FROM temp.{temp}"))
+    return tuple(out)
+
+
 def work_left(conn: sqlite3.Connection) -> int:
     """Images with work left as stored (states.EXHAUSTED_WHERE), from the counters:
     a few thousand rows, where counting the work list walks millions."""

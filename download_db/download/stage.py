@@ -140,7 +140,7 @@ def _download(cfg: DownloadConfig, stop: threading.Event, out: TextIO | None,
     try:
         if cfg.main_db is None:  # the main DB: fold finished array tasks in first
             with interruptible(conn, stop.is_set):
-                mst = merge_tasks(conn, cfg.db, force=cfg.force, out=out)
+                mst = merge_tasks(conn, cfg.db, force=cfg.force, out=out, stop=stop.is_set)
             if mst.tasks:
                 ctx.say(f"download: merged {mst.tasks} array task databases "
                         f"({mst.images:,} image results) first")

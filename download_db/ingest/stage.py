@@ -121,7 +121,7 @@ def _run(cfg: InitConfig, out: TextIO | None, stop: threading.Event, stage: str)
         if source is None:  # every stage that writes a built DB folds array results in first
             try:
                 with interruptible(conn, stop.is_set):  # one statement per task: minutes
-                    mst = merge_tasks(conn, cfg.db, force=cfg.force, out=out)
+                    mst = merge_tasks(conn, cfg.db, force=cfg.force, out=out, stop=stop.is_set)
             except sqlite3.OperationalError as e:
                 if was_interrupted(e):
                     raise Interrupted("stopped by a signal") from None
