@@ -70,7 +70,8 @@ _TABLES = [
         last_checked    REAL,
         prev_error      TEXT,
         from_gbif_cache INTEGER,
-        fetched_url     TEXT
+        fetched_url     TEXT,
+        url_group       INTEGER
     )""",
     """CREATE TABLE IF NOT EXISTS gbif_ids (
         gbif_id      INTEGER PRIMARY KEY,
@@ -137,7 +138,12 @@ INDEX_CLAIMED = (
     "CREATE INDEX IF NOT EXISTS images_claimed ON images(claimed_by) "
     "WHERE claimed_by IS NOT NULL"
 )
-POST_LOAD_INDEXES = (INDEX_GBIF_IMAGE, INDEX_TODO, INDEX_CLAIMED)
+# Images whose first candidate URL other images share (ingest/url_groups.py): a claim
+# takes a claimed row's group-mates with it (db/claims.py). Partial: most URLs are
+# their one image's, so it holds a few percent of the rows.
+INDEX_URL_GROUP = ("CREATE INDEX IF NOT EXISTS images_url_group ON images(url_group) "
+                   "WHERE url_group IS NOT NULL")
+POST_LOAD_INDEXES = (INDEX_GBIF_IMAGE, INDEX_TODO, INDEX_CLAIMED, INDEX_URL_GROUP)
 INDEX_GBIF_STATUS = "CREATE INDEX IF NOT EXISTS gbif_ids_status ON gbif_ids(status)"
 # verify's walk (upkeep/verify.py): saved images, never checked (NULL) first, then
 # oldest check first. Partial on success: it holds only saved images, and a fresh
@@ -218,6 +224,12 @@ MIGRATIONS: dict[int, list[Step]] = {
     # multimedia row's publisher (export's publisher column); NULL on older rows
     14: [AddColumn("images", "fetched_url", "TEXT"),
          AddColumn("attributions", "publisher", "TEXT")],
+    # one fetch per shared URL across processes: the smallest image_id with the row's
+    # first candidate URL, NULL when no other row has it (filled by
+    # ingest/url_groups.py at the next ingest/merge/finalize stage; one scan builds the
+    # index), and the rule a job array's plan splits a big host by (arrays/plan.py)
+    15: [AddColumn("images", "url_group", "INTEGER"), INDEX_URL_GROUP,
+         AddColumn("array_plan", "split_by", "TEXT NOT NULL DEFAULT 'image_id'")],
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 

@@ -21,6 +21,7 @@ from ..config import (
     check_webhook_url,
 )
 from ..db import runs
+from ..db import url_groups as url_groups_db
 from ..db.connection import (
     connect,
     interruptible,
@@ -37,7 +38,7 @@ from ..errors import DatabaseError, DownloadDbError, Interrupted, PrerequisiteFa
 from ..notes import StageNotes
 from ..progress import RunContext, say
 from ..signals import stop_on_signals
-from . import occurrences
+from . import occurrences, url_groups
 from .legacy import LegacyStats, import_legacy
 from .load import IngestStats, ingest
 from .reader import Source
@@ -128,6 +129,10 @@ def _run(cfg: InitConfig, out: TextIO | None, stop: threading.Event, stage: str)
                 raise
             if mst.tasks or mst.verify.tasks or mst.verify.kept or cfg.mode == MODE_MERGE:
                 counts["merge"] = _merge_summary(mst, out)
+            if not url_groups_db.done(conn):  # a database built before url_group: once
+                say("url groups: finding URLs several images share (once)", out)
+                counts["url_groups"] = dict(zip(("groups", "images"),
+                                                url_groups.compute(conn, ctx), strict=True))
         if source is not None:
             say(f"ingest: {source.path} -> {cfg.db}", out)
             st = ingest(conn, source, run_id=run_id, chunk_bytes=cfg.chunk_mb << 20,
