@@ -129,15 +129,16 @@ def _run(cfg: InitConfig, out: TextIO | None, stop: threading.Event, stage: str)
                 raise
             if mst.tasks or mst.verify.tasks or mst.verify.kept or cfg.mode == MODE_MERGE:
                 counts["merge"] = _merge_summary(mst, out)
-            if not url_groups_db.done(conn):  # a database built before url_group: once
-                say("url groups: finding URLs several images share (once)", out)
-                counts["url_groups"] = dict(zip(("groups", "images"),
-                                                url_groups.compute(conn, ctx), strict=True))
         if source is not None:
             say(f"ingest: {source.path} -> {cfg.db}", out)
             st = ingest(conn, source, run_id=run_id, chunk_bytes=cfg.chunk_mb << 20,
                         workers=cfg.workers, ctx=ctx)
             counts["ingest"] = _ingest_summary(st, out)
+        # a database built before url_group gets its groups once, here (its next init stage)
+        if get_meta(conn, "ingest_phase") == "done" and not url_groups_db.done(conn):
+            say("url groups: finding URLs several images share (once)", out)
+            counts["url_groups"] = dict(zip(("groups", "images"),
+                                            url_groups.compute(conn, ctx), strict=True))
         if occ is not None:
             counts["occurrences"] = asdict(occurrences.load(conn, occ, ctx))
         if cfg.processed_file is not None and cfg.mode not in (MODE_FINALIZE, MODE_MERGE):
