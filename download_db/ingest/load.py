@@ -16,7 +16,7 @@ from ..db import hosts
 from ..db.connection import transaction
 from ..db.meta import get_meta, set_meta
 from ..db.runs import heartbeat
-from ..db.schema import INDEX_CLAIMED, INDEX_GBIF_IMAGE, INDEX_TODO, INDEX_URL_GROUP
+from ..db.schema import INDEX_CLAIMED, INDEX_GBIF_IMAGE, INDEX_TODO
 from ..db.sqlite import sqlite3
 from ..db.tallies import install_tallies
 from ..errors import DatabaseError
@@ -210,7 +210,6 @@ def _post_load(conn: sqlite3.Connection, stats: IngestStats, ctx: RunContext,
             spill = None
     conn.execute(INDEX_TODO)
     conn.execute(INDEX_CLAIMED)
-    conn.execute(INDEX_URL_GROUP)
     say("ingest: finding URLs several images share", out)
     groups, grouped = url_groups.compute(conn, ctx, spill)
     say(f"ingest: {groups:,} URLs shared by {grouped:,} images (each fetched once)", out)
