@@ -3,13 +3,16 @@ URL's group-mates, array plans that keep a shared URL in one task, the migration
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
+import signal
 import sqlite3 as stdlib_sqlite3
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from unittest import mock
 
@@ -23,6 +26,7 @@ from download_db.cli.main import init_main
 from download_db.db import array_plans, claims, url_groups
 from download_db.db.connection import connect, transaction
 from download_db.db.schema import POST_LOAD_INDEXES, create_schema
+from download_db.download import shared
 from download_db.ingest import url_groups as compute_groups
 from tests.helpers import generate, q, row, write_multimedia
 from tests.imageserver import ImageServer
@@ -255,12 +259,33 @@ def test_mates_of_a_dead_claim_come_back_and_undue_mates_stay(conn) -> None:
     assert _gid(conn, _claim(conn, "p4", 9, now=NOW + 20_000)) == [12]
 
 
-def test_the_mates_claim_uses_the_url_group_index(conn) -> None:
+def test_a_claim_brings_a_saved_mate_s_file(conn) -> None:
+    with transaction(conn):
+        conn.execute("UPDATE images SET status = 'success', file_path = '000/000/10-00.jpg', "
+                     "file_size = 5, sha256 = 'ab', width = 3, height = 4 WHERE gbif_id = 10")
+        conn.execute("UPDATE images SET status = 'success', file_path = '000/000/20-00.jpg', "
+                     "file_size = 5, sha256 = 'cd', claimed_by = 'x' WHERE gbif_id = 20")
+    got = _claim(conn, "p", 9)
+    by_gid = {g: it for it in got for i, g in conn.execute(
+        "SELECT image_id, gbif_id FROM images") if i == it.image_id}
+    ten = _image_id_of(conn, 10)
+    assert by_gid[11].saved == (ten, "000/000/10-00.jpg", 5, "ab", 3, 4, None, None, None, None)
+    assert by_gid[12].saved == by_gid[11].saved
+    assert by_gid[21].saved is None  # its mate's file is not in place yet (still claimed)
+    assert by_gid[30].saved is None
+
+
+def _image_id_of(conn, gbif_id: int) -> int:
+    return conn.execute("SELECT image_id FROM images WHERE gbif_id = ?", (gbif_id,)).fetchone()[0]
+
+
+def test_the_mates_claims_use_the_url_group_index(conn) -> None:
     args = {"token": "t", "lease_until": 1.0, "host_id": 1, "now": 0.0, "groups": "[1]",
             "mates": 10}
-    steps = [r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + claims._CLAIM_MATES, args)]
-    assert any("images_url_group" in s for s in steps), steps
-    assert not any(s.startswith("SCAN images") for s in steps), steps
+    for sql in (claims._CLAIM_MATES, claims._SAVED_MATES):
+        steps = [r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sql, args)]
+        assert any("images_url_group" in s for s in steps), steps
+        assert not any(s.startswith("SCAN images") for s in steps), steps
 
 
 # -- array plans ---------------------------------------------------------------------------
@@ -338,6 +363,33 @@ def test_two_processes_fetch_each_shared_url_once(tmp_path) -> None:
     _all_saved_alone(tmp_path, db, len(rows))
 
 
+def test_images_whose_mate_was_saved_by_an_earlier_run_link_its_file(tmp_path) -> None:
+    with ImageServer("127.0.0.13") as server:
+        rows = [row(3_100_000_000 + 3 * i + j, server.url(f"/img/e{i}.jpg?w=64&h=64"))
+                for i in range(4) for j in range(3)]
+        db = _build(tmp_path, rows)
+        env = {**os.environ, "SLACK_WEBHOOK_URL": ""}
+        for extra in (("--max-images", "1"), ()):  # a run saves one image; the next the rest
+            r = subprocess.run(_download(tmp_path, db, "--threads", "2", *extra), cwd=ROOT,
+                               capture_output=True, text=True, timeout=180, env=env)
+            assert r.returncode == 0, r.stderr
+            if extra:
+                assert q(db, "SELECT count(*) FROM images WHERE status = 'success'") == [(1,)]
+        by_path = server.stats()["by_path"]
+    assert [by_path.get(f"/img/e{i}.jpg") for i in range(4)] == [1] * 4
+    _all_saved_alone(tmp_path, db, len(rows))
+    assert q(db, "SELECT count(*) FROM images WHERE error_detail LIKE 'one fetch for a "
+                 "shared URL%'") == [(8,)]
+
+
+def test_a_manifest_is_never_linked_from_the_database(tmp_path) -> None:
+    row_ = (7, "000/000/7-00.jpg", 5, "ab", 3, 4, None, None, None, None)
+    got = shared.saved_in_db(tmp_path, row_, "https://h.example.org/a.jpg")
+    assert got is not None and got.final == tmp_path / "000/000/7-00.jpg" and got.ext == "jpg"
+    # its other canvases, which every image of the URL gets rows for, are the fetch's
+    assert shared.saved_in_db(tmp_path, row_, "https://h.example.org/iiif/m1/manifest") is None
+
+
 def _task(tmp_path: Path, db: Path, shard: str) -> subprocess.Popen:
     cmd = _download(tmp_path, db, "--threads", "4", "--per-host-concurrency", "3",
                     "--shard", shard)
@@ -367,3 +419,40 @@ def test_an_array_fetches_each_shared_url_once_across_a_split_host(tmp_path) -> 
     assert [by_path.get(f"/slow/b{i}.jpg") for i in range(n_urls)] == [1] * n_urls
     assert init_main(["--db", str(db), "--finalize-only", "--no-bar"]) == 0
     _all_saved_alone(tmp_path, db, 3 * n_urls + 6)
+
+
+def test_a_kill_while_holding_shared_urls_loses_nothing(tmp_path) -> None:
+    n_urls, threads = 30, 6
+    with ImageServer("127.0.0.12") as server:
+        rows = [row(4_000_000_000 + 3 * i + j,
+                    server.url(f"/slow/k{i}.jpg?delay=0.2&w=64&h=64"))
+                for j in range(3) for i in range(n_urls)]  # a URL's images far apart
+        db = _build(tmp_path, rows)
+        runs = "SELECT count(*) FROM runs WHERE stage = 'download'"
+        p = subprocess.Popen(_download(tmp_path, db, "--threads", str(threads),
+                                       "--per-host-concurrency", str(threads)),
+                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             env={**os.environ, "SLACK_WEBHOOK_URL": ""})
+        until = time.monotonic() + 60
+        while p.poll() is None and q(db, runs) == [(0,)] and time.monotonic() < until:
+            time.sleep(0.01)
+        time.sleep(0.8)  # some saved, some in flight, most claimed or queued
+        assert p.poll() is None, "the run ended before the kill: nothing to check"
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        assert q(db, "SELECT count(*) FROM images WHERE claimed_by IS NOT NULL")[0][0] > 0
+        final = subprocess.run(_download(tmp_path, db, "--threads", str(threads),
+                                         "--per-host-concurrency", str(threads)),
+                               cwd=ROOT, capture_output=True, text=True, timeout=180,
+                               env={**os.environ, "SLACK_WEBHOOK_URL": ""})
+        assert final.returncode == 0, final.stderr
+        fetched = [server.stats()["by_path"].get(f"/slow/k{i}.jpg", 0) for i in range(n_urls)]
+    _all_saved_alone(tmp_path, db, len(rows))
+    for path, sha in q(db, "SELECT file_path, sha256 FROM images"):
+        assert hashlib.sha256((tmp_path / "images" / path).read_bytes()).hexdigest() == sha
+    assert q(db, "SELECT count(*) FROM images WHERE claimed_by IS NOT NULL") == [(0,)]
+    assert not list((tmp_path / "images").rglob("*.part"))
+    # each URL fetched; again only when the kill cut its fetch off (one per thread, 6
+    # here) or lost its result before the commit: a URL with a saved image is not
+    # fetched again for its mates (they link the saved file)
+    assert min(fetched) >= 1 and sum(f - 1 for f in fetched) <= 2 * threads
