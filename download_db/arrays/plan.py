@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..db import array_plans, hosts
+from ..db import array_plans, hosts, url_groups
 from ..db.connection import connect, open_readonly, readonly_uri, remove_database, transaction
 from ..db.meta import get_meta, set_meta
 from ..db.schema import POST_LOAD_INDEXES, create_schema
@@ -128,7 +128,7 @@ def open_frozen(db: Path) -> sqlite3.Connection:
 @dataclass(frozen=True)
 class Piece:
     host_id: int
-    part: int  # 0-based part of a split host (image_id % parts == part)
+    part: int  # 0-based part of a split host (its plan's split_by % parts == part)
     parts: int
     work: int
 
@@ -137,7 +137,8 @@ def plan(work: Mapping[int, int], n: int, max_parts: int) -> list[list[Piece]]:
     """Hosts to N tasks, host-affine: a host stays in one task (its limits stay
     exact), unless it alone holds more than a task's share, then it is split into
     at most ``max_parts`` parts (its per-host concurrency, so each part keeps one
-    connection) by image_id. Longest piece first to the least loaded task.
+    connection) by image_id or url_group (fixed_plan). Longest piece first to the
+    least loaded task.
     Deterministic: every task computes the same plan from the same frozen DB."""
     share = max(1, math.ceil(sum(work.values()) / n))
     pieces = []
@@ -171,11 +172,14 @@ PlanRow = tuple[int, int, int, int, int]  # (host_id, part, parts, task, work), 
 
 
 def fixed_plan(main: sqlite3.Connection, tasks_dir: Path, n: int, max_parts: int,
-               max_attempts: int, epoch: str | None) -> tuple[str, list[PlanRow]]:
+               max_attempts: int, epoch: str | None) -> tuple[str, list[PlanRow], str]:
     """The array's plan, made once and then only read: from the main DB (where a
     merge carried it), else from a sibling task's database (the first task made it),
     else made now from the work left. Re-planning after a merge would hand hosts
-    to tasks that already ran, and their images to nobody."""
+    to tasks that already ran, and their images to nobody. Returns (array_id, rows,
+    split_by): a new plan splits a big host by url_group when the main DB has its
+    groups (the images of one shared URL then share a task), else by image_id; a
+    stored plan keeps the rule it was made with."""
     stored = array_plans.load(main, n)
     for path in task_dbs(tasks_dir) if stored is None else []:
         if not path.name.endswith(f"-of-{n:04d}.db"):
@@ -194,8 +198,12 @@ def fixed_plan(main: sqlite3.Connection, tasks_dir: Path, n: int, max_parts: int
         return stored
     tasks = plan(work_by_host(main, max_attempts), n, max_parts)
     array_id = f"{n}x{(epoch or uuid.uuid4().hex)[:12]}"  # the same in every task
+    # groups are computed once and never change after, so every task of this plan
+    # divides the host by the same values
+    by = (array_plans.BY_URL_GROUP if url_groups.has_column(main) and url_groups.done(main)
+          else array_plans.BY_IMAGE)
     return array_id, [(p.host_id, p.part, p.parts, i + 1, p.work)
-                      for i, t in enumerate(tasks) for p in t]
+                      for i, t in enumerate(tasks) for p in t], by
 
 
 def pieces_of(main: sqlite3.Connection, rows: list[PlanRow], shard: Shard,
@@ -220,8 +228,8 @@ def create_task_db(main_db: Path, path: Path, shard: Shard, max_parts: int,
     main = open_frozen(main_db)
     try:
         epoch = get_meta(main, "array_epoch")
-        array_id, rows = fixed_plan(main, path.parent, shard.count, max_parts, max_attempts,
-                                    epoch)
+        array_id, rows, split_by = fixed_plan(main, path.parent, shard.count, max_parts,
+                                              max_attempts, epoch)
         pieces = pieces_of(main, rows, shard, max_attempts)
     finally:
         main.close()
@@ -241,7 +249,7 @@ def create_task_db(main_db: Path, path: Path, shard: Shard, max_parts: int,
                 f"INSERT INTO images({cols}) SELECT {cols} FROM main_db.images "
                 "INDEXED BY images_todo "
                 f"WHERE host_id = :host_id AND {TODO_WHERE} AND {WORK_LEFT_SQL} "
-                "AND image_id % :parts = :part",
+                f"AND {array_plans.SPLIT_SQL[split_by]} % :parts = :part",
                 {"host_id": p.host_id, "max_attempts": max_attempts, "parts": p.parts,
                  "part": p.part})
         for key in ("ingest_source", "ingest_stats", "build_id"):
@@ -254,7 +262,8 @@ def create_task_db(main_db: Path, path: Path, shard: Shard, max_parts: int,
         set_meta(conn, "task_epoch", epoch or "")
         set_meta(conn, "task_split", ",".join(f"{p.host_id}:{p.part}:{p.parts}" for p in pieces
                                               if p.parts > 1))
-        array_plans.save(conn, array_id, shard.count, rows)  # a merge carries it to main
+        # a merge carries it to main
+        array_plans.save(conn, array_id, shard.count, rows, split_by)
         set_meta(conn, "array_id", array_id)
     conn.execute("DETACH DATABASE main_db")
     for ddl in POST_LOAD_INDEXES:

@@ -7,11 +7,14 @@ from collections.abc import Iterable
 
 from .sqlite import sqlite3
 
-# One row per piece of work: a host (or one part of a split host: image_id %
+# One row per piece of work: a host (or one part of a split host: split_by %
 # parts = part) and the task that owns it, for the array of n_tasks tasks. A
 # plan is made once per task count and never recomputed, so a merge between
 # tasks (which changes the work left) cannot move a host away from a task that
 # has not started yet. Small: a row per host, a few more for split hosts.
+# split_by names what a split host's images are divided by (SPLIT_SQL), the same
+# in every row of a plan: plans made before url_group divide by image_id and keep
+# doing so, so a task starting late takes exactly what its plan gave it.
 DDL = """CREATE TABLE IF NOT EXISTS array_plan (
     n_tasks    INTEGER NOT NULL,
     host_id    INTEGER NOT NULL,
@@ -21,10 +24,23 @@ DDL = """CREATE TABLE IF NOT EXISTS array_plan (
     work       INTEGER NOT NULL,
     array_id   TEXT    NOT NULL,
     created_at REAL    NOT NULL,
+    split_by   TEXT    NOT NULL DEFAULT 'image_id',
     PRIMARY KEY (n_tasks, host_id, part)
 ) WITHOUT ROWID"""
 
-_COLS = "n_tasks, host_id, part, parts, task, work, array_id, created_at"
+BY_IMAGE = "image_id"
+# the images of one shared URL (db/url_groups.py) fall in one part, so one task
+# fetches it once for all of them
+BY_URL_GROUP = "url_group"
+SPLIT_SQL = {BY_IMAGE: "image_id", BY_URL_GROUP: "coalesce(url_group, image_id)"}
+
+_BASE_COLS = "n_tasks, host_id, part, parts, task, work, array_id, created_at"
+_COLS = _BASE_COLS + ", split_by"
+
+
+def _has_split_by(conn: sqlite3.Connection, schema: str) -> bool:
+    """False for a plan stored by a program from before split_by (it divided by image_id)."""
+    return "split_by" in {r[1] for r in conn.execute(f"PRAGMA {schema}.table_info(array_plan)")}
 
 
 def has_table(conn: sqlite3.Connection, schema: str = "main") -> bool:
@@ -33,26 +49,28 @@ def has_table(conn: sqlite3.Connection, schema: str = "main") -> bool:
                         "WHERE type = 'table' AND name = 'array_plan'").fetchone()[0] == 1
 
 
-def load(conn: sqlite3.Connection, n_tasks: int,
-         schema: str = "main") -> tuple[str, list[tuple[int, int, int, int, int]]] | None:
+def load(conn: sqlite3.Connection, n_tasks: int, schema: str = "main"
+         ) -> tuple[str, list[tuple[int, int, int, int, int]], str] | None:
     """The stored plan for an array of ``n_tasks``: (array_id, [(host_id, part, parts,
-    task, work)]), or None."""
+    task, work)], split_by), or None."""
     if not has_table(conn, schema):
         return None
-    rows = conn.execute(f"SELECT array_id, host_id, part, parts, task, work "
+    by = "split_by" if _has_split_by(conn, schema) else f"'{BY_IMAGE}'"
+    rows = conn.execute(f"SELECT array_id, host_id, part, parts, task, work, {by} "
                         f"FROM {schema}.array_plan WHERE n_tasks = ? ORDER BY host_id, part",
                         (n_tasks,)).fetchall()
     if not rows:
         return None
-    return rows[0][0], [tuple(r[1:]) for r in rows]  # type: ignore[misc]
+    return rows[0][0], [tuple(r[1:6]) for r in rows], rows[0][6]  # type: ignore[misc]
 
 
 def save(conn: sqlite3.Connection, array_id: str, n_tasks: int,
-         rows: Iterable[tuple[int, int, int, int, int]], now: float | None = None) -> None:
+         rows: Iterable[tuple[int, int, int, int, int]], split_by: str = BY_IMAGE,
+         now: float | None = None) -> None:
     """Store a plan (inside the caller's transaction): (host_id, part, parts, task, work)."""
     now = time.time() if now is None else now
-    conn.executemany(f"INSERT INTO array_plan({_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                     [(n_tasks, *r, array_id, now) for r in rows])
+    conn.executemany(f"INSERT INTO array_plan({_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                     [(n_tasks, *r, array_id, now, split_by) for r in rows])
 
 
 def carry(conn: sqlite3.Connection, schema: str) -> int:
@@ -66,7 +84,9 @@ def carry(conn: sqlite3.Connection, schema: str) -> int:
         "SELECT DISTINCT n_tasks FROM main.array_plan")]
     n = 0
     for n_tasks in counts:
-        n += conn.execute(f"INSERT INTO main.array_plan({_COLS}) SELECT {_COLS} "
+        # a task database from before split_by: its plan divided by image_id (the default)
+        cols = _COLS if _has_split_by(conn, schema) else _BASE_COLS
+        n += conn.execute(f"INSERT INTO main.array_plan({cols}) SELECT {cols} "
                           f"FROM {schema}.array_plan WHERE n_tasks = ?", (n_tasks,)).rowcount
     return n
 

@@ -35,7 +35,32 @@ UPDATE images SET claimed_by = :token, next_attempt_at = :lease_until
  WHERE image_id IN (SELECT image_id FROM images INDEXED BY images_todo
                      WHERE {TODO_WHERE} AND host_id = :host_id AND next_attempt_at <= :now
                      ORDER BY next_attempt_at LIMIT :n)
-RETURNING image_id, gbif_id, image_no, status, attempts, error_type, urls
+RETURNING image_id, gbif_id, image_no, status, attempts, error_type, urls, url_group
+"""
+# With them, in the same transaction, the due rows sharing a claimed row's first URL
+# (url_group, ingest/url_groups.py): every image of a shared URL is then held by one
+# process, whose one fetch per URL (download/shared.py) serves them all. Rows held by
+# a live claim are not due (their lease end is ahead); a dead holder's are. Bounded
+# (a publisher's one placeholder URL may stand for thousands of images): the rest
+# are claimed with a later batch, at worst by another process that fetches it again.
+_CLAIM_MATES = f"""
+UPDATE images SET claimed_by = :token, next_attempt_at = :lease_until
+ WHERE image_id IN (SELECT image_id FROM images INDEXED BY images_url_group
+                     WHERE url_group IS NOT NULL
+                       AND url_group IN (SELECT value FROM json_each(:groups))
+                       AND {TODO_WHERE} AND host_id = :host_id AND next_attempt_at <= :now
+                     LIMIT :mates)
+RETURNING image_id, gbif_id, image_no, status, attempts, error_type, urls, url_group
+"""
+MATES_MAX = 1000  # group-mates taken with one claim
+# A saved image of a claimed row's group (in place: no claim; the publisher's bytes, not
+# GBIF's cache's): the claimed rows link its file instead of fetching the URL again.
+_SAVED_MATES = """
+SELECT url_group, image_id, file_path, file_size, sha256, width, height, phash, dhash,
+       error_type, fetched_url FROM images INDEXED BY images_url_group
+ WHERE url_group IS NOT NULL AND url_group IN (SELECT value FROM json_each(:groups))
+   AND status = 'success' AND claimed_by IS NULL AND from_gbif_cache IS NULL
+   AND file_path IS NOT NULL AND sha256 IS NOT NULL
 """
 # Rows among the due ones whose previous claim ran out (its holder died, maybe on
 # another node): their temp files are cleaned up by whoever takes them over.
@@ -71,6 +96,8 @@ class Item:
     # the cache (host_id is RESCUE_QUEUE), recorded by rescue_params
     rescue: bool = False
     cache_tries: int = 0  # a rescue's failed tries of the cache so far (-from_gbif_cache)
+    # a saved image with the same first URL (_SAVED_MATES's row less url_group), or None
+    saved: tuple | None = None
 
 
 @dataclass
@@ -199,13 +226,21 @@ def make_token(run_id: int) -> str:
 
 def claim(conn: sqlite3.Connection, token: str, host_id: int, n: int, *, lease: float,
           now: float | None = None) -> list[Item]:
-    """Claim up to n due images of one host (call inside a write transaction)."""
+    """Claim up to n due images of one host, and the due images sharing their first
+    URL with them (call inside a write transaction)."""
     now = time.time() if now is None else now
     args = {"token": token, "lease_until": now + lease, "host_id": host_id, "now": now, "n": n}
     expired = {r[0] for r in conn.execute(_EXPIRED, args)}
     rows = conn.execute(_CLAIM, args).fetchall()
+    groups = json.dumps(sorted({r[7] for r in rows if r[7] is not None}))
+    saved: dict[int, tuple] = {}
+    if groups != "[]":
+        rows += conn.execute(_CLAIM_MATES, {**args, "groups": groups,
+                                            "mates": MATES_MAX}).fetchall()
+        for g, *done in conn.execute(_SAVED_MATES, {"groups": groups}):
+            saved.setdefault(g, tuple(done))
     return [Item(r[0], r[1], r[2], r[3], r[4], r[5], r[6].split("\n"), host_id,
-                 taken_over=r[0] in expired) for r in rows]
+                 taken_over=r[0] in expired, saved=saved.get(r[7])) for r in rows]
 
 
 def next_due(conn: sqlite3.Connection, host_id: int) -> float | None:

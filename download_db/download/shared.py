@@ -12,6 +12,7 @@ from ..db.claims import Item, Result
 from ..files import store
 from ..files.layout import image_relpath
 from ..states import SUCCESS
+from ..web import keys
 
 CAPACITY = 100_000  # URLs remembered per process (~30 MB): shared URLs sit close in the queue
 
@@ -73,6 +74,13 @@ class SharedFetches:
         if ev is not None:
             ev.set()
 
+    def remember(self, url: str, saved: Saved) -> None:
+        """A file saved earlier (another run's) for this URL, unless one is known or
+        being fetched here."""
+        with self._lock:
+            if url not in self._done and url not in self._flight:
+                self._done[url] = saved
+
     def forget(self, url: str) -> None:
         """The file is gone (flagged, removed): the next image fetches the URL again."""
         with self._lock:
@@ -84,6 +92,10 @@ class SharedFetches:
         the URL: then this image links that file. A fetch in flight is waited for (up
         to ``wait_max`` seconds); a failed one leaves each waiter to fetch for itself."""
         waited = 0.0
+        if item.saved is not None and url == item.urls[0]:
+            earlier = saved_in_db(root, item.saved, url)
+            if earlier is not None:
+                self.remember(url, earlier)
         while True:
             got = self.claim(url)
             if got is None:
@@ -114,6 +126,19 @@ def saved_from(r: Result, root: Path) -> Saved | None:
     return Saved(r.item.image_id, r.temp, root / r.file_path, r.file_path.rsplit(".", 1)[-1],
                  r.file_size or 0, r.sha256, r.width, r.height, r.phash, r.dhash, r.error_type,
                  r.fetched_url, tuple(r.extra.get("canvases") or ()))
+
+
+def saved_in_db(root: Path, row: tuple, url: str) -> Saved | None:
+    """A group-mate's saved file as the database has it (db/claims._SAVED_MATES), or
+    None for a manifest: its other canvases, which each image of the URL gets rows
+    for, are known only to the fetch that read it."""
+    c = keys.parse_identifier(url)
+    if not isinstance(c, keys.Candidate) or c.kind == keys.KIND_MANIFEST:
+        return None
+    image_id, rel, size, sha, width, height, phash, dhash, error_type, fetched_url = row
+    final = root / rel
+    return Saved(image_id, str(final), final, rel.rsplit(".", 1)[-1], size or 0, sha, width,
+                 height, phash, dhash, error_type, fetched_url)
 
 
 def link(root: Path, item: Item, saved: Saved) -> Result | None:

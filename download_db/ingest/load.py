@@ -22,6 +22,7 @@ from ..db.tallies import install_tallies
 from ..errors import DatabaseError
 from ..progress import RunContext, say
 from ..web import keys
+from . import url_groups
 from .group import Grouped, group_chunk
 from .reader import CHUNK_BYTES, Chunk, ParsedChunk, Source, parse_chunk
 
@@ -103,24 +104,35 @@ def ingest(conn: sqlite3.Connection, source: Source, *, run_id: int,
         offset = int(get_meta(conn, "ingest_offset") or 0)
         ctx.say(f"ingest: resuming {source.path} at byte {offset:,}")
     stats = IngestStats.from_json(get_meta(conn, "ingest_stats"))
-    if phase == PHASE_LOADING:
-        _load(conn, source, stats, run_id=run_id, chunk_bytes=chunk_bytes, workers=workers,
-              ctx=ctx)
-        with transaction(conn):
-            set_meta(conn, "ingest_phase", PHASE_INDEXING)
-    _post_load(conn, stats, ctx.out)
+    # the URL hashes of every row, spilled as the load goes: only a load that ran
+    # from its start in this process saw every row (a resumed one reads them back)
+    spill = url_groups.Spill(conn) if phase == PHASE_LOADING and \
+        int(get_meta(conn, "ingest_offset") or 0) == source.header.data_offset else None
+    try:
+        if phase == PHASE_LOADING:
+            _load(conn, source, stats, run_id=run_id, chunk_bytes=chunk_bytes,
+                  workers=workers, ctx=ctx, spill=spill)
+            with transaction(conn):
+                set_meta(conn, "ingest_phase", PHASE_INDEXING)
+        _post_load(conn, stats, ctx, spill)
+    finally:
+        if spill is not None:
+            spill.close()
     return stats
 
 
 def _transformed(source: Source, start: int, chunk_bytes: int,
-                 workers: int) -> Iterator[tuple[Chunk, ParsedChunk, Grouped]]:
-    """Parsed and grouped chunks in input order; parsing runs on worker threads
-    (pyarrow releases the GIL) while the caller inserts the previous chunk."""
+                 workers: int) -> Iterator[tuple[Chunk, ParsedChunk, Grouped, np.ndarray]]:
+    """Parsed and grouped chunks in input order, with the hashes of the images' first
+    URLs; parsing runs on worker threads (pyarrow releases the GIL) while the caller
+    inserts the previous chunk."""
     header = source.header
 
-    def work(chunk: Chunk) -> tuple[Chunk, ParsedChunk, Grouped]:
+    def work(chunk: Chunk) -> tuple[Chunk, ParsedChunk, Grouped, np.ndarray]:
         parsed = parse_chunk(chunk.data, header)
-        return chunk, parsed, group_chunk(parsed.table)
+        g = group_chunk(parsed.table)
+        return chunk, parsed, g, url_groups.url_hashes(url_groups.first_urls(
+            g.images.column("urls")))
 
     pending: deque[Future] = deque()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest") as pool:
@@ -138,13 +150,14 @@ def _transformed(source: Source, start: int, chunk_bytes: int,
 
 
 def _load(conn: sqlite3.Connection, source: Source, stats: IngestStats, *, run_id: int,
-          chunk_bytes: int, workers: int, ctx: RunContext) -> None:
+          chunk_bytes: int, workers: int, ctx: RunContext,
+          spill: url_groups.Spill | None) -> None:
     start = int(get_meta(conn, "ingest_offset") or source.header.data_offset)
     host_ids = hosts.ids_by_name(conn)
     next_host = max(host_ids.values(), default=0) + 1
     progress = ctx.progress("ingest", source.total_bytes, start_bytes=start, item="rows")
     try:
-        for chunk, parsed, g in _transformed(source, start, chunk_bytes, workers):
+        for chunk, parsed, g, url_hashes in _transformed(source, start, chunk_bytes, workers):
             new_hosts = []
             for h in g.hosts:
                 if h not in host_ids:
@@ -165,19 +178,26 @@ def _load(conn: sqlite3.Connection, source: Source, stats: IngestStats, *, run_i
                 conn.executemany("INSERT OR IGNORE INTO attributions(attribution_id, license, "
                                  "rights_holder, creator, publisher) VALUES (?, ?, ?, ?, ?)",
                                  g.attributions)
+                # rowids are appended: max + 1, max + 2, ... in input order
+                first = conn.execute("SELECT coalesce(max(image_id), 0) + 1 FROM images"
+                                     ).fetchone()[0]
                 conn.executemany(_INSERT_IMAGE, rows)
                 hosts.count_images(conn, [(int(c), int(local[j]))
                                           for j, c in enumerate(per_host) if c])
                 set_meta(conn, "ingest_offset", str(chunk.end))
                 set_meta(conn, "ingest_stats", stats.to_json())
                 heartbeat(conn, run_id)
+            if spill is not None:
+                spill.add(np.arange(first, first + t.num_rows, dtype=np.int64), url_hashes)
             progress.update(chunk.end, parsed.lines)
             ctx.check_stop()
     finally:
         progress.close()
 
 
-def _post_load(conn: sqlite3.Connection, stats: IngestStats, out: TextIO | None) -> None:
+def _post_load(conn: sqlite3.Connection, stats: IngestStats, ctx: RunContext,
+               spill: url_groups.Spill | None) -> None:
+    out = ctx.out
     say("ingest: building indexes", out)
     try:
         conn.execute(INDEX_GBIF_IMAGE)
@@ -185,8 +205,14 @@ def _post_load(conn: sqlite3.Connection, stats: IngestStats, out: TextIO | None)
         # Some gbifID's rows were not contiguous in the file: merge them now.
         _merge_split_gbif_ids(conn, stats, out)
         conn.execute(INDEX_GBIF_IMAGE)
+        if spill is not None:  # merged rows may have another first URL now: read them back
+            spill.close()
+            spill = None
     conn.execute(INDEX_TODO)
     conn.execute(INDEX_CLAIMED)
+    say("ingest: finding URLs several images share", out)
+    groups, grouped = url_groups.compute(conn, ctx, spill)
+    say(f"ingest: {groups:,} URLs shared by {grouped:,} images (each fetched once)", out)
     say("ingest: counting images per gbifID", out)
     with transaction(conn):
         conn.execute("DELETE FROM gbif_ids")

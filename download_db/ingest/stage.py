@@ -21,6 +21,7 @@ from ..config import (
     check_webhook_url,
 )
 from ..db import runs
+from ..db import url_groups as url_groups_db
 from ..db.connection import (
     connect,
     interruptible,
@@ -37,7 +38,7 @@ from ..errors import DatabaseError, DownloadDbError, Interrupted, PrerequisiteFa
 from ..notes import StageNotes
 from ..progress import RunContext, say
 from ..signals import stop_on_signals
-from . import occurrences
+from . import occurrences, url_groups
 from .legacy import LegacyStats, import_legacy
 from .load import IngestStats, ingest
 from .reader import Source
@@ -133,6 +134,11 @@ def _run(cfg: InitConfig, out: TextIO | None, stop: threading.Event, stage: str)
             st = ingest(conn, source, run_id=run_id, chunk_bytes=cfg.chunk_mb << 20,
                         workers=cfg.workers, ctx=ctx)
             counts["ingest"] = _ingest_summary(st, out)
+        # a database built before url_group gets its groups once, here (its next init stage)
+        if get_meta(conn, "ingest_phase") == "done" and not url_groups_db.done(conn):
+            say("url groups: finding URLs several images share (once)", out)
+            counts["url_groups"] = dict(zip(("groups", "images"),
+                                            url_groups.compute(conn, ctx), strict=True))
         if occ is not None:
             counts["occurrences"] = asdict(occurrences.load(conn, occ, ctx))
         if cfg.processed_file is not None and cfg.mode not in (MODE_FINALIZE, MODE_MERGE):
