@@ -96,30 +96,29 @@ def blocks(in_size: int, outs: tuple[int, ...], m: int) -> tuple[Block, ...]:
     first = np.where(reach, nz.argmax(axis=0), in_size)
     last = np.where(reach, in_size - 1 - nz[::-1].argmax(axis=0), -1)
 
-    def edges(n: int) -> np.ndarray:
-        return np.unique(np.linspace(0, in_size, n + 1).round().astype(int))
-
-    def cost(n: int) -> int:
-        e = edges(n)
-        a, b = e[:-1, None], e[1:, None]
-        width = ((first < b) & (last >= a)).sum(axis=1)  # an upper bound of the span
-        return int(((b[:, 0] - a[:, 0]) * width).sum()) * m + CALL_COST * (len(e) - 1)
-
-    n = min(range(1, min(MAX_BLOCKS, in_size) + 1), key=cost)
-    e = edges(n)
+    # every candidate number of blocks at once (a miss, i.e. a new image size, costs
+    # ~0.2 ms instead of ~1 ms for a loop over the candidates)
+    counts = np.arange(1, min(MAX_BLOCKS, in_size) + 1)
+    cuts = [np.linspace(0, in_size, n + 1).round().astype(int) for n in counts.tolist()]
+    a = np.concatenate([c[:-1] for c in cuts])[:, None]
+    b = np.concatenate([c[1:] for c in cuts])[:, None]
+    width = ((first < b) & (last >= a)).sum(axis=1)  # an upper bound of the span
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    macs = np.add.reduceat((b[:, 0] - a[:, 0]) * width, starts)
+    e = cuts[int(np.argmin(macs * m + CALL_COST * counts))]
     out: list[Block] = []
-    for a, b in zip(e[:-1].tolist(), e[1:].tolist(), strict=True):
+    for lo_row, hi_row in zip(e[:-1].tolist(), e[1:].tolist(), strict=True):
         spans, at = [], 0
         for size in outs:
-            cols = np.flatnonzero(nz[a:b, at:at + size].any(axis=0))
+            cols = np.flatnonzero(nz[lo_row:hi_row, at:at + size].any(axis=0))
             if cols.size:
                 spans.append((at + int(cols[0]), at + int(cols[-1]) + 1))
             at += size
         if spans:
             idx = np.concatenate([np.arange(lo, hi) for lo, hi in spans])
-            kb = np.ascontiguousarray(k[a:b, idx].T)
+            kb = np.ascontiguousarray(k[lo_row:hi_row, idx].T)
             kb.flags.writeable = False
-            out.append((a, b, tuple(spans), kb))
+            out.append((lo_row, hi_row, tuple(spans), kb))
     return tuple(out)
 
 
