@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import imagehash
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -50,8 +51,6 @@ def test_stored_form_is_signed_64_bit_and_reads_back_as_imagehash_hex() -> None:
 
 @given(st.lists(st.booleans(), min_size=64, max_size=64), st.integers(0, 63))
 def test_signed_form_round_trips_and_distance_counts_bits(bits: list[bool], flip: int) -> None:
-    import numpy as np
-
     arr = np.array(bits, dtype=bool).reshape(8, 8)
     v = phash.to_signed(arr)
     assert int(phash.to_hex(v), 16) == int("".join("1" if b else "0" for b in bits), 2)
@@ -73,8 +72,6 @@ def test_the_lanczos_replica_equals_pillow_pixel_for_pixel(w: int, h: int, seed:
                                                            kind: str) -> None:
     """Both pass orders (Pillow goes vertical first when the height shrinks much
     more), stretches, unchanged sides, and content that saturates the clipping."""
-    import numpy as np
-
     rng = np.random.default_rng(seed)
     if kind == "noise":
         a = rng.integers(0, 256, (h, w), dtype=np.uint8)
@@ -105,6 +102,23 @@ def test_a_pillow_that_resamples_otherwise_falls_back_to_imagehash(monkeypatch) 
     im = Image.open(SHEETS[0]).convert("RGB").resize((400, 600))
     monkeypatch.setattr(phash, "_exact", lambda: False)
     assert phash.hashes(im) == own(im)
+
+
+def test_a_pillow_without_convert_into_takes_the_copy(monkeypatch) -> None:
+    im = Image.open(SHEETS[1]).convert("RGB").resize((333, 500))
+    assert phash._convert_into_works()  # the direct conversion is in use here
+    fast = phash.grey_pixels(im)
+    monkeypatch.setattr(phash, "_convert_into_works", lambda: False)
+    assert np.array_equal(phash.grey_pixels(im), fast)
+    assert np.array_equal(fast, np.asarray(im.convert("L")))
+    assert phash.hashes(im) == own(im)
+
+
+@given(st.lists(st.integers(-40, 40), min_size=64, max_size=64), st.integers(0, 6))
+def test_median_is_numpys(values: list[int], shift: int) -> None:
+    """Ties included (a flat image gives many equal DCT values)."""
+    a = np.array(values, dtype=np.float64).reshape(8, 8) / (1 << shift) + 0.1
+    assert phash.median(a) == np.median(a)
 
 
 def test_kept_originals_have_no_hashes_until_the_backfill() -> None:

@@ -104,8 +104,9 @@ def _encode(im: Image.Image, quality: int) -> bytes:
 
 
 def _output(out: Image.Image, quality: int, src: str) -> Output:
-    # hashed here, on the image we encode: equal to imagehash's values for the saved
-    # file without decoding it again (~3 ms of CPU at 1024 px, bench/hashing.py)
+    # hashed here, on the image we encode (imagehash's values for it, ~1.8 ms of CPU
+    # at 1024 px): the saved JPEG decodes to slightly other pixels, so the file's own
+    # values can differ by a few bits (docs/design.md, bench/hashing.py --equality)
     ph, dh = phash.hashes(out)
     return Output(_encode(out, quality), "jpg", out.width, out.height, src, phash=ph, dhash=dh)
 
