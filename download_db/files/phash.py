@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import imagehash
 import numpy as np
@@ -96,8 +97,9 @@ def _exact() -> bool:
     return lanczos.matches_pillow()
 
 
-def file_hashes(path: Path) -> tuple[int, int]:
-    """The hashes of a saved file, decoded the way imagehash's users open it."""
+def file_hashes(path: Path | BinaryIO) -> tuple[int, int]:
+    """The hashes of a saved file (or its bytes), decoded the way imagehash's users
+    open it."""
     with Image.open(path) as im, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         im.load()
