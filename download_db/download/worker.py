@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 import time
@@ -12,13 +11,12 @@ from urllib.parse import urlsplit
 
 from ..db.claims import Item, Result
 from ..files import images, store
-from ..files.layout import image_dir
 from ..identity.placeholders import Blocklist
 from ..states import FAILED_PERMANENT, FAILED_TRANSIENT, FLAG_RAW, PENDING, PLACEHOLDER, SUCCESS
 from ..web import adaptive, fetch, gbif_cache, iiif, iiif_plan, keys, renditions
 from ..web.fetch import FetchError
 from ..web.politeness import HostGate, Slot
-from . import offline
+from . import adoption, offline
 from .docs import DocCache
 from .offline import OfflineDetector
 from .shared import SharedFetches
@@ -120,9 +118,11 @@ class Worker:
     def _process(self, item: Item, held: dict[str, Slot]) -> Result:
         # a rescue asks the cache for its copy of each candidate URL, best first; a
         # failed image has no file of its own to adopt
-        adopted = None if item.rescue else self._adopt(item)
+        adopted = None if item.rescue else adoption.existing(
+            self.cfg.root, item, self.new_dirs, None if self.cfg.keep_original else "jpg",
+            self.cfg.max_pixels)
         if adopted is not None:
-            return adopted
+            return self._adopted(adopted, held)
         failures: list[_Failure] = []
         deferred: float | None = None
         urls = [gbif_cache.cache_url(item.gbif_id, u, self.cfg.gbif_cache)
@@ -158,6 +158,33 @@ class Worker:
         status = FAILED_TRANSIENT if first.transient else FAILED_PERMANENT
         return Result(item, status, http_status=first.http_status, error_type=first.error_type,
                       error_detail=first.detail)
+
+    def _adopted(self, result: Result, held: dict[str, Slot]) -> Result:
+        """An adopted file's manifest is read all the same, for its other canvases. The
+        adoption waits while it cannot be read: deferred (nothing spent) on our own
+        state, a transient failure on the host's (adoption.unread)."""
+        item = result.item
+        url = None if self.cfg.first_canvas_only else \
+            adoption.manifest_url(item.urls, self.cfg.docs)
+        if url is None:
+            return result
+        try:
+            doc = self._json(url, held)
+            self._canvases = iiif.other_canvases(
+                iiif.parse_manifest(doc) if adoption.is_manifest(doc) else [])
+            return result
+        except _Deferred as d:
+            return Result(item, PENDING, attempted=False, retry_at=d.until)
+        except _Offline as o:
+            return Result(item, PENDING, attempted=False, retry_at=o.retry_at)
+        except FetchError as e:
+            if self.stop.is_set():
+                return Result(item, PENDING, attempted=False)
+            return adoption.unread(result, url, e.error_type, e.detail, e.http_status)
+        except _Failure as f:
+            return adoption.unread(result, url, f.error_type, f.detail, f.http_status)
+        except iiif.ManifestError as e:
+            return adoption.unread(result, url, "manifest_error", str(e), None)
 
     # -- one candidate URL ------------------------------------------------------------
     def _fetch_save(self, item: Item, url: str, held: dict[str, Slot]) -> Result:
@@ -202,7 +229,7 @@ class Worker:
     def _resolve(self, doc, url: str, held: dict[str, Slot]) -> fetch.Response:
         """The image behind a IIIF manifest or info.json document."""
         try:
-            if isinstance(doc, dict) and ("sequences" in doc or "items" in doc):
+            if adoption.is_manifest(doc):
                 refs = iiif.parse_manifest(doc)
                 if not refs:
                     raise _Failure("manifest_error", "manifest has no painted image")
@@ -345,31 +372,6 @@ class Worker:
             self.writer.host_state(slot.host, breaker_state="closed", quarantined=0)
 
     # -- the file ------------------------------------------------------------------------
-    def _adopt(self, item: Item) -> Result | None:
-        """An existing valid final file (an earlier run's, a copied tree) is
-        recorded instead of fetched again; an invalid one is fetched over."""
-        where = image_dir(item.gbif_id)
-        if where in self.new_dirs:
-            return None
-        if not (self.cfg.root / where).is_dir():
-            self.new_dirs.add(where)
-            return None
-        path = store.existing_final(self.cfg.root, item.gbif_id, item.image_no,
-                                    None if self.cfg.keep_original else "jpg")
-        if path is None:
-            return None
-        try:
-            data = path.read_bytes()
-            out = images.verify_saved(data, max_pixels=self.cfg.max_pixels)
-        except (OSError, images.ImageError):
-            return None
-        rel = path.relative_to(self.cfg.root).as_posix()
-        return Result(item, SUCCESS, attempted=False, http_status=None,
-                      error_type=FLAG_RAW if out.raw_unprocessed else None,
-                      error_detail="adopted existing file", file_path=rel, file_size=len(data),
-                      sha256=hashlib.sha256(data).hexdigest(), width=out.width or None,
-                      height=out.height or None)
-
     def _save(self, item: Item, data: bytes, url: str) -> Result:
         try:
             if self.cfg.keep_original:
