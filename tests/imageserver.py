@@ -45,7 +45,9 @@ size; ``?w=&h=`` override the default 1500x2000 size, one of them alone keeps 3:
                                         (3:4); ``ImageServer.gone_renditions`` fail
 ``/manifest/v{2|3}/{id}.json``          IIIF Presentation manifest (``?canvases=N``; v2
                                         ``?images=BASE``: its image service there;
-                                        ``?others=BASE``: canvases after the first there), also
+                                        ``?others=BASE``: canvases after the first there;
+                                        ``?fail=N&code=C``: the first N requests answer C,
+                                        503 unless given), also
                                         ``/manifest/v{2|3}/{id}/manifest``
 ``/manifest/bad.json``, ``/empty.json`` invalid JSON / a v3 manifest without canvases
 ``/v1/image/cache/occurrence/{id}/``    GBIF's image cache: ``media/{md5}`` of an identifier
@@ -966,7 +968,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_bytes(200, json.dumps(obj, indent=2).encode(), ctype)
 
     def r_manifest(self, v: str, ident: str) -> None:
-        if v == "2":
+        fail = _qint(self.query, "fail", 0)
+        if fail and self.server.app._flaky_hit(f"manifest/{ident}") <= fail:
+            code = _qint(self.query, "code", 503, 200, 599)
+            self.send_bytes(code, _html_error(code), "text/html", self.retry_after())
+        elif v == "2":
             self.send_json(self.manifest_v2(ident, self._canvas_ids(ident)))
         else:
             self.send_json(self.manifest_v3(ident, self._canvas_ids(ident)))
