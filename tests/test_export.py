@@ -321,8 +321,10 @@ def copy(collection, tmp_path) -> Path:
 
 
 def test_an_export_is_recorded_with_its_counts(copy, tmp_path):
+    run_export(copy, tmp_path / "none.csv", filters=make_filters(license="PD"))
     s = run_export(copy, tmp_path / "m.csv", filters=make_filters(license="CC0,CC-BY"))
-    ((outcome, message, counts),) = _export_runs(copy)
+    (empty, (outcome, message, counts)) = _export_runs(copy)
+    assert (empty[2]["images"], empty[2]["records"]) == (0, 0)
     assert (outcome, message) == ("ok", None)
     assert {k: counts[k] for k in ("images", "records", "datasets", "format")} == {
         "images": s.images, "records": s.records, "datasets": s.datasets, "format": "csv"}

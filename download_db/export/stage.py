@@ -155,7 +155,8 @@ def run_export(db: Path, out: Path, *, fmt: str | None = None, filters: Filters 
             raise
         finally:
             conn.close()
-        counts.update(format=fmt, datasets=len(tally.records_by_dataset),
+        counts.update(images=tally.images, records=tally.records, format=fmt,
+                      datasets=len(tally.records_by_dataset),
                       seconds=round(time.monotonic() - t0, 2))
     say(f"export: {tally.images:,} images of {tally.records:,} records "
         f"({len(tally.records_by_dataset):,} datasets) -> {out} ({fmt}), "
