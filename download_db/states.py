@@ -135,5 +135,10 @@ ALIVE_WINDOW = DEFAULT_LEASE
 # the rule per stage in docs/database.md, "Stage runs and prerequisites").
 DEPENDS_ON = {"download": "ingest", "legacy": "ingest", "merge": "download",
               "finalize": "download"}
-# The order the report lists stages in; others follow, newest first.
-PIPELINE_ORDER = ("ingest", "legacy", "download", "merge", "finalize")
+# The order the report lists stages in: the build and the download, the upkeep of what was
+# saved, then the sets made from it; others follow, newest first.
+PIPELINE_ORDER = ("ingest", "legacy", "download", "merge", "finalize", "hash", "dedupe",
+                  "convert", "verify", "derive", "export")
+# Stages that only read the database (their runs row aside): an ok run of one says
+# nothing about the download, so the report's verdict looks past it to the run before.
+READ_ONLY_STAGES = ("derive", "export")

@@ -23,6 +23,7 @@ from download_db.db.connection import (
 from download_db.db.schema import create_schema
 from download_db.db.sqlite import sqlite3
 from download_db.states import EXHAUSTED, FLAG_LEGACY, FLAG_RAW, IMAGE_STATUSES
+from tests.helpers import make_db, q
 
 # --- files ------------------------------------------------------------------------------
 
@@ -301,3 +302,53 @@ def test_fresh_load_counters_equal_a_recount(tmp_path: Path) -> None:
     assert _image_tally(conn) == set(conn.execute(_IMAGE_RECOUNT))
     assert tallies.tallies_installed(conn)
     assert conn.execute("SELECT n FROM gbif_tally").fetchall() == [(4,)]
+
+
+# --- migrations -------------------------------------------------------------------------
+
+# images_v as schema v1..v15 made it, for a database from before v16.
+IMAGES_V_V15 = """CREATE VIEW images_v AS
+    SELECT i.image_id, i.gbif_id, i.image_no, i.status, i.attempts,
+           i.next_attempt_at, h.host, i.http_status, i.error_type, i.error_detail,
+           i.file_path, i.file_size, i.sha256, i.width, i.height,
+           i.last_attempt_at, i.image_key, i.urls,
+           a.license, a.rights_holder, a.creator
+      FROM images i
+      JOIN hosts h ON h.host_id = i.host_id
+      LEFT JOIN attributions a ON a.attribution_id = i.attribution_id"""
+V15_COLUMNS = ["image_id", "gbif_id", "image_no", "status", "attempts", "next_attempt_at",
+               "host", "http_status", "error_type", "error_detail", "file_path", "file_size",
+               "sha256", "width", "height", "last_attempt_at", "image_key", "urls", "license",
+               "rights_holder", "creator"]
+
+
+def _shape(db: Path) -> set[tuple]:
+    return set(q(db, "SELECT type, name, tbl_name, sql FROM sqlite_master "
+                     "WHERE name NOT LIKE 'sqlite_%'"))
+
+
+def test_migration_16_gives_a_v15_database_the_fresh_images_v(tmp_path: Path) -> None:
+    from download_db.db.schema import SCHEMA_VERSION, migrate
+
+    (tmp_path / "fresh").mkdir()
+    (tmp_path / "old").mkdir()
+    fresh = make_db(tmp_path / "fresh", ["http://127.0.0.9/a.jpg"])
+    old = make_db(tmp_path / "old", ["http://127.0.0.9/a.jpg"])
+    conn = connect(old)
+    with transaction(conn):  # as the program before v16 left it
+        conn.execute("DROP VIEW images_v")
+        conn.execute(IMAGES_V_V15)
+        conn.execute("UPDATE meta SET value = '15' WHERE key = 'schema_version'")
+    old_rows = conn.execute("SELECT * FROM images_v").fetchall()
+    assert [r[1] for r in conn.execute("PRAGMA table_info(images_v)")] == V15_COLUMNS
+    assert migrate(conn) == SCHEMA_VERSION >= 16
+    conn.close()
+    cols = [r[1] for r in q(old, "PRAGMA table_info(images_v)")]
+    assert cols[:len(V15_COLUMNS)] == V15_COLUMNS  # old SQL (even SELECT *) reads the same
+    assert {"publisher", "fetched_url", "phash", "dhash", "dup_group", "near_group",
+            "last_checked", "prev_error", "from_gbif_cache", "url_group"} <= set(cols)
+    assert [r[:len(V15_COLUMNS)] for r in q(old, "SELECT * FROM images_v")] == old_rows
+    assert q(old, "SELECT host, license, publisher, fetched_url FROM images_v") == [
+        ("127.0.0.9", "CC BY 4.0", None, None)]
+    # the fresh DDL and the migrated database have the same shape
+    assert _shape(old) == _shape(fresh)

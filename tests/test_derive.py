@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
+import os
 import signal
 import subprocess
 import sys
@@ -14,8 +17,9 @@ from PIL import Image
 
 from download_db.cli.main import main
 from download_db.files.layout import image_relpath
+from download_db.upkeep import derive
 from download_db.upkeep.derive import shrink
-from tests.helpers import dump
+from tests.helpers import dump, q
 from tests.identity_data import SHEETS, saved_db, synthetic
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,7 +50,7 @@ def test_a_set_in_the_same_layout_from_kept_originals(tmp_path: Path) -> None:
     assert got == sorted(image_relpath(3_100_000_000 + i, 0, "jpg") for i in range(5))
     for p in out.rglob("*.jpg"):
         assert max(Image.open(p).size) == 128
-    assert dump(db) == before  # the database is only read
+    assert dump(db) == before  # the database is only read (its runs row aside)
     assert not list(out.rglob("*.part"))
 
 
@@ -98,3 +102,76 @@ def test_a_killed_derive_continues_and_leaves_no_half_file(tmp_path: Path) -> No
     assert len(files) == 30 and not list(out.rglob("*.part"))
     for f in files:
         Image.open(f).load()  # every file whole
+
+
+# -- its runs row ------------------------------------------------------------------------
+
+def _runs(db: Path) -> list[tuple]:
+    return [(st, out, msg, json.loads(c) if c else None) for st, out, msg, c in q(
+        db, "SELECT stage, outcome, message, counts FROM runs WHERE stage = 'derive' "
+            "ORDER BY run_id")]
+
+
+def test_each_run_is_recorded_with_what_it_did(tmp_path: Path) -> None:
+    db, root = saved_db(tmp_path, synthetic(5), convert=False)
+    out = tmp_path / "set"
+    assert _derive(db, root, out, "--limit", "2", "--workers", "1") == 0
+    assert _derive(db, root, out, "--workers", "1") == 0  # resumes: the other three
+    (first, second) = _runs(db)
+    assert first[:3] == second[:3] == ("derive", "ok", None)
+    assert {k: first[3][k] for k in ("images", "derived", "already", "missing")} == {
+        "images": 2, "derived": 2, "already": 0, "missing": 0}
+    assert {k: second[3][k] for k in ("images", "derived", "already")} == {
+        "images": 3, "derived": 3, "already": 0}
+    assert second[3]["bytes_written"] > 0 and "seconds" in second[3]
+    assert q(db, "SELECT depends_on, finished_at >= started_at FROM runs "
+                 "WHERE stage = 'derive'") == [(None, 1), (None, 1)]
+
+
+def test_a_failure_is_one_line_and_a_failed_run(tmp_path: Path, monkeypatch, capsys) -> None:
+    db, root = saved_db(tmp_path, synthetic(3), convert=False)
+
+    def full(*_a) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(derive, "_save_cursor", full)
+    assert _derive(db, root, tmp_path / "set", "--workers", "1") == 74
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "No space left on device" in err and "Traceback" not in err
+    ((stage, outcome, message, counts),) = _runs(db)
+    assert (stage, outcome) == ("derive", "failed")
+    assert message == "OSError: [Errno 28] No space left on device"
+
+
+def test_a_stop_signal_is_an_interrupted_run(tmp_path: Path, monkeypatch, capsys) -> None:
+    db, root = saved_db(tmp_path, synthetic(4), convert=False)
+    monkeypatch.setattr(derive, "CHUNK", 2)
+    real = derive._save_cursor
+
+    def then_stop(cfg, after, st) -> None:  # a scheduler's SIGTERM after the first batch
+        real(cfg, after, st)
+        if after >= 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not _stopped():
+                time.sleep(0.01)
+
+    stops: list = []
+    real_signals = derive.stop_on_signals
+
+    @contextlib.contextmanager
+    def spy():
+        with real_signals() as ev:
+            stops.append(ev)
+            yield ev
+
+    def _stopped() -> bool:
+        return bool(stops) and stops[0].is_set()
+
+    monkeypatch.setattr(derive, "_save_cursor", then_stop)
+    monkeypatch.setattr(derive, "stop_on_signals", spy)
+    assert _derive(db, root, tmp_path / "set", "--workers", "1") == 75
+    assert "stopped by a signal" in capsys.readouterr().err
+    ((stage, outcome, message, counts),) = _runs(db)
+    assert (stage, outcome, message) == ("derive", "interrupted", "stopped by a signal")
+    assert counts["images"] == 2 and counts["derived"] == 2

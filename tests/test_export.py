@@ -27,7 +27,7 @@ from download_db.errors import DatabaseError, StorageError, UsageError
 from download_db.export import manifest
 from download_db.export.manifest import SCHEMA, make_filters
 from download_db.export.stage import run_export
-from tests.helpers import row, write_multimedia
+from tests.helpers import q, row, write_multimedia
 from tests.imageserver import ImageServer
 
 pytestmark = pytest.mark.timeout(120)
@@ -299,3 +299,129 @@ def test_command_line_errors_are_one_line(collection, tmp_path, capsys):
         assert text in err and err.count("\n") == 1 and "Traceback" not in err
     assert main(["export", "--db", db, "--out", str(tmp_path / "m.parquet")]) == 0
     assert pq.read_table(tmp_path / "m.parquet").num_rows == 6
+
+
+# -- its runs row ------------------------------------------------------------------------
+
+def _export_runs(db: Path) -> list[tuple]:
+    return [(o, m, json.loads(c) if c else None) for o, m, c in q(
+        db, "SELECT outcome, message, counts FROM runs WHERE stage = 'export' ORDER BY run_id")]
+
+
+@pytest.fixture
+def copy(collection, tmp_path) -> Path:
+    """The collection's database, to write runs rows into (without the other tests')."""
+    db = tmp_path / "c.db"
+    shutil.copy(collection[0], db)
+    c = stdlib_sqlite3.connect(db)
+    with c:
+        c.execute("DELETE FROM runs WHERE stage = 'export'")
+    c.close()
+    return db
+
+
+def test_an_export_is_recorded_with_its_counts(copy, tmp_path):
+    run_export(copy, tmp_path / "none.csv", filters=make_filters(license="PD"))
+    s = run_export(copy, tmp_path / "m.csv", filters=make_filters(license="CC0,CC-BY"))
+    (empty, (outcome, message, counts)) = _export_runs(copy)
+    assert (empty[2]["images"], empty[2]["records"]) == (0, 0)
+    assert (outcome, message) == ("ok", None)
+    assert {k: counts[k] for k in ("images", "records", "datasets", "format")} == {
+        "images": s.images, "records": s.records, "datasets": s.datasets, "format": "csv"}
+    assert s.images == 2 and counts["seconds"] >= 0
+
+
+def test_a_failed_export_is_one_line_and_a_failed_run(copy, tmp_path, monkeypatch, capsys):
+    from download_db.cli.main import main
+
+    real = manifest.batches
+
+    def broken(conn, f, src):
+        yield from real(conn, f, src)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(manifest, "batches", broken)
+    assert main(["export", "--db", str(copy), "--out", str(tmp_path / "m.parquet")]) == 74
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "No space left on device" in err
+    assert _export_runs(copy) == [("failed", "OSError: [Errno 28] No space left on device",
+                                   {"images": 6, "records": 5})]
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith("c.db")] == []
+
+
+def test_a_stop_signal_ends_it_as_an_interrupted_run(copy, tmp_path, monkeypatch):
+    import contextlib
+    import signal
+
+    from download_db.errors import Interrupted
+    from download_db.export import stage
+
+    stops: list = []
+    real_signals = stage.stop_on_signals
+
+    @contextlib.contextmanager
+    def spy():
+        with real_signals() as ev:
+            stops.append(ev)
+            yield ev
+
+    real = manifest.batches
+
+    def stopped_after_one(conn, f, src):  # a scheduler's SIGTERM after the first batch
+        batch = next(iter(real(conn, f, src)))
+        yield batch
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stops[0].wait(10)
+        yield batch
+
+    monkeypatch.setattr(stage, "stop_on_signals", spy)
+    monkeypatch.setattr(manifest, "batches", stopped_after_one)
+    out = tmp_path / "m.parquet"
+    out.write_bytes(b"the previous export")
+    with pytest.raises(Interrupted, match="stopped by a signal"):
+        run_export(copy, out)
+    assert _export_runs(copy) == [("interrupted", "stopped by a signal",
+                                   {"images": 6, "records": 5})]
+    assert out.read_bytes() == b"the previous export"
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith("c.db")] == [
+        "m.parquet"]
+
+
+def test_not_recorded_while_an_array_runs_or_an_init_stage_holds_the_database(copy, tmp_path):
+    import io
+
+    from download_db.db.stagelock import stage_lock
+
+    with stage_lock(copy, exclusive=True, what="gbif-download-db finalize"):
+        said = io.StringIO()
+        assert run_export(copy, tmp_path / "m.parquet", echo=said).images == 6
+    assert "export: this run is not recorded in the runs table: " in said.getvalue()
+    assert "in use by gbif-download-db finalize" in said.getvalue()
+    tasks = tmp_path / "c.db.tasks"
+    tasks.mkdir()
+    c = stdlib_sqlite3.connect(tasks / "task-0001-of-0002.db")
+    c.execute("CREATE TABLE runs (run_id INTEGER PRIMARY KEY, stage TEXT, hostname TEXT, "
+              "pid INTEGER, heartbeat_at REAL, outcome TEXT)")
+    c.execute("INSERT INTO runs VALUES (1, 'download', ?, ?, ?, 'running')",
+              (socket.gethostname(), os.getpid(), time.time()))
+    c.commit()
+    c.close()
+    before = copy.read_bytes()
+    said = io.StringIO()
+    assert run_export(copy, tmp_path / "m.parquet", force=True, echo=said).images == 6
+    assert "task-0001-of-0002.db" in said.getvalue() and "not recorded" in said.getvalue()
+    assert copy.read_bytes() == before  # tasks read it immutable: not a byte written
+    assert _export_runs(copy) == []
+
+
+def test_a_frozen_database_stays_frozen(copy, tmp_path):
+    """Recording the run keeps the journal mode: array tasks started later can read it."""
+    from download_db.arrays import plan
+    from download_db.db.connection import connect
+
+    c = connect(copy)
+    assert plan.freeze(c)
+    c.close()
+    assert plan.is_frozen(copy)
+    assert run_export(copy, tmp_path / "m.parquet").images == 6
+    assert plan.is_frozen(copy) and [o for o, _, _ in _export_runs(copy)] == ["ok"]

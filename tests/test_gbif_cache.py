@@ -153,6 +153,7 @@ def test_migration_adds_the_column_and_its_indexes(tmp_path: Path) -> None:
     with conn:  # as a database from before this migration
         conn.execute("DROP INDEX images_rescue")
         conn.execute("DROP INDEX images_gbif_cache")
+        conn.execute("DROP VIEW images_v")  # it names the column since v16
         conn.execute("ALTER TABLE images DROP COLUMN from_gbif_cache")
     conn.close()
     c = connect(db)

@@ -391,3 +391,33 @@ def test_check_clean_then_each_disagreement(db, tmp_path, capsys) -> None:
     assert status_main(args + ["--full"]) == 1
     out = capsys.readouterr().out
     assert "image counter" in out and "differ in size" in out and "integrity_check: ok" in out
+
+
+def test_derive_and_export_runs_show_in_the_pipeline(db) -> None:
+    conn = connection.connect(db)
+    dl = runs.start_run(conn, "download")
+    runs.finish_run(conn, dl, runs.OK, {"success": 0, "failed_transient": 40})
+    for stage in ("export", "derive"):
+        run_id = runs.start_run(conn, stage)
+        runs.finish_run(conn, run_id, runs.OK, {"images": 0})
+    conn.close()
+    p = _collect(db)["pipeline"]
+    assert [s["stage"] for s in p["stages"]] == ["ingest", "download", "derive", "export"]
+    # an ok export or derive of what is there says nothing about the download
+    assert p["state"] == "nothing saved" and f"run {dl} " in p["headline"]
+    text = render_text(_collect(db))
+    rows = [ln.split() for ln in text.split("GBIFID PROGRESS")[0].splitlines()]
+    assert [r[:3] for r in rows if r and r[0] in ("derive", "export")] == [
+        ["derive", str(dl + 2), "ok"], ["export", str(dl + 1), "ok"]]
+
+    conn = connection.connect(db)
+    run_id = runs.start_run(conn, "export")
+    runs.finish_run(conn, run_id, runs.FAILED, {"images": 3},
+                    "OSError: [Errno 28] No space left on device")
+    conn.close()
+    d = _collect(db)
+    assert d["pipeline"]["state"] == "failed"
+    assert d["pipeline"]["headline"] == (
+        f"FAILED: the last run (export, run {run_id} on {os.uname().nodename}) failed: "
+        "OSError: [Errno 28] No space left on device")
+    assert "No space left on device" in render_html(d).split("<h2>Progress")[0]

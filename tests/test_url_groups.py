@@ -183,6 +183,7 @@ def test_an_old_database_gets_its_groups_at_the_next_merge(tmp_path) -> None:
     c = stdlib_sqlite3.connect(db)  # as the program before url_group left it: v14
     c.executescript("""
         DROP INDEX images_url_group;
+        DROP VIEW images_v;
         ALTER TABLE images DROP COLUMN url_group;
         ALTER TABLE array_plan DROP COLUMN split_by;
         DELETE FROM meta WHERE key = 'url_groups';

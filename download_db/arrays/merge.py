@@ -98,14 +98,24 @@ def task_liveness(path: Path, now: float | None = None) -> str | None:
     return liveness(path, now, stage="download")
 
 
-def refuse_if_tasks_running(db: Path, what: str) -> None:
+def task_running(db: Path) -> str | None:
+    """'task-0001-of-0004.db (run on node7 pid 12, ...)' for an array task (download or
+    verify) that may still be running beside ``db``, or None."""
     tasks_dir = tasks_dir_for(db)
     for path in [*task_dbs(tasks_dir), *verdict_dbs(tasks_dir)]:
         alive = (liveness if path.name.startswith("verify-") else task_liveness)(path)
         if alive:
-            raise DatabaseError(
-                f"array task {path.name} may still be writing ({alive}); {what} would race "
-                "with it. Wait for the array to finish (or qdel/scancel it), or pass --force")
+            return f"{path.name} ({alive})"
+    return None
+
+
+def refuse_if_tasks_running(db: Path, what: str) -> None:
+    running = task_running(db)
+    if running:
+        name, alive = running.split(" ", 1)
+        raise DatabaseError(
+            f"array task {name} may still be writing {alive}; {what} would race "
+            "with it. Wait for the array to finish (or qdel/scancel it), or pass --force")
 
 
 def failed_tasks(db: Path) -> list[str]:

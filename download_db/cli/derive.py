@@ -13,7 +13,8 @@ DESCRIPTION = ("Write a JPEG of every saved image, at most --max-size on the lon
                "--out in the image root's layout (<gbifID>-NN.jpg): from originals kept with "
                "download --keep-original, or from any saved set larger than the new size "
                "(never upscaled). JPEGs decode in draft mode (DCT scaling); all cores work "
-               "at once. The database is only read; the position is kept in --out, so the "
+               "at once. The database is only read (but for the run's row in runs); the "
+               "position is kept in --out, so the "
                "same command continues after a kill, and a later run adds what is new.")
 EXAMPLES = """\
 examples:

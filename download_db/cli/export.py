@@ -11,7 +11,8 @@ from . import common
 HELP = "write a manifest of saved images (Parquet/CSV/JSON Lines) and the files to cite them"
 DESCRIPTION = ("Write a manifest of the saved images (one row per image: path, size, hashes, "
                "URL, licence as given and normalised, rights holder, creator, dataset) and, "
-               "beside it, derived_dataset.csv and CITATION.txt. Reads the database only.")
+               "beside it, derived_dataset.csv and CITATION.txt. Reads the database only "
+               "(but for the run's row in runs).")
 EXAMPLES = """\
 examples:
   everything saved, as Parquet, with derived_dataset.csv and CITATION.txt beside it:

@@ -133,12 +133,19 @@ def download_counts(conn: sqlite3.Connection, pids: list[int], since: float) -> 
     return [json.loads(r[0]) for r in rows if r[0]]
 
 
+def ending(e: BaseException) -> tuple[str, str]:
+    """(outcome, message) of a run an exception (one of ENDING_ERRORS) ended (pure)."""
+    if isinstance(e, (KeyboardInterrupt, Interrupted)):
+        return INTERRUPTED, "stopped by a signal"
+    return FAILED, f"{type(e).__name__}: {e}"
+
+
 def end_on_error(conn: sqlite3.Connection, run_id: int, counts: dict | None,
                  e: BaseException) -> NoReturn:
     """Record how an exception (one of ENDING_ERRORS) ended the run, then raise it:
     a stop signal as Interrupted with the resume hint, anything else as it came."""
-    if isinstance(e, (KeyboardInterrupt, Interrupted)):
-        finish_run(conn, run_id, INTERRUPTED, counts, "stopped by a signal")
+    outcome, message = ending(e)
+    finish_run(conn, run_id, outcome, counts, message)
+    if outcome == INTERRUPTED:
         raise Interrupted("stopped by a signal; run the same command again to continue") from None
-    finish_run(conn, run_id, FAILED, counts, f"{type(e).__name__}: {e}")
     raise e

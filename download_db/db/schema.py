@@ -33,6 +33,21 @@ RUNS_DDL = """CREATE TABLE IF NOT EXISTS runs (
     depends_on   TEXT
 )"""
 
+# The readable form of images for ad hoc SQL (docs/database.md): host name and
+# attribution joined in. The columns up to creator are the view's first shape (v1..v15),
+# in their order, so SQL written against it keeps working; later ones follow (v16).
+IMAGES_V = """images_v AS
+        SELECT i.image_id, i.gbif_id, i.image_no, i.status, i.attempts,
+               i.next_attempt_at, h.host, i.http_status, i.error_type, i.error_detail,
+               i.file_path, i.file_size, i.sha256, i.width, i.height,
+               i.last_attempt_at, i.image_key, i.urls,
+               a.license, a.rights_holder, a.creator,
+               a.publisher, i.fetched_url, i.from_gbif_cache, i.phash, i.dhash,
+               i.dup_group, i.near_group, i.url_group, i.last_checked, i.prev_error
+          FROM images i
+          JOIN hosts h ON h.host_id = i.host_id
+          LEFT JOIN attributions a ON a.attribution_id = i.attribution_id"""
+
 # Timestamps are epoch seconds (REAL): cheap to compare on hot paths; read them
 # with datetime(col, 'unixepoch').
 _TABLES = [
@@ -111,15 +126,7 @@ _TABLES = [
     # One row per stage run: what ran where, and how it ended.
     RUNS_DDL,
     # The readable form of images for ad hoc SQL: host name and attribution.
-    """CREATE VIEW IF NOT EXISTS images_v AS
-        SELECT i.image_id, i.gbif_id, i.image_no, i.status, i.attempts,
-               i.next_attempt_at, h.host, i.http_status, i.error_type, i.error_detail,
-               i.file_path, i.file_size, i.sha256, i.width, i.height,
-               i.last_attempt_at, i.image_key, i.urls,
-               a.license, a.rights_holder, a.creator
-          FROM images i
-          JOIN hosts h ON h.host_id = i.host_id
-          LEFT JOIN attributions a ON a.attribution_id = i.attribution_id""",
+    f"CREATE VIEW IF NOT EXISTS {IMAGES_V}",
 ]
 
 # Built after the bulk load (indexes during a load cost 2-3x insert speed).
@@ -231,6 +238,9 @@ MIGRATIONS: dict[int, list[Step]] = {
     # index), and the rule a job array's plan splits a big host by (arrays/plan.py)
     15: [AddColumn("images", "url_group", "INTEGER"), INDEX_URL_GROUP,
          AddColumn("array_plan", "split_by", "TEXT NOT NULL DEFAULT 'image_id'")],
+    # images_v gains publisher, fetched_url and the identity/upkeep columns (a view:
+    # replaced whole, no table touched)
+    16: ["DROP VIEW IF EXISTS images_v", f"CREATE VIEW {IMAGES_V}"],
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 

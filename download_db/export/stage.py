@@ -5,10 +5,11 @@ from __future__ import annotations
 import datetime as dt
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import BinaryIO, TextIO
 
 import pyarrow as pa
 
@@ -17,8 +18,10 @@ from ..db import occurrences, schema
 from ..db.connection import open_readonly
 from ..db.meta import get_meta
 from ..db.sqlite import sqlite3
-from ..errors import DatabaseError, UsageError
+from ..errors import DatabaseError, Interrupted, UsageError
 from ..progress import say
+from ..signals import stop_on_signals
+from ..stages import recorded_run
 from . import citation, manifest
 from .manifest import Filters
 
@@ -125,36 +128,60 @@ def _write_text(path: Path, text: str) -> None:
 
 def run_export(db: Path, out: Path, *, fmt: str | None = None, filters: Filters = Filters(),
                force: bool = False, echo: TextIO | None = None) -> ExportSummary:
-    """Write the manifest of ``db``'s saved images to ``out`` and the citation files beside it."""
+    """Write the manifest of ``db``'s saved images to ``out`` and the citation files beside it.
+
+    Recorded in runs as 'export' (stages.recorded_run: the reading connection stays
+    read-only). A stop signal ends it between batches, like a failure: nothing written."""
     fmt = format_for(out, fmt)
     conn = _open(db, force)
     try:
-        tmp, fh = manifest.open_temp(out)
+        tmp, fh = manifest.open_temp(out)  # an unusable --out is refused, not a failed run
+    except BaseException:
+        conn.close()
+        raise
+    t0 = time.monotonic()
+    with stop_on_signals() as stop, \
+            recorded_run(db, "export", lambda m: say(m, echo)) as counts:
         try:
-            src = manifest.prepare(conn, filters)
-            tally = citation.Tally()
-
-            def counted() -> Iterator[pa.RecordBatch]:
-                for batch in manifest.batches(conn, filters, src):
-                    tally.add(batch)
-                    yield batch
-
-            manifest.write_stream(fh, fmt, _ahead(counted()))
+            tally = _write_manifest(conn, fh, fmt, filters, stop, counts)
             doi = get_meta(conn, occurrences.META_DOI)
+            _write_text(out.with_name(citation.DERIVED_NAME), citation.derived_dataset_csv(tally))
+            _write_text(out.with_name(citation.CITATION_NAME),
+                        citation.citation_text(tally, doi=doi, manifest_name=out.name,
+                                               filters=_describe(filters)))
+            manifest.publish(tmp, fh, out)
         except BaseException:
             manifest.discard(tmp, fh)
             raise
-    finally:
-        conn.close()
-    _write_text(out.with_name(citation.DERIVED_NAME), citation.derived_dataset_csv(tally))
-    _write_text(out.with_name(citation.CITATION_NAME),
-                citation.citation_text(tally, doi=doi, manifest_name=out.name,
-                                       filters=_describe(filters)))
-    manifest.publish(tmp, fh, out)
+        finally:
+            conn.close()
+        counts.update(images=tally.images, records=tally.records, format=fmt,
+                      datasets=len(tally.records_by_dataset),
+                      seconds=round(time.monotonic() - t0, 2))
     say(f"export: {tally.images:,} images of {tally.records:,} records "
         f"({len(tally.records_by_dataset):,} datasets) -> {out} ({fmt}), "
         f"{citation.DERIVED_NAME}, {citation.CITATION_NAME}", echo)
     return ExportSummary(out, fmt, tally.images, tally.records, len(tally.records_by_dataset), doi)
+
+
+def _write_manifest(conn: sqlite3.Connection, fh: BinaryIO, fmt: str, filters: Filters,
+                    stop: threading.Event, counts: dict) -> citation.Tally:
+    """Stream the manifest into ``fh``, keeping ``counts`` (the run's) current; the
+    tally of what was written."""
+    src = manifest.prepare(conn, filters)
+    tally = citation.Tally()
+
+    def counted() -> Iterator[pa.RecordBatch]:
+        for batch in manifest.batches(conn, filters, src):
+            if stop.is_set():
+                raise Interrupted("stopped by a signal; nothing was written, run the same "
+                                  "command again")
+            tally.add(batch)
+            counts.update(images=tally.images, records=tally.records)
+            yield batch
+
+    manifest.write_stream(fh, fmt, _ahead(counted()))
+    return tally
 
 
 def read_table(db: Path, filters: Filters = Filters()) -> pa.Table:

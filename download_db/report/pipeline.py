@@ -7,7 +7,7 @@ import socket
 
 from ..db import runs
 from ..db.sqlite import sqlite3
-from ..states import ALIVE_WINDOW, DEPENDS_ON, PIPELINE_ORDER
+from ..states import ALIVE_WINDOW, DEPENDS_ON, PIPELINE_ORDER, READ_ONLY_STAGES
 
 COLS = ("run_id", "stage", "started_at", "finished_at", "heartbeat_at", "hostname", "pid",
         "outcome", "counts", "message", "shard", "depends_on")
@@ -30,7 +30,9 @@ def run_state(r: dict, now: float) -> str:
 
 def pipeline(conn: sqlite3.Connection, now: float, tasks: list[dict]) -> dict:
     """State, headline, runs alive now, each stage's last run (in pipeline order), the
-    stages not run because a prerequisite failed, and the 10 newest runs."""
+    stages not run because a prerequisite failed, and the 10 newest runs. The headline
+    judges the newest run, passing over ok runs of stages that only read (an export
+    after a download that saved nothing must not turn NOTHING SAVED into idle)."""
     rows = [dict(zip(COLS, r, strict=True)) for r in conn.execute(
         f"SELECT {', '.join(COLS)} FROM runs ORDER BY run_id DESC LIMIT 200")]
     for t in tasks:  # runs of unmerged array tasks, newest first among all
@@ -43,7 +45,8 @@ def pipeline(conn: sqlite3.Connection, now: float, tasks: list[dict]) -> dict:
         r["duration_seconds"] = _duration(r, now)
     running = [r for r in rows if r["state"] == "running"]
     dead = [r for r in rows if r["state"] in ("crashed", "no heartbeat")]
-    last = rows[0] if rows else None
+    last = next((r for r in rows if r["stage"] not in READ_ONLY_STAGES or r["state"] != "ok"),
+                rows[0] if rows else None)
     stages = _stages(rows)
     if last is None:
         state, headline = "empty", "nothing ingested yet: run init_download_db.py --multimedia ..."

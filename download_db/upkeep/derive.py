@@ -22,7 +22,7 @@ from ..files import images
 from ..files.layout import image_relpath
 from ..progress import RunContext
 from ..signals import stop_on_signals
-from ..stages import require_db_and_root
+from ..stages import recorded_run, require_db_and_root
 
 CHUNK = 512  # images per step of the cursor: a kill redoes at most this many
 STATE = ".derive-state.json"  # in --out: the cursor and what it was made with
@@ -114,7 +114,9 @@ def derive_file(job: tuple[str, str, int, int]) -> int | str:
 def run_derive(cfg: DeriveConfig, out: TextIO | None = None) -> DeriveStats:
     """Write a JPEG of every saved image under cfg.out (same layout, <gbifID>-NN.jpg),
     walking images by image_id; the cursor is kept in cfg.out, so the same command
-    continues after a kill. The database is only read."""
+    continues after a kill. The database is only read; the run is recorded in runs as
+    'derive' (stages.recorded_run), with what this run did (the cursor's stats are the
+    whole pass's)."""
     cfg.validate()
     with stop_on_signals() as stop:
         ctx = RunContext(out=out, bar=cfg.bar, every=cfg.progress_every, stop=stop)
@@ -123,7 +125,9 @@ def run_derive(cfg: DeriveConfig, out: TextIO | None = None) -> DeriveStats:
         except sqlite3.Error as e:
             raise DatabaseError(f"cannot open {cfg.db}: {e}") from None
         try:
-            return _run(conn, cfg, ctx)
+            cfg.out.mkdir(parents=True, exist_ok=True)  # an unusable --out is no run
+            with recorded_run(cfg.db, "derive", ctx.say) as counts:
+                return _run(conn, cfg, ctx, counts)
         finally:
             conn.close()
 
@@ -154,10 +158,18 @@ def _save_cursor(cfg: DeriveConfig, after: int, st: DeriveStats) -> None:
     os.replace(tmp, path)
 
 
-def _run(conn: sqlite3.Connection, cfg: DeriveConfig, ctx: RunContext) -> DeriveStats:
+def _this_run(st: DeriveStats, base: dict, images: int) -> dict:
+    """The runs row's counts: what this run did, the pass's stats less those it resumed."""
+    now = asdict(st)
+    return {"images": images, **{k: now[k] - base[k] for k in (
+        "derived", "already", "skipped_raw", "missing", "unreadable", "bytes_written")}}
+
+
+def _run(conn: sqlite3.Connection, cfg: DeriveConfig, ctx: RunContext,
+         counts: dict) -> DeriveStats:
     t0 = time.monotonic()
-    cfg.out.mkdir(parents=True, exist_ok=True)
     after, st, same = _load_cursor(cfg)
+    base = asdict(st)
     total = upkeep.count_saved(conn)
     ctx.say(f"derive: {total:,} saved images -> {cfg.out} (long edge {cfg.max_size} px, "
             f"{cfg.workers} process(es))" + (f", resuming after image {after:,}"
@@ -196,6 +208,7 @@ def _run(conn: sqlite3.Connection, cfg: DeriveConfig, ctx: RunContext) -> Derive
             after = rows[-1][0]
             _save_cursor(cfg, after, st)
             done += len(rows)
+            counts.update(_this_run(st, base, done))
             progress.update(progress.done_bytes + len(rows), len(rows))
             if ctx.stop.is_set():
                 raise Interrupted("stopped by a signal; run the same command again to "
@@ -207,6 +220,7 @@ def _run(conn: sqlite3.Connection, cfg: DeriveConfig, ctx: RunContext) -> Derive
     if cfg.limit is None or done < cfg.limit:
         _save_cursor(cfg, -1, st)  # the pass is complete
     st.seconds = time.monotonic() - t0
+    counts.update(_this_run(st, base, done), seconds=round(st.seconds, 2))
     ctx.say(f"derive: {st.derived:,} JPEGs written ({st.bytes_written / 1e6:,.1f} MB), "
             f"{st.already:,} already there, "
             f"{st.skipped_raw:,} raws skipped (convert them first), {st.missing:,} files "
