@@ -209,6 +209,10 @@ def test_array_refusals_get_one_line(tmp_path: Path, capsys) -> None:
     conn.close()
     assert _merge(db) == 3
     assert "may still be writing" in capsys.readouterr().err
+    # nor does a local verify write the main database the live task reads
+    assert _verify(db, root) == 3
+    err = capsys.readouterr().err
+    assert "verifying here would race" in err and err.count("\n") == 1
     assert _merge(db, "--force") == 0  # applied, and kept for the rest of its verdicts
     assert path.exists()
     assert q(db, "SELECT count(*) FROM images WHERE last_checked IS NOT NULL") == [(1,)]

@@ -65,6 +65,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="reopen at most N permanent failures per run (default: 100000)")
     p.add_argument("--revisit-only", action="store_true",
                    help="only revisit failures; check no files")
+    p.add_argument("--force", action="store_true",
+                   help="run (not as an array task) although array tasks may still be running")
     common.add_progress(p, 10.0)
     common.add_debug(p)
 
@@ -78,6 +80,7 @@ def run(a: argparse.Namespace) -> int:
                             threads=a.threads, shard=a.shard,
                             revisit_days=a.revisit_failed_older_than,
                             revisit_limit=a.revisit_limit, revisit_only=a.revisit_only,
+                            force=a.force,
                             bar=common.bar(a),
                             progress_every=a.progress_every))
     return 0

@@ -52,6 +52,7 @@ class VerifyConfig:
     revisit_days: float | None = None  # reopen permanent failures last tried this long ago
     revisit_limit: int = revisit.DEFAULT_LIMIT
     revisit_only: bool = False  # no file checks
+    force: bool = False  # run although array tasks may be reading the frozen main database
     bar: bool | None = None
     progress_every: float = 10.0
 
@@ -182,7 +183,10 @@ def run_verify(cfg: VerifyConfig, out: TextIO | None = None) -> VerifyStats:
         from .verify_array import run_verify_task
 
         return run_verify_task(cfg, shard, out)
-    with open_stage(cfg, "verify", out) as (conn, ctx):
+    # array tasks read the frozen main database immutable: a local verify writing it then
+    # would change pages under them (the verify array, scripts/*/verify.sh, runs beside them)
+    with open_stage(cfg, "verify", out, refuse_arrays="verifying here",
+                    force=cfg.force) as (conn, ctx):
         return _run(conn, cfg, ctx)
 
 
