@@ -141,6 +141,23 @@ def test_sliced_merge_equals_the_shipped_merge(built, tmp_path_factory, n, seed,
     shutil.rmtree(d)
 
 
+def _progress_calls(db: Path) -> int:
+    """Merge ``db``'s tasks, counting the progress handler's calls (every 100
+    instructions): the scale a stop or a kill "this far into the merge" is put on."""
+    calls = 0
+
+    def count() -> bool:
+        nonlocal calls
+        calls += 1
+        return False
+
+    conn = connection.connect(db)
+    conn.set_progress_handler(count, 100)
+    merge.merge_tasks(conn, db, out=io.StringIO())
+    conn.close()
+    return calls
+
+
 class _Stop(Exception):
     pass
 
@@ -153,18 +170,7 @@ def test_a_merge_stopped_anywhere_loses_nothing(built, tmp_path, monkeypatch, at
     main = _array(built, tmp_path / "main", 3, 7)
     shutil.copytree(tmp_path / "main", tmp_path / "want")
     want = tmp_path / "want" / main.name
-    calls = 0
-
-    def count() -> bool:
-        nonlocal calls
-        calls += 1
-        return False
-
-    conn = connection.connect(want)
-    conn.set_progress_handler(count, 100)
-    merge.merge_tasks(conn, want, out=io.StringIO())
-    conn.close()
-    after, calls = int(calls * at), 0  # stop this far into the same merge
+    after, calls = int(_progress_calls(want) * at), 0  # stop this far into the same merge
     conn = connection.connect(main)
 
     def stop() -> bool:
@@ -216,18 +222,7 @@ def test_a_merge_killed_mid_transaction_is_completed_by_the_next(built, tmp_path
     main = _array(built, tmp_path / "main", 3, 11)
     shutil.copytree(tmp_path / "main", tmp_path / "want")
     want = tmp_path / "want" / main.name
-    calls = 0
-
-    def count() -> bool:
-        nonlocal calls
-        calls += 1
-        return False
-
-    conn = connection.connect(want)
-    conn.set_progress_handler(count, 100)
-    merge.merge_tasks(conn, want, out=io.StringIO())
-    conn.close()
-    after = int(calls * at)  # the kill this far into the same merge
+    after = int(_progress_calls(want) * at)  # the kill this far into the same merge
     root = Path(__file__).resolve().parent.parent
     proc = subprocess.run([sys.executable, "-c", _KILLER, str(main), str(after)], cwd=root,
                           env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"}, timeout=120)

@@ -221,9 +221,8 @@ def merge_counters(unchanged: tuple[str, ...] = ()) -> MergeCounters:
             begin += b
             body.append(a)
             finish += f
-        else:
-            cond = f" AND {_swap(t.where, 'new', keep)}" if t.where else ""
-            values = [_swap(e, "new", keep) for _, e in t.key + t.sums]
+        else:  # added per row straight to the counter
+            _, _, values, cond = _accumulator(t, keep)
             body.append(f"INSERT INTO {t.table}({', '.join(t.columns())}) "
                         f"SELECT {', '.join(values)} WHERE 1{cond}{t.upsert()}")
     begin.append(f"DROP TRIGGER IF EXISTS temp.{MERGE_TRIGGER}")
@@ -240,22 +239,42 @@ def _swap(e: str, r: str, keep: Mapping[str, str]) -> str:
     return e
 
 
+def _accumulator(t: Tally, keep: Mapping[str, str]) -> tuple[list[str], list[str], list[str],
+                                                               str]:
+    """A temp table summing a counter's change per key over updated rows (aliases old
+    and new): (key columns, sum columns, the expressions filling them, the condition a
+    row must meet). Signed: per (old key, new key), old and new sums; unsigned: the new
+    row's key and sums, for the rows its ``where`` counts."""
+    if not t.signed:
+        cond = f" AND {_swap(t.where, 'new', keep)}" if t.where else ""
+        return ([f"k{i}" for i in range(len(t.key))], [f"s{i}" for i in range(len(t.sums))],
+                [_swap(e, "new", keep) for _, e in t.key + t.sums], cond)
+    keys = [f"{side}k{i}" for side in "on" for i in range(len(t.key))]
+    sums = [f"{side}s{i}" for side in "on" for i in range(len(t.sums))]
+    exprs = ([e.format(r="old") for _, e in t.key] + [_swap(e, "new", keep) for _, e in t.key]
+             + [e.format(r="old") for _, e in t.sums]
+             + [_swap(e, "new", keep) for _, e in t.sums])
+    return keys, sums, exprs, ""
+
+
+def _accumulate(temp: str, keys: list[str], sums: list[str], exprs: list[str],
+                rest: str) -> tuple[str, str]:
+    """(the temp table's DDL, the upsert adding ``exprs`` to it; ``rest`` follows the
+    SELECT list: a FROM ... WHERE or a bare WHERE, as an upsert needs one)."""
+    sets = ", ".join(f"{c} = {c} + excluded.{c}" for c in sums)
+    return (f"CREATE TEMP TABLE {temp}({', '.join(keys + sums)}, "
+            f"PRIMARY KEY ({', '.join(keys)})) WITHOUT ROWID",
+            f"INSERT INTO {temp}({', '.join(keys + sums)}) SELECT {', '.join(exprs)} "
+            f"{rest} ON CONFLICT DO UPDATE SET {sets}")
+
+
 def _both_sides(t: Tally, keep: Mapping[str, str]) -> tuple[list[str], str, list[str]]:
     """A signed counter's change: (begin statements, the trigger's upsert, finish
     statements) of MergeCounters."""
     k, m = len(t.key), len(t.sums)
-    keys = [f"{side}k{i}" for side in "on" for i in range(k)]
-    sums = [f"{side}s{i}" for side in "on" for i in range(m)]
     temp = f"merge_{t.table}"  # unqualified inside a trigger; temp comes first
-    begin = [f"DROP TABLE IF EXISTS temp.{temp}",
-             f"CREATE TEMP TABLE {temp}({', '.join(keys + sums)}, "
-             f"PRIMARY KEY ({', '.join(keys)})) WITHOUT ROWID"]
-    exprs = ([e.format(r="old") for _, e in t.key] + [_swap(e, "new", keep) for _, e in t.key]
-             + [e.format(r="old") for _, e in t.sums]
-             + [_swap(e, "new", keep) for _, e in t.sums])
-    sets = ", ".join(f"{c} = {c} + excluded.{c}" for c in sums)
-    add = (f"INSERT INTO {temp}({', '.join(keys + sums)}) SELECT {', '.join(exprs)} "
-           f"WHERE 1 ON CONFLICT DO UPDATE SET {sets}")
+    keys, sums, exprs, _ = _accumulator(t, keep)
+    create, add = _accumulate(temp, keys, sums, exprs, "WHERE 1")
     cols = ", ".join(t.columns())
 
     def side(s: str, sign: str) -> str:
@@ -263,7 +282,8 @@ def _both_sides(t: Tally, keep: Mapping[str, str]) -> tuple[list[str], str, list
         vs = ", ".join(f"{sign}sum({s}s{i})" for i in range(m))
         return (f"INSERT INTO {t.table}({cols}) SELECT {ks}, {vs} FROM temp.{temp} WHERE 1 "
                 f"GROUP BY {', '.join(str(i + 1) for i in range(k))}{t.upsert()}")
-    return begin, add, [side("o", "-"), side("n", ""), f"DROP TABLE temp.{temp}"]
+    return ([f"DROP TABLE IF EXISTS temp.{temp}", create], add,
+            [side("o", "-"), side("n", ""), f"DROP TABLE temp.{temp}"])
 
 
 @dataclass(frozen=True)
@@ -301,27 +321,11 @@ def change_counts(unchanged: tuple[str, ...] = ()) -> tuple[ChangeCount, ...]:
     for t in TALLIES:
         if t.source != "images":
             continue
-        temp = f"change_{t.table}"
-        if t.signed:
-            keys = [f"{side}k{i}" for side in "on" for i in range(len(t.key))]
-            sums = [f"{side}s{i}" for side in "on" for i in range(len(t.sums))]
-            exprs = ([e.format(r="old") for _, e in t.key] + [_swap(e, "new", keep)
-                                                             for _, e in t.key]
-                     + [e.format(r="old") for _, e in t.sums]
-                     + [_swap(e, "new", keep) for _, e in t.sums])
-            cond = ""
-        else:
-            keys = [f"k{i}" for i in range(len(t.key))]
-            sums = [f"s{i}" for i in range(len(t.sums))]
-            exprs = [_swap(e, "new", keep) for _, e in t.key + t.sums]
-            cond = f" AND {_swap(t.where, 'new', keep)}" if t.where else ""
-        sets = ", ".join(f"{c} = {c} + excluded.{c}" for c in sums)
-        out.append(ChangeCount(
-            t, f"CREATE TEMP TABLE {temp}({', '.join(keys + sums)}, "
-               f"PRIMARY KEY ({', '.join(keys)})) WITHOUT ROWID",
-            f"INSERT INTO temp.{temp}({', '.join(keys + sums)}) SELECT {', '.join(exprs)} "
-            f"{{from_where}}{cond} ON CONFLICT DO UPDATE SET {sets}",
-            f"SELECT {', '.join(keys + sums)} FROM temp.{temp}"))
+        keys, sums, exprs, cond = _accumulator(t, keep)
+        create, count = _accumulate(f"change_{t.table}", keys, sums, exprs,
+                                    f"{{from_where}}{cond}")
+        out.append(ChangeCount(t, create, count,
+                               f"SELECT {', '.join(keys + sums)} FROM temp.change_{t.table}"))
     return tuple(out)
 
 
