@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import random
@@ -329,3 +330,19 @@ class Webhook:
         self.release.set()
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def spy_stop_events(monkeypatch, module) -> list[threading.Event]:
+    """Wrap ``module.stop_on_signals`` so that a test sees each stop event the stage
+    opens (to wait until its SIGTERM has been seen)."""
+    stops: list[threading.Event] = []
+    real = module.stop_on_signals
+
+    @contextlib.contextmanager
+    def spy():
+        with real() as ev:
+            stops.append(ev)
+            yield ev
+
+    monkeypatch.setattr(module, "stop_on_signals", spy)
+    return stops

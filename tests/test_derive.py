@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
@@ -19,7 +18,7 @@ from download_db.cli.main import main
 from download_db.files.layout import image_relpath
 from download_db.upkeep import derive
 from download_db.upkeep.derive import shrink
-from tests.helpers import dump, q
+from tests.helpers import dump, q, spy_stop_events
 from tests.identity_data import SHEETS, saved_db, synthetic
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -156,20 +155,12 @@ def test_a_stop_signal_is_an_interrupted_run(tmp_path: Path, monkeypatch, capsys
             while time.monotonic() < deadline and not _stopped():
                 time.sleep(0.01)
 
-    stops: list = []
-    real_signals = derive.stop_on_signals
-
-    @contextlib.contextmanager
-    def spy():
-        with real_signals() as ev:
-            stops.append(ev)
-            yield ev
+    stops = spy_stop_events(monkeypatch, derive)
 
     def _stopped() -> bool:
         return bool(stops) and stops[0].is_set()
 
     monkeypatch.setattr(derive, "_save_cursor", then_stop)
-    monkeypatch.setattr(derive, "stop_on_signals", spy)
     assert _derive(db, root, tmp_path / "set", "--workers", "1") == 75
     assert "stopped by a signal" in capsys.readouterr().err
     ((stage, outcome, message, counts),) = _runs(db)

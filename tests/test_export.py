@@ -27,7 +27,7 @@ from download_db.errors import DatabaseError, StorageError, UsageError
 from download_db.export import manifest
 from download_db.export.manifest import SCHEMA, make_filters
 from download_db.export.stage import run_export
-from tests.helpers import q, row, write_multimedia
+from tests.helpers import q, row, spy_stop_events, write_multimedia
 from tests.imageserver import ImageServer
 
 pytestmark = pytest.mark.timeout(120)
@@ -243,18 +243,24 @@ def test_missing_database(tmp_path):
         run_export(tmp_path / "nope.db", tmp_path / "m.parquet")
 
 
-def test_refuses_while_an_array_task_writes(collection, tmp_path):
-    db = tmp_path / "d.db"
-    shutil.copy(collection[0], db)
-    tasks = tmp_path / "d.db.tasks"
-    tasks.mkdir()
-    c = stdlib_sqlite3.connect(tasks / "task-0001-of-0002.db")
+def _live_task(path: Path) -> None:
+    """A task database whose download run is alive (this host, this pid, a fresh
+    heartbeat)."""
+    c = stdlib_sqlite3.connect(path)
     c.execute("CREATE TABLE runs (run_id INTEGER PRIMARY KEY, stage TEXT, hostname TEXT, "
               "pid INTEGER, heartbeat_at REAL, outcome TEXT)")
     c.execute("INSERT INTO runs VALUES (1, 'download', ?, ?, ?, 'running')",
               (socket.gethostname(), os.getpid(), time.time()))
     c.commit()
     c.close()
+
+
+def test_refuses_while_an_array_task_writes(collection, tmp_path):
+    db = tmp_path / "d.db"
+    shutil.copy(collection[0], db)
+    tasks = tmp_path / "d.db.tasks"
+    tasks.mkdir()
+    _live_task(tasks / "task-0001-of-0002.db")
     with pytest.raises(DatabaseError, match="task-0001-of-0002.db may still be writing"):
         run_export(db, tmp_path / "m.parquet")
     assert not (tmp_path / "m.parquet").exists()
@@ -350,21 +356,12 @@ def test_a_failed_export_is_one_line_and_a_failed_run(copy, tmp_path, monkeypatc
 
 
 def test_a_stop_signal_ends_it_as_an_interrupted_run(copy, tmp_path, monkeypatch):
-    import contextlib
     import signal
 
     from download_db.errors import Interrupted
     from download_db.export import stage
 
-    stops: list = []
-    real_signals = stage.stop_on_signals
-
-    @contextlib.contextmanager
-    def spy():
-        with real_signals() as ev:
-            stops.append(ev)
-            yield ev
-
+    stops = spy_stop_events(monkeypatch, stage)
     real = manifest.batches
 
     def stopped_after_one(conn, f, src):  # a scheduler's SIGTERM after the first batch
@@ -374,7 +371,6 @@ def test_a_stop_signal_ends_it_as_an_interrupted_run(copy, tmp_path, monkeypatch
         assert stops[0].wait(10)
         yield batch
 
-    monkeypatch.setattr(stage, "stop_on_signals", spy)
     monkeypatch.setattr(manifest, "batches", stopped_after_one)
     out = tmp_path / "m.parquet"
     out.write_bytes(b"the previous export")
@@ -399,13 +395,7 @@ def test_not_recorded_while_an_array_runs_or_an_init_stage_holds_the_database(co
     assert "in use by gbif-download-db finalize" in said.getvalue()
     tasks = tmp_path / "c.db.tasks"
     tasks.mkdir()
-    c = stdlib_sqlite3.connect(tasks / "task-0001-of-0002.db")
-    c.execute("CREATE TABLE runs (run_id INTEGER PRIMARY KEY, stage TEXT, hostname TEXT, "
-              "pid INTEGER, heartbeat_at REAL, outcome TEXT)")
-    c.execute("INSERT INTO runs VALUES (1, 'download', ?, ?, ?, 'running')",
-              (socket.gethostname(), os.getpid(), time.time()))
-    c.commit()
-    c.close()
+    _live_task(tasks / "task-0001-of-0002.db")
     before = copy.read_bytes()
     said = io.StringIO()
     assert run_export(copy, tmp_path / "m.parquet", force=True, echo=said).images == 6
