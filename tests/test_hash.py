@@ -20,7 +20,7 @@ from PIL import Image
 from download_db.cli.main import main
 from download_db.db.connection import connect
 from download_db.db.schema import MIGRATIONS, SCHEMA_VERSION, apply_migration, migrate
-from download_db.files import images, lanczos, phash
+from download_db.files import edgehash, images, lanczos, phash
 from download_db.identity.backfill import HashConfig, run_hash
 from tests.helpers import q
 from tests.identity_data import SHEETS, saved_db, synthetic, transformations
@@ -34,11 +34,17 @@ def reference(data: bytes) -> tuple[int, int]:
     return (phash.to_signed(imagehash.phash(im).hash), phash.to_signed(imagehash.dhash(im).hash))
 
 
+def edges_of(data: bytes) -> bytes:
+    """The edge hashes of a saved file's bytes, from Pillow's own grey conversion."""
+    return edgehash.edge_hashes(np.asarray(Image.open(io.BytesIO(data)).convert("L")))
+
+
 @pytest.mark.parametrize("sheet", SHEETS, ids=lambda p: p.stem[-4:])
 def test_convert_hashes_equal_imagehash_of_the_saved_file(sheet: Path) -> None:
     for name, data in {"as shipped": sheet.read_bytes(), **transformations(sheet)}.items():
         out = images.convert(data)
         assert (out.phash, out.dhash) == reference(out.data), name
+        assert out.edges == edges_of(out.data) and len(out.edges) == edgehash.SIZE, name
 
 
 @settings(max_examples=25, deadline=None)
@@ -166,14 +172,14 @@ def test_identity_migrations_add_their_columns_and_table(tmp_path: Path) -> None
     c.close()
 
 
-def expected(db: Path, root: Path) -> dict[int, tuple[int, int]]:
-    return {i: reference((root / f).read_bytes())
+def expected(db: Path, root: Path) -> dict[int, tuple]:
+    return {i: (*reference((root / f).read_bytes()), edges_of((root / f).read_bytes()))
             for i, f in q(db, "SELECT image_id, file_path FROM images WHERE status = 'success'")}
 
 
-def stored(db: Path) -> dict[int, tuple[int, int]]:
-    return {i: (p, d) for i, p, d in q(db, "SELECT image_id, phash, dhash FROM images "
-                                           "WHERE status = 'success'")}
+def stored(db: Path) -> dict[int, tuple]:
+    return {i: (p, d, e) for i, p, d, e in q(db, "SELECT image_id, phash, dhash, edge_hashes "
+                                                 "FROM images WHERE status = 'success'")}
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -187,14 +193,33 @@ def test_backfill_hashes_every_saved_image_and_records_its_run(tmp_path: Path,
     got = stored(db)
     for image_id, f in q(db, "SELECT image_id, file_path FROM images WHERE status = 'success'"):
         if f == missing:
-            assert got[image_id] == (None, None)
+            assert got[image_id] == (None, None, None)
         else:
-            assert got[image_id] == reference((root / f).read_bytes())
+            data = (root / f).read_bytes()
+            assert got[image_id] == (*reference(data), edges_of(data))
     runs = q(db, "SELECT outcome, counts FROM runs WHERE stage = 'hash'")
     assert [r[0] for r in runs] == ["ok"] and '"hashed": 11' in runs[0][1]
     assert q(db, "SELECT value FROM meta WHERE key = 'hash_cursor'") == [("0",)]
     again = run_hash(HashConfig(db=db, install_path=root, bar=False))
     assert (again.hashed, again.missing) == (0, 1)  # only the missing file is looked at again
+
+
+def test_backfill_adds_edge_hashes_to_images_hashed_before_them(tmp_path: Path) -> None:
+    """Rows hashed before schema v17 have pHash and dHash but no edge hashes: the next
+    backfill reads those files again and leaves the rest alone."""
+    db, root = saved_db(tmp_path, synthetic(6), convert=False)
+    run_hash(HashConfig(db=db, install_path=root, bar=False))
+    want = stored(db)
+    conn = stdlib_sqlite3.connect(db, isolation_level=None)
+    conn.execute("UPDATE images SET edge_hashes = NULL WHERE image_id % 2 = 0")
+    conn.execute("UPDATE images SET phash = 1 WHERE image_id % 2 = 1")  # to see it is kept
+    conn.close()
+    again = run_hash(HashConfig(db=db, install_path=root, bar=False))
+    assert again.hashed == 3
+    got = stored(db)
+    assert {i: v for i, v in got.items() if i % 2 == 0} == \
+        {i: v for i, v in want.items() if i % 2 == 0}
+    assert {v[0] for i, v in got.items() if i % 2 == 1} == {1}
 
 
 def test_backfill_cli_errors_are_one_line(tmp_path: Path, capsys) -> None:
@@ -246,3 +271,17 @@ def test_downloaded_images_carry_their_hashes(tmp_path: Path) -> None:
                      "--contact", "tests@example.org"]) == 0
     assert len(stored(db)) == 4
     assert stored(db) == expected(db, root)
+
+
+@settings(max_examples=40, deadline=None)
+@given(h=st.integers(1, 700), w=st.integers(1, 700), seed=st.integers(0, 2**32),
+       level=st.integers(0, 255))
+def test_edge_hashes_of_any_shape_are_64_bytes_and_deterministic(h: int, w: int, seed: int,
+                                                                 level: int) -> None:
+    """Any size the downloader lets through (1 px wide strips too): the stored value is
+    always 64 bytes, the same for the same pixels, and zeros for a flat picture."""
+    grey = np.random.default_rng(seed).integers(0, 256, (h, w), dtype=np.uint8)
+    v = edgehash.edge_hashes(grey)
+    assert len(v) == edgehash.SIZE and edgehash.edge_hashes(grey.copy()) == v
+    assert edgehash.unpack([v]).shape == (1, len(edgehash.EDGES), edgehash.WORDS)
+    assert edgehash.edge_hashes(np.full((h, w), level, np.uint8)) == bytes(edgehash.SIZE)

@@ -270,7 +270,8 @@ def test_a_claim_brings_a_saved_mate_s_file(conn) -> None:
     by_gid = {g: it for it in got for i, g in conn.execute(
         "SELECT image_id, gbif_id FROM images") if i == it.image_id}
     ten = _image_id_of(conn, 10)
-    assert by_gid[11].saved == (ten, "000/000/10-00.jpg", 5, "ab", 3, 4, None, None, None, None)
+    assert by_gid[11].saved == (ten, "000/000/10-00.jpg", 5, "ab", 3, 4, None, None, None, None,
+                                  None)
     assert by_gid[12].saved == by_gid[11].saved
     assert by_gid[21].saved is None  # its mate's file is not in place yet (still claimed)
     assert by_gid[30].saved is None
@@ -384,7 +385,7 @@ def test_images_whose_mate_was_saved_by_an_earlier_run_link_its_file(tmp_path) -
 
 
 def test_a_manifest_is_never_linked_from_the_database(tmp_path) -> None:
-    row_ = (7, "000/000/7-00.jpg", 5, "ab", 3, 4, None, None, None, None)
+    row_ = (7, "000/000/7-00.jpg", 5, "ab", 3, 4, None, None, None, None, None)
     got = shared.saved_in_db(tmp_path, row_, "https://h.example.org/a.jpg")
     assert got is not None and got.final == tmp_path / "000/000/7-00.jpg" and got.ext == "jpg"
     # its other canvases, which every image of the URL gets rows for, are the fetch's

@@ -30,7 +30,7 @@ _DONE = ("{t}.last_attempt_at IS NOT NULL AND {t}.claimed_by IS NULL "
 # the main row no longer holds.
 _RESULT = ("status", "attempts", "next_attempt_at", "http_status", "error_type", "file_size",
            "width", "height", "last_attempt_at", "file_path", "sha256", "error_detail",
-           "phash", "dhash", "fetched_url")
+           "phash", "dhash", "edge_hashes", "fetched_url")
 _IDENTITY = ("image_id", "gbif_id", "image_no", "host_id", "image_key", "urls")
 # An upsert on the rowid, not UPDATE ... FROM: SQLite materialises an UPDATE's join
 # into a temp table and seeks every row twice; the upsert walks the task's rows and

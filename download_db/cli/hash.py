@@ -7,11 +7,13 @@ import argparse
 from ..db.identity import CHUNK
 from . import common
 
-HELP = "compute pHash/dHash for saved images that have none (resumable backfill)"
+HELP = "compute pHash/dHash/edge hashes for saved images that lack them (resumable backfill)"
 DESCRIPTION = ("Compute the perceptual hashes (imagehash pHash and dHash, stored in images.phash "
-               "and images.dhash) of every saved image that lacks them: kept originals, raws, "
-               "adopted files, images saved before hashing existed. Reads the files, writes the "
-               "database in chunks; kill it at any time and run it again to continue.")
+               "and images.dhash, and the edge hashes dedupe matches crops by, in "
+               "images.edge_hashes) of every saved image that lacks them: kept originals, raws, "
+               "adopted files, images saved before hashing existed or before edge hashes. "
+               "Reads the files, writes the database in chunks; kill it at any time and run it "
+               "again to continue.")
 EXAMPLES = """\
 examples:
   hash what the downloads saved, with 2 decoding processes:

@@ -57,7 +57,7 @@ MATES_MAX = 1000  # group-mates taken with one claim
 # GBIF's cache's): the claimed rows link its file instead of fetching the URL again.
 _SAVED_MATES = """
 SELECT url_group, image_id, file_path, file_size, sha256, width, height, phash, dhash,
-       error_type, fetched_url FROM images INDEXED BY images_url_group
+       edge_hashes, error_type, fetched_url FROM images INDEXED BY images_url_group
  WHERE url_group IS NOT NULL AND url_group IN (SELECT value FROM json_each(:groups))
    AND status = 'success' AND claimed_by IS NULL AND from_gbif_cache IS NULL
    AND file_path IS NOT NULL AND sha256 IS NOT NULL
@@ -117,6 +117,7 @@ class Result:
     height: int | None = None
     phash: int | None = None  # files/phash.py; None: `gbif-download-db hash` fills it in
     dhash: int | None = None
+    edge_hashes: bytes | None = None  # files/edgehash.py, with the two above
     # the URL whose response is the saved file (after rendition/IIIF rewrites, before
     # redirects); None when nothing was fetched (an adopted file)
     fetched_url: str | None = None
@@ -151,6 +152,7 @@ _RESCUED = f"""
 UPDATE images SET status = 'success', http_status = :http_status, error_type = :error_type,
        error_detail = :error_detail, file_path = :file_path, file_size = :file_size,
        sha256 = :sha256, width = :width, height = :height, phash = :phash, dhash = :dhash,
+       edge_hashes = :edges,
        prev_error = {PREV_ERROR_SQL}, from_gbif_cache = {FROM_GBIF_CACHE},
        fetched_url = :fetched_url, last_attempt_at = :now, next_attempt_at = 0,
        claimed_by = :token
@@ -207,7 +209,8 @@ def rescue_params(r: Result, token: str, max_attempts: int, now: float) -> tuple
             "error_type": r.error_type, "error_detail": "saved from GBIF's image cache",
             "file_path": r.file_path, "file_size": r.file_size, "sha256": r.sha256,
             "width": r.width, "height": r.height, "phash": r.phash, "dhash": r.dhash,
-            "fetched_url": r.fetched_url}  # the cache's URL: where the file came from
+            # the cache's URL: where the file came from
+            "edges": r.edge_hashes, "fetched_url": r.fetched_url}
     fgc: int | None
     if r.status == FAILED_TRANSIENT:  # -k: k tries failed so far; 0 once the budget is spent
         tries = r.item.cache_tries + 1
@@ -267,7 +270,7 @@ def result_params(r: Result, token: str, max_attempts: int, now: float) -> dict:
         "error_type": r.error_type if r.status != PENDING else r.item.error_type,
         "error_detail": detail, "file_path": r.file_path, "file_size": r.file_size,
         "sha256": r.sha256, "width": r.width, "height": r.height,
-        "phash": r.phash, "dhash": r.dhash, "fetched_url": r.fetched_url,
+        "phash": r.phash, "dhash": r.dhash, "edges": r.edge_hashes, "fetched_url": r.fetched_url,
         "last": now if r.attempted else None, "next": next_at,
         # a deferral (nothing asked of any server) keeps the previous outcome's details
         "keep_old": 1 if r.status == PENDING else 0,
@@ -283,6 +286,7 @@ UPDATE images SET status = :status, attempts = :attempts,
        error_detail = CASE WHEN :keep_old THEN error_detail ELSE :error_detail END,
        file_path = :file_path, file_size = :file_size, sha256 = :sha256,
        width = :width, height = :height, phash = :phash, dhash = :dhash,
+       edge_hashes = :edges,
        fetched_url = :fetched_url,
        last_attempt_at = COALESCE(:last, last_attempt_at),
        next_attempt_at = :next, claimed_by = :claimed_by,

@@ -6,21 +6,25 @@ import json
 
 import numpy as np
 
+from ..files import edgehash
 from . import placeholders, runs
 from .meta import get_meta, set_meta
 from .sqlite import sqlite3
 
 # Saved images whose hashes are missing (kept originals, raws, adopted files,
-# saved before hashing existed), in image_id order from a cursor: a rowid range
-# scan, so one backfill reads the table once however often it is resumed.
+# saved before hashing existed, or before edge hashes: schema v17), in image_id order
+# from a cursor: a rowid range scan, so one backfill reads the table once however
+# often it is resumed.
 _TO_HASH = """
 SELECT image_id, file_path FROM images
- WHERE image_id > ? AND status = 'success' AND file_path IS NOT NULL AND phash IS NULL
+ WHERE image_id > ? AND status = 'success' AND file_path IS NOT NULL
+   AND (phash IS NULL OR edge_hashes IS NULL)
  ORDER BY image_id LIMIT ?
 """
 _COUNT_TO_HASH = ("SELECT count(*) FROM images WHERE status = 'success' "
-                  "AND file_path IS NOT NULL AND phash IS NULL")
-_SET = "UPDATE images SET phash = ?, dhash = ? WHERE image_id = ? AND file_path = ?"
+                  "AND file_path IS NOT NULL AND (phash IS NULL OR edge_hashes IS NULL)")
+_SET = ("UPDATE images SET phash = ?, dhash = ?, edge_hashes = ? "
+        "WHERE image_id = ? AND file_path = ?")
 CHUNK = 500  # images per backfill transaction: a kill redoes at most this many
 CURSOR_KEY = "hash_cursor"  # last image_id a killed backfill committed
 
@@ -33,10 +37,10 @@ def to_hash(conn: sqlite3.Connection, after: int, n: int) -> list[tuple[int, str
     return [(int(r[0]), str(r[1])) for r in conn.execute(_TO_HASH, (after, n))]
 
 
-def save_hashes(conn: sqlite3.Connection, rows: list[tuple[int, str, int, int]]) -> int:
-    """(image_id, file_path, phash, dhash) rows, inside the caller's transaction; a row
+def save_hashes(conn: sqlite3.Connection, rows: list[tuple[int, str, int, int, bytes]]) -> int:
+    """(image_id, file_path, phash, dhash, edge hashes) rows, inside the caller's transaction; a row
     whose file changed since it was read (re-downloaded) is left alone."""
-    cur = conn.executemany(_SET, [(p, d, i, f) for i, f, p, d in rows])
+    cur = conn.executemany(_SET, [(p, d, e, i, f) for i, f, p, d, e in rows])
     return max(cur.rowcount, 0)
 
 
@@ -61,6 +65,8 @@ SELECT image_id, host_id, sha256, n_host FROM (
 """
 _HASHED = ("SELECT image_id, phash, host_id FROM images WHERE status = 'success' "
            "AND phash IS NOT NULL ORDER BY image_id")
+_EDGES = ("SELECT image_id, edge_hashes FROM images WHERE status = 'success' "
+          "AND phash IS NOT NULL AND edge_hashes IS NOT NULL ORDER BY image_id")
 _GROUPED = ("SELECT image_id, dup_group, near_group FROM images "
             "WHERE dup_group IS NOT NULL OR near_group IS NOT NULL")
 _SET_GROUPS = "UPDATE images SET dup_group = ?, near_group = ? WHERE image_id = ?"
@@ -82,6 +88,19 @@ def hashed(conn: sqlite3.Connection) -> tuple[np.ndarray, np.ndarray, np.ndarray
         parts.append(np.array(rows, dtype=np.int64).reshape(-1, 3))
     block = np.concatenate(parts) if parts else np.empty((0, 3), np.int64)
     return block[:, 0].copy(), block[:, 1].copy(), block[:, 2].copy()
+
+
+def edge_hashed(conn: sqlite3.Connection) -> tuple[np.ndarray, np.ndarray]:
+    """(image_ids, edge hashes as edgehash.unpack gives them) of the saved images that
+    have both, in image_id order (72 bytes per image: 3.6 GB at 50M). A value of
+    another length (written by hand) is left out."""
+    ids, parts = [np.empty(0, np.int64)], [edgehash.unpack([])]
+    cur = conn.execute(_EDGES)
+    while rows := cur.fetchmany(FETCH):
+        ok = [r for r in rows if len(r[1]) == edgehash.SIZE]
+        ids.append(np.fromiter((r[0] for r in ok), np.int64, len(ok)))
+        parts.append(edgehash.unpack([r[1] for r in ok]))
+    return np.concatenate(ids), np.concatenate(parts)
 
 
 def sha256_of(conn: sqlite3.Connection, image_id: int) -> str | None:

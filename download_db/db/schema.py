@@ -86,7 +86,8 @@ _TABLES = [
         prev_error      TEXT,
         from_gbif_cache INTEGER,
         fetched_url     TEXT,
-        url_group       INTEGER
+        url_group       INTEGER,
+        edge_hashes     BLOB
     )""",
     """CREATE TABLE IF NOT EXISTS gbif_ids (
         gbif_id      INTEGER PRIMARY KEY,
@@ -241,6 +242,9 @@ MIGRATIONS: dict[int, list[Step]] = {
     # images_v gains publisher, fetched_url and the identity/upkeep columns (a view:
     # replaced whole, no table touched)
     16: ["DROP VIEW IF EXISTS images_v", f"CREATE VIEW {IMAGES_V}"],
+    # the edge hashes near groups use to find crops (files/edgehash.py); NULL on rows
+    # hashed before, which `gbif-download-db hash` fills in
+    17: [AddColumn("images", "edge_hashes", "BLOB")],
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 

@@ -75,7 +75,8 @@ def requeue(conn: sqlite3.Connection, bad: Iterable[tuple[int, str, str]], now: 
         "UPDATE images SET status = 'pending', attempts = 0, next_attempt_at = 0, "
         "error_type = ?, error_detail = ?, http_status = NULL, file_path = NULL, "
         "file_size = NULL, sha256 = NULL, width = NULL, height = NULL, phash = NULL, "
-        "dhash = NULL, last_checked = ? WHERE image_id = ? AND status = 'success' "
+        "dhash = NULL, edge_hashes = NULL, last_checked = ? "
+        "WHERE image_id = ? AND status = 'success' "
         "AND claimed_by IS NULL",
         [(etype, detail[:2000], now, image_id) for image_id, etype, detail in bad])
     return max(cur.rowcount, 0)
@@ -148,7 +149,7 @@ _RAWS = ("SELECT image_id, gbif_id, image_no, file_path FROM images WHERE image_
 _CONVERTED = """
 UPDATE images SET error_type = NULL, error_detail = :detail, file_path = :path,
        file_size = :size, sha256 = :sha, width = :w, height = :h, phash = :ph, dhash = :dh,
-       last_checked = NULL
+       edge_hashes = :edges, last_checked = NULL
  WHERE image_id = :id AND status = 'success' AND error_type = 'raw_unprocessed'
    AND file_path = :raw AND claimed_by IS NULL
 RETURNING gbif_id
@@ -156,7 +157,7 @@ RETURNING gbif_id
 _UNCONVERTIBLE = """
 UPDATE images SET status = 'failed_permanent', error_type = :etype, error_detail = :detail,
        file_path = NULL, file_size = NULL, sha256 = NULL, width = NULL, height = NULL,
-       phash = NULL, dhash = NULL, last_checked = NULL
+       phash = NULL, dhash = NULL, edge_hashes = NULL, last_checked = NULL
  WHERE image_id = :id AND status = 'success' AND error_type = 'raw_unprocessed'
    AND file_path = :raw AND claimed_by IS NULL
 RETURNING gbif_id
@@ -174,13 +175,14 @@ def raws_after(conn: sqlite3.Connection, after: int, n: int) -> list[tuple[int, 
 
 
 def record_converted(conn: sqlite3.Connection, rows: list[tuple]) -> list[int]:
-    """(image_id, raw path, new path, size, sha256, width, height, phash, dhash, detail)
-    rows, inside the caller's transaction; returns the gbifIDs of the rows changed."""
+    """(image_id, raw path, new path, size, sha256, width, height, phash, dhash, edge
+    hashes, detail) rows, inside the caller's transaction; returns the gbifIDs of the rows
+    changed."""
     out = []
-    for i, raw, path, size, sha, w, h, ph, dh, detail in rows:
+    for i, raw, path, size, sha, w, h, ph, dh, edges, detail in rows:
         out += [r[0] for r in conn.execute(_CONVERTED, {
             "id": i, "raw": raw, "path": path, "size": size, "sha": sha, "w": w, "h": h,
-            "ph": ph, "dh": dh, "detail": detail})]
+            "ph": ph, "dh": dh, "edges": edges, "detail": detail})]
     return out
 
 

@@ -120,7 +120,7 @@ _REQUEUE = f"""
 UPDATE images SET status = 'pending', attempts = 0, next_attempt_at = 0,
        error_type = :etype, error_detail = :detail, http_status = NULL, file_path = NULL,
        file_size = NULL, sha256 = NULL, width = NULL, height = NULL, phash = NULL,
-       dhash = NULL, last_checked = :at
+       dhash = NULL, edge_hashes = NULL, last_checked = :at
  WHERE {_SAME_FILE} AND claimed_by IS NULL
 RETURNING gbif_id
 """

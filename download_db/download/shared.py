@@ -31,6 +31,7 @@ class Saved:
     height: int | None
     phash: int | None
     dhash: int | None
+    edge_hashes: bytes | None
     error_type: str | None  # a flag such as raw_unprocessed
     fetched_url: str | None  # what the fetch asked for: the followers got the same bytes
     # the manifest's other canvases (web/iiif.CanvasImage): every image sharing the URL
@@ -124,7 +125,8 @@ def saved_from(r: Result, root: Path) -> Saved | None:
     if r.status != SUCCESS or not r.temp or not r.file_path or not r.sha256:
         return None
     return Saved(r.item.image_id, r.temp, root / r.file_path, r.file_path.rsplit(".", 1)[-1],
-                 r.file_size or 0, r.sha256, r.width, r.height, r.phash, r.dhash, r.error_type,
+                 r.file_size or 0, r.sha256, r.width, r.height, r.phash, r.dhash, r.edge_hashes,
+                 r.error_type,
                  r.fetched_url, tuple(r.extra.get("canvases") or ()))
 
 
@@ -135,10 +137,10 @@ def saved_in_db(root: Path, row: tuple, url: str) -> Saved | None:
     c = keys.parse_identifier(url)
     if not isinstance(c, keys.Candidate) or c.kind == keys.KIND_MANIFEST:
         return None
-    image_id, rel, size, sha, width, height, phash, dhash, error_type, fetched_url = row
+    image_id, rel, size, sha, width, height, phash, dhash, edges, error_type, fetched_url = row
     final = root / rel
     return Saved(image_id, str(final), final, rel.rsplit(".", 1)[-1], size or 0, sha, width,
-                 height, phash, dhash, error_type, fetched_url)
+                 height, phash, dhash, edges, error_type, fetched_url)
 
 
 def link(root: Path, item: Item, saved: Saved) -> Result | None:
@@ -158,7 +160,8 @@ def link(root: Path, item: Item, saved: Saved) -> Result | None:
                   error_detail=f"one fetch for a shared URL: same file as image {saved.image_id}",
                   file_path=image_relpath(item.gbif_id, item.image_no, saved.ext),
                   file_size=saved.size, sha256=saved.sha256, width=saved.width,
-                  height=saved.height, phash=saved.phash, dhash=saved.dhash, temp=tmp,
+                  height=saved.height, phash=saved.phash, dhash=saved.dhash,
+                  edge_hashes=saved.edge_hashes, temp=tmp,
                   fetched_url=saved.fetched_url,
                   extra={"shared": True, **({"canvases": list(saved.canvases)}
                                              if saved.canvases else {})})

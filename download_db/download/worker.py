@@ -392,4 +392,5 @@ class Worker:
                       error_detail=f"kept raw: {out.source_format}" if raw else None,
                       file_path=w.relpath, file_size=w.size, sha256=w.sha256,
                       width=out.width or None, height=out.height or None, temp=w.temp,
-                      phash=out.phash, dhash=out.dhash, fetched_url=url)
+                      phash=out.phash, dhash=out.dhash, edge_hashes=out.edges,
+                      fetched_url=url)

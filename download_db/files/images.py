@@ -45,6 +45,7 @@ class Output:
     # not decode (kept originals, raws): `gbif-download-db hash` fills those in
     phash: int | None = None
     dhash: int | None = None
+    edges: bytes | None = None  # edgehash.py: what a crop of one edge keeps
 
 
 def _draft_scale(long_edge: int, target: int) -> int:
@@ -110,8 +111,8 @@ def _output(out: Image.Image, quality: int, src: str) -> Output:
     # --equality). The stored values are then imagehash's for the file, as the backfill
     # and anyone re-hashing the collection get them; the decode costs ~3 ms at 1024 px.
     data = _encode(out, quality)
-    ph, dh = phash.file_hashes(io.BytesIO(data))
-    return Output(data, "jpg", out.width, out.height, src, phash=ph, dhash=dh)
+    ph, dh, edges = phash.file_hashes(io.BytesIO(data))
+    return Output(data, "jpg", out.width, out.height, src, phash=ph, dhash=dh, edges=edges)
 
 
 def convert(data: bytes, *, max_size: int = 1024, quality: int = 85,

@@ -13,7 +13,7 @@ import scipy.fftpack
 from PIL import Image
 from threadpoolctl import threadpool_limits
 
-from . import lanczos
+from . import edgehash, lanczos
 
 BITS = 64
 _SIGN = 1 << (BITS - 1)
@@ -43,9 +43,22 @@ def hashes(im: Image.Image) -> tuple[int, int]:
     if not _exact():
         grey = im if im.mode == "L" else im.convert("L")
         return (to_signed(imagehash.phash(grey).hash), to_signed(imagehash.dhash(grey).hash))
-    small, diff = lanczos.resize(grey_pixels(im).astype(np.float64), [(32, 32), (9, 8)])
+    return _hashes(grey_pixels(im))
+
+
+def _hashes(pixels: np.ndarray) -> tuple[int, int]:
+    small, diff = lanczos.resize(pixels.astype(np.float64), [(32, 32), (9, 8)])
     dct = scipy.fftpack.dct(scipy.fftpack.dct(small, axis=0), axis=1)[:8, :8]
     return to_signed(dct > median(dct)), to_signed(diff[:, 1:] > diff[:, :-1])
+
+
+def all_hashes(im: Image.Image) -> tuple[int, int, bytes]:
+    """(phash, dhash, edge hashes) of an image, from one grey conversion."""
+    if not _exact():
+        grey = im if im.mode == "L" else im.convert("L")
+        return (*hashes(grey), edgehash.edge_hashes(np.asarray(grey)))
+    pixels = grey_pixels(im)
+    return (*_hashes(pixels), edgehash.edge_hashes(pixels))
 
 
 def grey_pixels(im: Image.Image) -> np.ndarray:
@@ -97,13 +110,13 @@ def _exact() -> bool:
     return lanczos.matches_pillow()
 
 
-def file_hashes(path: Path | BinaryIO) -> tuple[int, int]:
-    """The hashes of a saved file (or its bytes), decoded the way imagehash's users
-    open it."""
+def file_hashes(path: Path | BinaryIO) -> tuple[int, int, bytes]:
+    """(phash, dhash, edge hashes) of a saved file (or its bytes), decoded the way
+    imagehash's users open it."""
     with Image.open(path) as im, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         im.load()
-        return hashes(im)
+        return all_hashes(im)
 
 
 def distance(a: int, b: int) -> int:

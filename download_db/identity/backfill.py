@@ -50,8 +50,8 @@ class HashStats:
                 "seconds": round(self.seconds, 2)}
 
 
-def hash_file(path: str) -> tuple[int, int] | str:
-    """(phash, dhash) of one file, or why not ('missing' / 'unreadable'); runs in
+def hash_file(path: str) -> tuple[int, int, bytes] | str:
+    """(phash, dhash, edge hashes) of one file, or why not ('missing' / 'unreadable'); runs in
     worker processes, so it returns its verdict instead of raising."""
     try:
         return phash.file_hashes(Path(path))

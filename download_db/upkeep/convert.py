@@ -228,7 +228,7 @@ def _record(conn: sqlite3.Connection, cfg: ConvertConfig, run_id: int, rows: lis
         with transaction(conn):
             gids = upkeep.record_converted(conn, [
                 (i, raw_rel, w.relpath, w.size, w.sha256, c.out.width, c.out.height,
-                 c.out.phash, c.out.dhash, f"converted from a camera raw ({c.how})")
+                 c.out.phash, c.out.dhash, c.out.edges, f"converted from a camera raw ({c.how})")
                 for i, raw_rel, c, w in done])
             gids += upkeep.record_unconvertible(conn, [(i, raw_rel, e, d)
                                                       for i, raw_rel, e, d in failed])
