@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
 """Perceptual hashing cost, against baselines measured in the same run.
 
-    python bench/hashing.py [--repeat 40] [--backfill 400] [--equality 0]
+    python bench/hashing.py [--repeat 40] [--backfill 400] [--equality 0] [--sources DIR]
 
   resize     images.convert() of the shipped herbarium sheets (1400x2100 JPEGs) to 1024 px,
-             with the pHash/dHash the downloader computes vs the same call without them
-             (files.phash.hashes replaced by a no-op) and vs imagehash's own phash/dhash
-             calls: CPU time per image and the overhead in %
+             with the pHash/dHash and edge hashes the downloader computes vs the same call
+             without them (files.phash.hashes replaced by a no-op) and vs imagehash's own
+             phash/dhash calls: CPU time per image and the overhead in %. --sources DIR:
+             the JPEGs of DIR instead (up to 8), e.g. bench/make_corpus.py --preset xl
+             (3000x4000): the hashes cost the same at any source size (they read the
+             1024 px file), the resize more as sources grow
   backfill   `gbif-download-db hash` (one process, --workers 1) over N saved 1024 px JPEGs
              in a temporary database: images/s per core (CPU time; wall time too), the
              same with imagehash's own calls, and the decode-only baseline (Image.open +
@@ -93,8 +96,11 @@ def _no_hash(out: Image.Image, quality: int, src: str) -> images.Output:
     return images.Output(images._encode(out, quality), "jpg", out.width, out.height, src)
 
 
-def bench_resize(repeat: int) -> None:
-    blobs = [p.read_bytes() for p in SHEETS]
+def bench_resize(repeat: int, sources: Path | None) -> None:
+    paths = sorted(sources.glob("*.jpg"))[:8] if sources else SHEETS
+    blobs = [p.read_bytes() for p in paths]
+    with Image.open(paths[0]) as im:
+        size = f"{im.width}x{im.height}"
     _time_convert(blobs, 2)  # warm up (imports, caches)
     times: dict[str, list[float]] = {"none": [], "imagehash": [], "ours": []}
     for _ in range(5):  # interleaved, so drift hits all alike
@@ -102,7 +108,8 @@ def bench_resize(repeat: int) -> None:
             with _Variant(name):
                 got.append(_time_convert(blobs, repeat))
     wo, ih, w = (min(times[k]) for k in ("none", "imagehash", "ours"))
-    print(f"resize to 1024 px (CPU time): {wo * 1e3:.2f} ms/img without hashes; with "
+    print(f"resize of {len(blobs)} {size} JPEGs to 1024 px (CPU time): "
+          f"{wo * 1e3:.2f} ms/img without hashes; with "
           f"imagehash's own calls {ih * 1e3:.2f} ms/img (+{100 * (ih - wo) / wo:.1f} %); "
           f"as shipped {w * 1e3:.2f} ms/img: hashing adds {100 * (w - wo) / wo:.1f} % "
           f"(target <= 10 %) ({load()})")
@@ -216,11 +223,12 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=40)
     ap.add_argument("--backfill", type=int, default=400)
     ap.add_argument("--equality", type=int, default=0)
+    ap.add_argument("--sources", type=Path, default=None)
     a = ap.parse_args()
     if a.equality:
         bench_equality(a.equality)
     if a.repeat:
-        bench_resize(a.repeat)
+        bench_resize(a.repeat, a.sources)
     if a.backfill:
         bench_backfill(a.backfill)
 

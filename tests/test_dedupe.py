@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 import math
 import threading
@@ -11,12 +12,13 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
 from download_db.cli.main import main
 from download_db.db.connection import connect
 from download_db.errors import Interrupted
-from download_db.files import images, phash
-from download_db.identity import groups
+from download_db.files import edgehash, images, phash
+from download_db.identity import crops, groups
 from download_db.identity.backfill import HashConfig, run_hash
 from download_db.identity.dedupe import DEFAULT_NEAR_DISTANCE, DedupeConfig, dedupe, run_dedupe
 from download_db.progress import RunContext
@@ -40,9 +42,9 @@ def saved_hashes() -> dict[tuple[str, str], int]:
 
 
 def test_default_distance_is_chosen_by_the_shipped_sheets(saved_hashes) -> None:
-    """Re-encoded and halved copies are within the default; different sheets are far
-    beyond any distance that also covers the colour-bar crop, which moves pHash by more
-    than the default (the reason a collection of crops needs --near-distance)."""
+    """Re-encoded and halved copies are within the default; the colour-bar crop moves
+    pHash far beyond it (and toward the distance of different sheets), which is why
+    crops are matched by their edges (next test)."""
     same, crop = [], []
     for (sheet, name), h in saved_hashes.items():
         d = phash.distance(h, saved_hashes[(sheet, "as shipped")])
@@ -51,6 +53,43 @@ def test_default_distance_is_chosen_by_the_shipped_sheets(saved_hashes) -> None:
                  in itertools.combinations(saved_hashes.items(), 2) if k1[0] != k2[0]]
     assert max(same) <= DEFAULT_NEAR_DISTANCE
     assert DEFAULT_NEAR_DISTANCE < min(crop) <= max(crop) < min(different)
+
+
+def _crop(im: Image.Image, edge: str, share: float) -> Image.Image:
+    w, h = im.size
+    box = {"top": (0, int(share * h), w, h), "bottom": (0, 0, w, int((1 - share) * h)),
+           "left": (int(share * w), 0, w, h), "right": (0, 0, int((1 - share) * w), h)}[edge]
+    return im.crop(box)
+
+
+def test_edge_distances_are_chosen_by_crops_of_the_shipped_sheets() -> None:
+    """Cut 2-20 % off any one edge, keep the size, halve it or shrink it to 0.7 at
+    quality 60: the opposite edge's words stay within crops.EDGE_DISTANCE and
+    CHECK_DISTANCE of the sheet's, as the downloader saves both. Different sheets
+    are far beyond on every edge."""
+    def saved(im: Image.Image, quality: int = 85) -> np.ndarray:
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=quality)
+        return edgehash.unpack([images.convert(buf.getvalue()).edges])[0]
+
+    sheets = {s.stem: Image.open(s).convert("RGB") for s in SHEETS}
+    base = {name: saved(im, 95) for name, im in sheets.items()}
+    worst = np.zeros(2, int)
+    for name, im in sheets.items():
+        for edge in edgehash.EDGES:
+            o = edgehash.EDGES.index(edgehash.OPPOSITE[edge])
+            for share in (0.02, 0.05, 0.1, 0.15, 0.2):
+                for scale, quality in ((1.0, 75), (0.5, 85), (0.7, 60)):
+                    c = _crop(im, edge, share)
+                    c = c.resize((int(c.width * scale), int(c.height * scale)),
+                                 Image.Resampling.LANCZOS) if scale != 1 else c
+                    got = saved(c, quality)[o]
+                    worst = np.maximum(worst, groups.popcount(got ^ base[name][o]))
+    assert worst[0] <= crops.EDGE_DISTANCE and worst[1] <= crops.CHECK_DISTANCE
+    a, b = base.values()
+    apart = groups.popcount(a ^ b)  # (edges, words)
+    assert apart[:, 0].min() > 3 * crops.EDGE_DISTANCE
+    assert apart[:, 1].min() > 2 * crops.CHECK_DISTANCE
 
 
 def groups_by_variant(db: Path, keys: list[tuple[str, str]], column: str) -> set[frozenset]:
@@ -62,26 +101,22 @@ def groups_by_variant(db: Path, keys: list[tuple[str, str]], column: str) -> set
     return {frozenset(v) for v in by_group.values()}
 
 
-def test_near_groups_on_the_sheets_at_the_default_and_at_the_crop_distance(
-        tmp_path: Path, saved_hashes) -> None:
+def test_near_groups_hold_each_sheet_with_its_crop_at_the_default(tmp_path: Path) -> None:
     v = variants()
     db, _root = saved_db(tmp_path, list(v.values()))
     run_hash(HashConfig(db=db, install_path=tmp_path / "images", bar=False))
     keys = list(v)
+    every_variant = {frozenset(k for k in keys if k[0] == s.stem) for s in SHEETS}
     st_ = run_dedupe(DedupeConfig(db=db, bar=False))
-    assert groups_by_variant(db, keys, "near_group") == {
-        frozenset({(s.stem, "as shipped"), (s.stem, "re-encoded"), (s.stem, "halved")})
-        for s in SHEETS}
-    assert (st_.near_groups, st_.near_images) == (2, 6)
-    crop_k = max(phash.distance(saved_hashes[(s.stem, "colour bar cropped")],
-                                saved_hashes[(s.stem, "as shipped")]) for s in SHEETS)
-    run_dedupe(DedupeConfig(db=db, near_distance=crop_k, workers=2, bar=False))
-    assert groups_by_variant(db, keys, "near_group") == {
-        frozenset(k for k in keys if k[0] == s.stem) for s in SHEETS}
-    # finalize keeps the distance the user chose last
+    assert groups_by_variant(db, keys, "near_group") == every_variant
+    # the crop is linked to each of the other three by an edge only
+    assert (st_.near_groups, st_.near_images, st_.crop_links) == (2, 8, 6)
+    # a larger pHash distance finds the same; finalize keeps the distance chosen last
+    run_dedupe(DedupeConfig(db=db, near_distance=14, workers=2, bar=False))
+    assert groups_by_variant(db, keys, "near_group") == every_variant
     assert main(["finalize", "--db", str(db), "--no-bar"]) == 0
-    assert groups_by_variant(db, keys, "near_group") == {
-        frozenset(k for k in keys if k[0] == s.stem) for s in SHEETS}
+    assert groups_by_variant(db, keys, "near_group") == every_variant
+    assert q(db, "SELECT value FROM meta WHERE key = 'near_distance'") == [("14",)]
 
 
 def test_exact_groups_share_the_smallest_image_id_and_singletons_have_none(
@@ -153,6 +188,45 @@ def test_banded_index_finds_exactly_the_pairs_all_pairs_would(seed: int, k: int,
         assert list(zip(a2.tolist(), b2.tolist(), strict=True)) == got
     brute = {(i, j) for i in range(n) for j in range(i + 1, n)
              if phash.distance(int(signed[i]), int(signed[j])) <= k}
+    assert set(got) == brute
+
+
+def _mask(rng: np.random.Generator, most: int) -> np.uint64:
+    mask = np.uint64(0)
+    for f in rng.choice(64, size=int(rng.integers(0, most + 1)), replace=False):
+        mask |= np.uint64(1) << np.uint64(int(f))
+    return mask
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(0, 2**32), st.integers(2, 200), st.integers(0, 40), st.integers(1, 6))
+def test_crop_links_are_exactly_the_pairs_an_edge_matches(seed: int, n: int, planted: int,
+                                                          max_copies: int) -> None:
+    """Against all pairs: some edge with the low words within EDGE_DISTANCE and the next
+    within CHECK_DISTANCE, both nonzero, and no more than max_copies rows holding
+    either low word."""
+    rng = np.random.default_rng(seed)
+    e = rng.integers(1, 2**64, size=(n, len(edgehash.EDGES), 2), dtype=np.uint64)
+    e[rng.random(n) < 0.1, rng.integers(0, 4)] = 0  # flat regions: no hash
+    for _ in range(planted):  # crops near and just beyond the limits, equal copies among them
+        i, j = rng.integers(0, n, size=2)
+        edge = int(rng.integers(0, len(edgehash.EDGES)))
+        e[j, edge, 0] = e[i, edge, 0] ^ _mask(rng, crops.EDGE_DISTANCE + 2)
+        e[j, edge, 1] = e[i, edge, 1] ^ _mask(rng, crops.CHECK_DISTANCE + 2)
+    a, b = crops.crop_links(e, max_copies=max_copies, workers=2 if n > 150 else 1)
+    got = list(zip(a.tolist(), b.tolist(), strict=True))
+    assert got == sorted(set(got))
+    brute = set()
+    for edge in range(len(edgehash.EDGES)):
+        low, mid = e[:, edge, 0], e[:, edge, 1]
+        held = {v: int(np.count_nonzero(low == v)) for v in set(low.tolist())}
+        for i in range(n):
+            for j in range(i + 1, n):
+                if (low[i] and low[j] and held[int(low[i])] <= max_copies
+                        and held[int(low[j])] <= max_copies
+                        and phash.distance(int(low[i]), int(low[j])) <= crops.EDGE_DISTANCE
+                        and phash.distance(int(mid[i]), int(mid[j])) <= crops.CHECK_DISTANCE):
+                    brute.add((i, j))
     assert set(got) == brute
 
 

@@ -19,7 +19,7 @@ from ..errors import UsageError
 from ..progress import RunContext
 from ..stages import open_stage
 from ..states import DEFAULT_MAX_ATTEMPTS
-from . import groups, placeholders
+from . import crops, groups, placeholders
 
 # pHash distance that makes two saved images near copies. Chosen by
 # tests/test_dedupe.py on the shipped herbarium sheets: the same sheet re-encoded or
@@ -66,6 +66,7 @@ class DedupeStats:
     near_groups: int = 0
     near_images: int = 0
     near_distance: int = DEFAULT_NEAR_DISTANCE
+    crop_links: int = 0  # pairs linked by an edge (crops.py) and not by their pHash
     placeholders: int = 0  # groups found by this run
     placeholder_images: int = 0
     files_removed: int = 0
@@ -97,6 +98,8 @@ def dedupe(conn: sqlite3.Connection, ctx: RunContext | None = None, *,
     dup_rows = identity.duplicates(conn)
     ids, hashes, hosts = identity.hashed(conn)
     a, b = groups.near_links(hashes, k, workers=workers)
+    # placeholders are judged by whole pictures: the same margin or label template on
+    # many sheets must never make their images one placeholder
     near = groups.group_ids(ids, a, b)
     found = placeholders.find(dup_rows, ids, hosts, near, max_shared)
     st.placeholders = len(found)
@@ -105,11 +108,14 @@ def dedupe(conn: sqlite3.Connection, ctx: RunContext | None = None, *,
                                                strict=True)}
     st.placeholder_images, st.files_removed = placeholders.flag_all(
         conn, found, root, phash_of, max_attempts)
+    ca, cb = _crop_links(conn, ids, workers)
+    st.crop_links = int(np.count_nonzero(near_of(ids[ca], near) != near_of(ids[cb], near)))
+    a, b = np.concatenate([a, ca]), np.concatenate([b, cb])
+    gone = np.array(sorted({i for g in found for i in g.ids}), np.int64)
     if found:  # the flagged images leave the groups; the rest are regrouped without them
-        gone = np.array(sorted({i for g in found for i in g.ids}), np.int64)
         dup_rows = [r for r in dup_rows if r[0] not in set(gone.tolist())]
-        keep = ~(np.isin(ids[a], gone) | np.isin(ids[b], gone))
-        near = groups.group_ids(ids, a[keep], b[keep])
+    keep = ~(np.isin(ids[a], gone) | np.isin(ids[b], gone))
+    near = groups.group_ids(ids, a[keep], b[keep])
     dup = _exact_groups(dup_rows)
     st.exact_images, st.exact_groups = len(dup), len(set(dup.values()))
     st.near_images, st.near_groups = len(near), len(set(near.values()))
@@ -141,6 +147,21 @@ def dedupe(conn: sqlite3.Connection, ctx: RunContext | None = None, *,
     return st
 
 
+def _crop_links(conn: sqlite3.Connection, ids: np.ndarray,
+                workers: int) -> tuple[np.ndarray, np.ndarray]:
+    """Crop links (crops.py) as index pairs into ids (the pHashed images)."""
+    eids, edges = identity.edge_hashed(conn)
+    ea, eb = crops.crop_links(edges, workers=workers)
+    del edges
+    pos = np.searchsorted(ids, eids)  # both in image_id order; every eid is in ids
+    return pos[ea], pos[eb]
+
+
+def near_of(image_ids: np.ndarray, near: dict[int, int]) -> np.ndarray:
+    """Each image's near group in ``near``, or -1 - its id when it has none."""
+    return np.array([near.get(i, -1 - i) for i in image_ids.tolist()], np.int64)
+
+
 def _exact_groups(rows: list[tuple[int, int, str, int]]) -> dict[int, int]:
     """{image_id: smallest image_id with the same sha256} for groups of two or more."""
     by_sha: dict[str, list[int]] = {}
@@ -152,7 +173,7 @@ def _exact_groups(rows: list[tuple[int, int, str, int]]) -> dict[int, int]:
 def summary(st: DedupeStats, ctx: RunContext) -> None:
     ctx.say(f"dedupe: {st.exact_groups:,} exact groups ({st.exact_images:,} images), "
             f"{st.near_groups:,} near groups within {st.near_distance} bits "
-            f"({st.near_images:,} images); "
+            f"({st.near_images:,} images; {st.crop_links:,} pairs matched only across a crop); "
             f"{st.changed:,} rows changed in {st.seconds:.1f}s")
     if st.placeholders:
         ctx.say(f"dedupe: {st.placeholders:,} placeholder pictures: {st.placeholder_images:,} "

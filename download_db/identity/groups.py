@@ -194,9 +194,9 @@ def near_pairs(hashes: np.ndarray, k: int, *, max_pairs: int = 1 << 20,
     in forked processes (each needs about 9 bytes per distinct hash of its own, the
     caller about 25 per hash). c copies of one hash give c(c-1)/2 pairs: for groups,
     near_links gives the same components with c-1."""
-    s, order, va, vb = _value_pairs(hashes, k, max_pairs, workers, m)
-    a1, b1 = _expand(s, order, va, vb)
-    a2, b2 = _equal(s, order)
+    s, order, va, vb = value_pairs(hashes, k, max_pairs, workers, m)
+    a1, b1 = expand(s, order, va, vb)
+    a2, b2 = equal_pairs(s, order)
     return _sorted_pairs(np.concatenate([a1, a2]), np.concatenate([b1, b2]))
 
 
@@ -206,7 +206,7 @@ def near_links(hashes: np.ndarray, k: int, *, max_pairs: int = 1 << 20,
     size: each copy of a hash linked to its first copy, and one link per pair of
     near distinct values. A placeholder shown 100,000 times is 99,999 links, not
     5e9 pairs."""
-    s, order, va, vb = _value_pairs(hashes, k, max_pairs, workers, m)
+    s, order, va, vb = value_pairs(hashes, k, max_pairs, workers, m)
     if not len(s):
         return np.empty(0, np.int64), np.empty(0, np.int64)
     start = np.r_[True, s[1:] != s[:-1]]
@@ -224,7 +224,7 @@ def _sorted_pairs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return a[by], b[by]
 
 
-def _value_pairs(hashes: np.ndarray, k: int, max_pairs: int, workers: int,
+def value_pairs(hashes: np.ndarray, k: int, max_pairs: int, workers: int,
                  m: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(the hashes sorted, their indices, va, vb): each pair of distinct hash values
     within distance k once, va < vb."""
@@ -265,7 +265,7 @@ def _value_pairs(hashes: np.ndarray, k: int, max_pairs: int, workers: int,
     return s, order, va, vb
 
 
-def _expand(s: np.ndarray, order: np.ndarray, va: np.ndarray,
+def expand(s: np.ndarray, order: np.ndarray, va: np.ndarray,
             vb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Index pairs of near value pairs: every copy of one value with every copy of
     the other (s: the hashes sorted, order: their indices)."""
@@ -278,7 +278,7 @@ def _expand(s: np.ndarray, order: np.ndarray, va: np.ndarray,
     return order[sa[pair] + r // cb[pair]], order[sb[pair] + r % cb[pair]]
 
 
-def _equal(s: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def equal_pairs(s: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Index pairs of equal hashes (distance 0): each run of s with every later
     member of it."""
     a: list[np.ndarray] = [np.empty(0, np.int64)]

@@ -119,8 +119,11 @@ def _identity(ident: dict) -> str:
     if s is not None:
         rows[:0] = [["exact duplicate groups (same sha256)",
                      f"{s['exact_groups']:,} ({s['exact_images']:,} images)"],
-                    [f"near-copy groups (pHash within {s['near_distance']} bits)",
-                     f"{s['near_groups']:,} ({s['near_images']:,} images)"]]
+                    [f"near-copy groups (pHash within {s['near_distance']} bits, or an "
+                     "edge across a crop)",
+                     f"{s['near_groups']:,} ({s['near_images']:,} images)"
+                     + (f", {s['crop_links']:,} pairs only across a crop"
+                        if "crop_links" in s else "")]]
     else:
         rows.insert(0, ["duplicate groups", "not computed yet (gbif-download-db dedupe)"])
     found = "".join(

@@ -29,9 +29,9 @@ def _identity(out: list[str], ident: dict) -> None:
     else:
         out.append(f"  exact duplicates (same sha256): {s['exact_groups']:,} groups, "
                    f"{s['exact_images']:,} images")
-        out.append(f"  near copies (pHash within {s['near_distance']} bits): "
-                   f"{s['near_groups']:,} groups, {s['near_images']:,} images  "
-                   f"(as of {when(s.get('finished_at'))})")
+        out.append(f"  near copies (pHash within {s['near_distance']} bits, or an edge "
+                   f"across a crop): {s['near_groups']:,} groups, {s['near_images']:,} images"
+                   + _crops(s) + f"  (as of {when(s.get('finished_at'))})")
     out.append(f"  requests saved (one fetch per shared URL): {ident['requests_saved']:,}")
     if not ident["placeholders"]:
         out.append("  placeholders: none found")
@@ -173,3 +173,9 @@ def render_text(d: dict) -> str:
     for k, v in d["notes"].items():
         out.append(f"  {k}: {v}")
     return "\n".join(out) + "\n"
+
+
+def _crops(stats: dict) -> str:
+    """The crop links of a dedupe that counted them (stats from before did not)."""
+    n = stats.get("crop_links")
+    return "" if n is None else f", {n:,} pairs matched only across a crop"
