@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from download_db.cli.main import main
+from download_db.db import identity as db_identity
 from download_db.db.connection import connect
 from download_db.errors import Interrupted
 from download_db.files import edgehash, images, phash
@@ -63,8 +64,8 @@ def _crop(im: Image.Image, edge: str, share: float) -> Image.Image:
 
 
 def test_edge_distances_are_chosen_by_crops_of_the_shipped_sheets() -> None:
-    """Cut 2-20 % off any one edge, keep the size, halve it or shrink it to 0.7 at
-    quality 60: the opposite edge's words stay within crops.EDGE_DISTANCE and
+    """Cut 2-25 % off any one edge, keep the size or shrink it to 0.35-0.8, at quality
+    50-95: the opposite edge's words stay within crops.EDGE_DISTANCE and
     CHECK_DISTANCE of the sheet's, as the downloader saves both. Different sheets
     are far beyond on every edge."""
     def saved(im: Image.Image, quality: int = 85) -> np.ndarray:
@@ -78,8 +79,8 @@ def test_edge_distances_are_chosen_by_crops_of_the_shipped_sheets() -> None:
     for name, im in sheets.items():
         for edge in edgehash.EDGES:
             o = edgehash.EDGES.index(edgehash.OPPOSITE[edge])
-            for share in (0.02, 0.05, 0.1, 0.15, 0.2):
-                for scale, quality in ((1.0, 75), (0.5, 85), (0.7, 60)):
+            for share in (0.02, 0.05, 0.1, 0.15, 0.2, 0.25):
+                for scale, quality in ((1.0, 75), (0.5, 85), (0.7, 60), (0.35, 95), (0.8, 50)):
                     c = _crop(im, edge, share)
                     c = c.resize((int(c.width * scale), int(c.height * scale)),
                                  Image.Resampling.LANCZOS) if scale != 1 else c
@@ -139,14 +140,26 @@ def test_exact_groups_share_the_smallest_image_id_and_singletons_have_none(
         [ids[0], None, ids[0], None, ids[0], None, None]
 
 
-def test_a_stopped_dedupe_finishes_to_the_same_groups(tmp_path: Path) -> None:
+def test_a_stopped_dedupe_finishes_to_the_same_groups(tmp_path: Path, monkeypatch) -> None:
     pics = synthetic(3, size=200)
     db, _root = saved_db(tmp_path, [pics[i % 3] for i in range(12)], convert=False)
     stop = threading.Event()
-    stop.set()  # checked after each committed chunk: one chunk lands, then it stops
+    stop.set()  # seen before the crop links: nothing is written
     conn = connect(db)
     with pytest.raises(Interrupted):
         dedupe(conn, RunContext(bar=False, stop=stop), chunk=2)
+    assert q(db, "SELECT count(*) FROM images WHERE dup_group IS NOT NULL") == [(0,)]
+    stop.clear()
+    save = db_identity.save_groups
+
+    def save_then_stop(c, rows) -> None:  # a stop during the writes: that chunk lands
+        save(c, rows)
+        stop.set()
+
+    monkeypatch.setattr(db_identity, "save_groups", save_then_stop)
+    with pytest.raises(Interrupted):
+        dedupe(conn, RunContext(bar=False, stop=stop), chunk=2)
+    monkeypatch.setattr(db_identity, "save_groups", save)
     partial = q(db, "SELECT count(*) FROM images WHERE dup_group IS NOT NULL")[0][0]
     assert partial == 2
     again = dedupe(conn, RunContext(bar=False), chunk=2)
@@ -228,6 +241,21 @@ def test_crop_links_are_exactly_the_pairs_an_edge_matches(seed: int, n: int, pla
                         and phash.distance(int(mid[i]), int(mid[j])) <= crops.CHECK_DISTANCE):
                     brute.add((i, j))
     assert set(got) == brute
+
+
+def test_a_stop_is_seen_between_edges() -> None:
+    """At 50M each edge takes about a minute: a stop must not wait for all four."""
+    e = np.random.default_rng(3).integers(1, 2**64, size=(50, len(edgehash.EDGES), 2),
+                                          dtype=np.uint64)
+    calls = []
+    crops.crop_links(e, after_edge=lambda: calls.append(1))
+    assert len(calls) == len(edgehash.EDGES)
+
+    def stop() -> None:
+        raise Interrupted("stopped")
+
+    with pytest.raises(Interrupted):
+        crops.crop_links(e, after_edge=stop)
 
 
 @settings(max_examples=40, deadline=None)

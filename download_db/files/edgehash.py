@@ -43,7 +43,9 @@ def edge_hashes(grey: np.ndarray) -> bytes:
     (pHash's rule) and of the 8x8 of the next higher horizontal frequencies. Zeros
     for a flat region. Deterministic for the same pixels, so the downloader and the
     backfill store the same value for a file."""
-    im = Image.fromarray(np.ascontiguousarray(grey), "L")
+    grey = np.ascontiguousarray(grey, np.uint8)
+    # maps the array's memory (no copy of the pixels)
+    im = Image.frombuffer("L", (grey.shape[1], grey.shape[0]), grey, "raw", "L", 0, 1)
     factor = max(im.size) // REDUCE_TO
     if factor > 1:
         im = im.reduce(factor)

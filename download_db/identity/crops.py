@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from ..files.edgehash import EDGES
@@ -9,9 +11,10 @@ from . import groups
 
 # Bits the indexed (low) words of one edge may differ in, and the checked (next
 # band) words. Chosen by tests/test_dedupe.py on the shipped sheets: every crop of
-# 2-20 % of one edge, at full size, halved or at 0.7 and quality 60, keeps the
+# 2-25 % of one edge, at full size or shrunk to 0.35-0.8, at quality 50-95, keeps the
 # opposite edge's words within 4 and 4 bits; the two different sheets are 16-28
-# apart on every edge. k = 4 keeps the index's keys 21 bits wide (bench/dedupe.py).
+# apart on every edge. k = 4 keeps the index's keys 21 bits wide (bench/dedupe.py);
+# k = 5 would need 21 keys of 18 bits, about four times the work at 50M.
 EDGE_DISTANCE = 4
 CHECK_DISTANCE = 6
 # An edge region shared by more images than this is a template (a blank margin, a
@@ -21,11 +24,13 @@ MAX_COPIES = 64
 
 
 def crop_links(edges: np.ndarray, *, k: int = EDGE_DISTANCE, check: int = CHECK_DISTANCE,
-               max_copies: int = MAX_COPIES, workers: int = 1) -> tuple[np.ndarray, np.ndarray]:
+               max_copies: int = MAX_COPIES, workers: int = 1,
+               after_edge: Callable[[], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Row pairs (a < b, sorted) of ``edges`` ((n, len(EDGES), 2) uint64, edgehash.unpack)
     whose region along one edge shows the same picture: the low words within ``k``
     bits (the banded index, never all pairs) and the next band within ``check``.
-    Regions with no hash (flat, or zero) take no part."""
+    Regions with no hash (flat, or zero) take no part. ``after_edge`` runs after each
+    edge (a stop check: it may raise)."""
     pa: list[np.ndarray] = [np.empty(0, np.int64)]
     pb: list[np.ndarray] = [np.empty(0, np.int64)]
     for e in range(len(EDGES)):
@@ -40,6 +45,8 @@ def crop_links(edges: np.ndarray, *, k: int = EDGE_DISTANCE, check: int = CHECK_
         keep = groups.popcount(mid[a] ^ mid[b]) <= check
         pa.append(a[keep])
         pb.append(b[keep])
+        if after_edge is not None:
+            after_edge()
     a, b = np.concatenate(pa), np.concatenate(pb)
     if not len(a):
         return a, b

@@ -108,8 +108,9 @@ def dedupe(conn: sqlite3.Connection, ctx: RunContext | None = None, *,
                                                strict=True)}
     st.placeholder_images, st.files_removed = placeholders.flag_all(
         conn, found, root, phash_of, max_attempts)
-    ca, cb = _crop_links(conn, ids, workers)
-    st.crop_links = int(np.count_nonzero(near_of(ids[ca], near) != near_of(ids[cb], near)))
+    ctx.check_stop()
+    ca, cb = _crop_links(conn, ids, workers, ctx)
+    st.crop_links = int(np.count_nonzero(_near_of(ids[ca], near) != _near_of(ids[cb], near)))
     a, b = np.concatenate([a, ca]), np.concatenate([b, cb])
     gone = np.array(sorted({i for g in found for i in g.ids}), np.int64)
     if found:  # the flagged images leave the groups; the rest are regrouped without them
@@ -147,17 +148,18 @@ def dedupe(conn: sqlite3.Connection, ctx: RunContext | None = None, *,
     return st
 
 
-def _crop_links(conn: sqlite3.Connection, ids: np.ndarray,
-                workers: int) -> tuple[np.ndarray, np.ndarray]:
-    """Crop links (crops.py) as index pairs into ids (the pHashed images)."""
+def _crop_links(conn: sqlite3.Connection, ids: np.ndarray, workers: int,
+                ctx: RunContext) -> tuple[np.ndarray, np.ndarray]:
+    """Crop links (crops.py) as index pairs into ids (the pHashed images). A stop is
+    seen between edges (about a minute each at 50M), not only in the writes."""
     eids, edges = identity.edge_hashed(conn)
-    ea, eb = crops.crop_links(edges, workers=workers)
+    ea, eb = crops.crop_links(edges, workers=workers, after_edge=ctx.check_stop)
     del edges
     pos = np.searchsorted(ids, eids)  # both in image_id order; every eid is in ids
     return pos[ea], pos[eb]
 
 
-def near_of(image_ids: np.ndarray, near: dict[int, int]) -> np.ndarray:
+def _near_of(image_ids: np.ndarray, near: dict[int, int]) -> np.ndarray:
     """Each image's near group in ``near``, or -1 - its id when it has none."""
     return np.array([near.get(i, -1 - i) for i in image_ids.tolist()], np.int64)
 
