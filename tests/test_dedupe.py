@@ -66,8 +66,8 @@ def _crop(im: Image.Image, edge: str, share: float) -> Image.Image:
 def test_edge_distances_are_chosen_by_crops_of_the_shipped_sheets() -> None:
     """Cut 2-25 % off any one edge, keep the size or shrink it to 0.35-0.8, at quality
     50-95: the opposite edge's words stay within crops.EDGE_DISTANCE and
-    CHECK_DISTANCE of the sheet's, as the downloader saves both. Different sheets
-    are far beyond on every edge."""
+    CHECK_DISTANCE of the sheet's, as the downloader saves both, with 2 bits to spare.
+    Different sheets are far beyond on every edge."""
     def saved(im: Image.Image, quality: int = 85) -> np.ndarray:
         buf = io.BytesIO()
         im.save(buf, "JPEG", quality=quality)
@@ -86,7 +86,8 @@ def test_edge_distances_are_chosen_by_crops_of_the_shipped_sheets() -> None:
                                  Image.Resampling.LANCZOS) if scale != 1 else c
                     got = saved(c, quality)[o]
                     worst = np.maximum(worst, groups.popcount(got ^ base[name][o]))
-    assert worst[0] <= crops.EDGE_DISTANCE and worst[1] <= crops.CHECK_DISTANCE
+    # with 2 bits to spare: other crops and encoders may move a few more
+    assert worst[0] <= crops.EDGE_DISTANCE - 2 and worst[1] <= crops.CHECK_DISTANCE - 2
     a, b = base.values()
     apart = groups.popcount(a ^ b)  # (edges, words)
     assert apart[:, 0].min() > 3 * crops.EDGE_DISTANCE

@@ -12,9 +12,9 @@ from . import groups
 # Bits the indexed (low) words of one edge may differ in, and the checked (next
 # band) words. Chosen by tests/test_dedupe.py on the shipped sheets: every crop of
 # 2-25 % of one edge, at full size or shrunk to 0.35-0.8, at quality 50-95, keeps the
-# opposite edge's words within 4 and 4 bits; the two different sheets are 16-28
-# apart on every edge. k = 4 keeps the index's keys 21 bits wide (bench/dedupe.py);
-# k = 5 would need 21 keys of 18 bits, about four times the work at 50M.
+# opposite edge's words within 2 and 4 bits (a margin of 2 each); the two different
+# sheets are 16-28 apart on every edge. k = 4 keeps the index's keys 21 bits wide
+# (bench/dedupe.py); k = 5 would need 21 keys of 18 bits, about four times the work.
 EDGE_DISTANCE = 4
 CHECK_DISTANCE = 6
 # An edge region shared by more images than this is a template (a blank margin, a
