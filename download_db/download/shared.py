@@ -126,8 +126,7 @@ def saved_from(r: Result, root: Path) -> Saved | None:
         return None
     return Saved(r.item.image_id, r.temp, root / r.file_path, r.file_path.rsplit(".", 1)[-1],
                  r.file_size or 0, r.sha256, r.width, r.height, r.phash, r.dhash, r.edge_hashes,
-                 r.error_type,
-                 r.fetched_url, tuple(r.extra.get("canvases") or ()))
+                 r.error_type, r.fetched_url, tuple(r.extra.get("canvases") or ()))
 
 
 def saved_in_db(root: Path, row: tuple, url: str) -> Saved | None:
