@@ -47,20 +47,6 @@ from download_db.identity import crops, groups  # noqa: E402
 TARGET_N = 50_000_000
 
 
-def planted_hashes(n: int, k: int, rng: np.random.Generator) -> tuple[np.ndarray, set]:
-    h = rng.integers(0, 2**64, size=n, dtype=np.uint64)
-    n_pairs = max(n // 1000, 1)
-    idx = rng.choice(n, size=2 * n_pairs, replace=False)
-    src, dst = idx[:n_pairs], idx[n_pairs:]
-    masks = np.zeros(n_pairs, np.uint64)
-    for p in range(n_pairs):
-        for bit in rng.choice(64, size=int(rng.integers(0, k + 1)), replace=False):
-            masks[p] |= np.uint64(1) << np.uint64(int(bit))
-    h[dst] = h[src] ^ masks
-    planted = {(min(a, b), max(a, b)) for a, b in zip(src.tolist(), dst.tolist(), strict=True)}
-    return h.view(np.int64), planted
-
-
 def _flips(n_pairs: int, most: int, rng: np.random.Generator) -> np.ndarray:
     """A mask of 0..most random bits for each pair."""
     masks = np.zeros(n_pairs, np.uint64)
@@ -68,6 +54,16 @@ def _flips(n_pairs: int, most: int, rng: np.random.Generator) -> np.ndarray:
         for bit in rng.choice(64, size=int(rng.integers(0, most + 1)), replace=False):
             masks[p] |= np.uint64(1) << np.uint64(int(bit))
     return masks
+
+
+def planted_hashes(n: int, k: int, rng: np.random.Generator) -> tuple[np.ndarray, set]:
+    h = rng.integers(0, 2**64, size=n, dtype=np.uint64)
+    n_pairs = max(n // 1000, 1)
+    idx = rng.choice(n, size=2 * n_pairs, replace=False)
+    src, dst = idx[:n_pairs], idx[n_pairs:]
+    h[dst] = h[src] ^ _flips(n_pairs, k, rng)
+    planted = {(min(a, b), max(a, b)) for a, b in zip(src.tolist(), dst.tolist(), strict=True)}
+    return h.view(np.int64), planted
 
 
 def planted_crops(n: int, rng: np.random.Generator) -> tuple[np.ndarray, set]:

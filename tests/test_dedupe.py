@@ -187,11 +187,7 @@ def test_banded_index_finds_exactly_the_pairs_all_pairs_would(seed: int, k: int,
     h = rng.integers(0, 2**64, size=n, dtype=np.uint64)
     for _ in range(planted):  # near copies at distances around k, equal copies among them
         i, j = rng.integers(0, n, size=2)
-        flips = rng.choice(64, size=int(rng.integers(0, k + 3)), replace=False)
-        mask = np.uint64(0)
-        for f in flips:
-            mask |= np.uint64(1) << np.uint64(int(f))
-        h[j] = h[i] ^ mask
+        h[j] = h[i] ^ _mask(rng, k + 2)
     signed = h.view(np.int64)
     m = min(k + 1 + extra, 64)  # the cost model's choice varies with N: every m is exact
     a, b = groups.near_pairs(signed, k, max_pairs=7, m=m)  # small slices: the slicing
@@ -206,6 +202,7 @@ def test_banded_index_finds_exactly_the_pairs_all_pairs_would(seed: int, k: int,
 
 
 def _mask(rng: np.random.Generator, most: int) -> np.uint64:
+    """0 to most random bits set."""
     mask = np.uint64(0)
     for f in rng.choice(64, size=int(rng.integers(0, most + 1)), replace=False):
         mask |= np.uint64(1) << np.uint64(int(f))
