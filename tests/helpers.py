@@ -239,6 +239,16 @@ def q(db: Path, sql: str, args: tuple = ()) -> list[tuple]:
         conn.close()
 
 
+def build_finished(returncode: int, stderr: str, db: Path) -> bool:
+    """An ingest run completed the build; or a kill came after the build was marked
+    complete (only the process exit was left), and the rerun refuses as documented
+    ("database already exists", exit 3)."""
+    if returncode == 0:
+        return True
+    return returncode == 3 and "database already exists" in stderr and \
+        q(db, "SELECT value FROM meta WHERE key = 'build_complete'") == [("1",)]
+
+
 # -- a download run on a database of given URLs --------------------------------------
 
 DOWNLOAD_DEADLINE = 2.0  # seconds: short, so hostile servers cost the tests little

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from download_db.cli.main import init_main
-from tests.helpers import dump, generate, q, row, write_multimedia
+from tests.helpers import build_finished, dump, generate, q, row, write_multimedia
 from tests.imageserver import ImageServer
 from tests.reliability._support import (
     PY,
@@ -100,15 +100,6 @@ def _ingest_result(db: Path) -> dict:
             "phase": meta["ingest_phase"]}
 
 
-def _build_finished(r, db: Path) -> bool:
-    """A rerun completed the build; or the kill came after the build was marked complete
-    (only the process exit was left), and the rerun refuses as documented."""
-    if r.returncode == 0:
-        return True
-    return r.returncode == 3 and "database already exists" in r.stderr and \
-        q(db, "SELECT value FROM meta WHERE key = 'build_complete'") == [("1",)]
-
-
 def test_ingest_killed_anywhere_resumes_to_the_clean_result(tmp_path) -> None:
     mm = generate(tmp_path / "multimedia.txt", 20_000, seed=11)  # ~53k lines, 6 chunks
     # two never-killed builds: the expected result, and (the faster) duration to spread
@@ -134,7 +125,8 @@ def test_ingest_killed_anywhere_resumes_to_the_clean_result(tmp_path) -> None:
         for _ in range(min(camp.per_round, camp.kills - camp.landed)):
             r = run_and_kill(cmd, camp.next_delay(_ingest_left(last, size)), scratch=tmp_path)
             if not r.killed:
-                assert _build_finished(r, db), f"{r.stderr}\n{camp.where()}"
+                assert build_finished(r.returncode, r.stderr, db), \
+                    f"{r.stderr}\n{camp.where()}"
                 done = True
                 break
             camp.landed += 1
@@ -146,7 +138,7 @@ def test_ingest_killed_anywhere_resumes_to_the_clean_result(tmp_path) -> None:
             last = now
         if not done:
             r = run(cmd)
-            assert _build_finished(r, db), f"{r.stderr}\n{camp.where()}"
+            assert build_finished(r.returncode, r.stderr, db), f"{r.stderr}\n{camp.where()}"
         assert integrity(db) == "ok", camp.where()
         got = _ingest_result(db)
         assert got["phase"] == "done"
