@@ -352,3 +352,37 @@ def test_migration_16_gives_a_v15_database_the_fresh_images_v(tmp_path: Path) ->
         ("127.0.0.9", "CC BY 4.0", None, None)]
     # the fresh DDL and the migrated database have the same shape
     assert _shape(old) == _shape(fresh)
+
+
+def test_processes_opening_a_frozen_database_at_once_all_get_in(tmp_path: Path) -> None:
+    """Two downloads started together on a frozen (rollback-journal) database both
+    switch it to WAL; SQLite refused all but one at once with 'database is locked'
+    (about one round in ten of this test before connect() retried the switch)."""
+    import threading
+
+    for n in range(40):
+        db = tmp_path / f"f{n}.db"
+        c = sqlite3.connect(db)
+        c.execute("PRAGMA journal_mode = DELETE")
+        c.execute("CREATE TABLE t (x)")
+        c.commit()
+        c.close()
+        start, errors = threading.Barrier(3), []
+
+        def open_one(db: Path = db, start: threading.Barrier = start,
+                     errors: list = errors) -> None:
+            start.wait()
+            try:
+                conn = connect(db)
+                conn.execute("SELECT count(*) FROM t").fetchone()
+                conn.close()
+            except sqlite3.OperationalError as e:
+                errors.append(str(e))
+
+        threads = [threading.Thread(target=open_one) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == [], f"round {n}: {errors}"
+        assert q(db, "PRAGMA journal_mode") == [("wal",)]

@@ -47,7 +47,7 @@ def connect(
         # appends change few, so it writes about half of what WAL writes (WAL
         # writes every page twice). A killed process leaves a hot journal that
         # the next open rolls back. The finished build switches to WAL.
-        conn.execute("PRAGMA journal_mode = TRUNCATE")
+        _journal_mode(conn, "TRUNCATE")
         conn.execute("PRAGMA synchronous = OFF")
         # Inserts are appends and need little cache. Index sorts spill to temp
         # files (SQLITE_TMPDIR, else /var/tmp or /tmp), so memory stays flat at
@@ -60,12 +60,12 @@ def connect(
     elif not wal:
         # An array task's own database: one writer on one node, read from other
         # nodes (report, merge), which WAL cannot serve over a network filesystem.
-        conn.execute("PRAGMA journal_mode = TRUNCATE")
+        _journal_mode(conn, "TRUNCATE")
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA cache_size = -65536")
     else:
         # WAL: readers never block the writer and vice versa (all on one host).
-        conn.execute("PRAGMA journal_mode = WAL")
+        _journal_mode(conn, "WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA cache_size = -65536")  # 64 MB: claims and results touch little
     # Keep the -wal file from staying huge after a burst.
@@ -75,6 +75,14 @@ def connect(
     # in place. Nothing here is secret, and the zeroing costs 7 % of a 10M-row merge.
     conn.execute("PRAGMA secure_delete = OFF")
     return conn
+
+
+def _journal_mode(conn: sqlite3.Connection, mode: str) -> None:
+    """Switch the journal mode, retried while the file is locked. The switch needs the
+    only lock on the file, and when several processes open a frozen database at once
+    (two downloads started together) SQLite answers all but one 'database is locked'
+    at once instead of calling the busy handler, which would deadlock them."""
+    retry_locked(lambda: conn.execute(f"PRAGMA journal_mode = {mode}").fetchone())
 
 
 def readonly_uri(path: str | Path, *, immutable: bool = False) -> str:
